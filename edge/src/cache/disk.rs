@@ -1,0 +1,355 @@
+//! The disk tier: one file per entry under `<dir>/<blobs|manifests>/sha256/<2 hex>/<hex>`,
+//! written as temp files under `<dir>/tmp` and published by rename. The index is rebuilt from
+//! the folder at start-up; the temp folder is emptied.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use berth_shared::Digest;
+
+use super::index::{DiskIndex, NoRoom, Reservation, Victims};
+use super::{blocking, EntryKey, Kind};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DiskError {
+    let context = context.into();
+    move |source| DiskError::Io { context, source }
+}
+
+/// The disk tier.
+pub struct DiskStore {
+    root: PathBuf,
+    index: Arc<DiskIndex>,
+    metrics: Arc<Metrics>,
+    temp_seq: AtomicU64,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the cache folder: empties `tmp/`, rebuilds the index from the
+    /// files present, and evicts down to `max_bytes` if the folder holds more.
+    pub fn open(
+        root: &Path,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, DiskError> {
+        for kind in [Kind::Blob, Kind::Manifest] {
+            let dir = root.join(kind.folder()).join("sha256");
+            fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(format!("cleaning {}", tmp.display())))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        let store = Arc::new(DiskStore {
+            root: root.to_owned(),
+            index: DiskIndex::new(max_bytes),
+            metrics,
+            temp_seq: AtomicU64::new(0),
+        });
+        store.rebuild_index()?;
+        metrics_update(&store);
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index(&self) -> &Arc<DiskIndex> {
+        &self.index
+    }
+
+    /// Where an entry's file lives.
+    pub fn entry_path(&self, key: &EntryKey) -> PathBuf {
+        entry_path(&self.root, key)
+    }
+
+    /// Size of an entry if the index holds it (answers HEAD without touching the disk).
+    pub fn contains(&self, key: &EntryKey) -> Option<u64> {
+        self.index.peek(key)
+    }
+
+    /// Opens an entry for reading. A file that is missing or whose size disagrees with the
+    /// index is dropped (and reported as a miss), never served.
+    pub async fn open_entry(self: &Arc<Self>, key: EntryKey) -> Option<(Arc<File>, u64)> {
+        let size = self.index.touch(&key)?;
+        let path = self.entry_path(&key);
+        let opened = blocking(move || {
+            let file = File::open(&path)?;
+            let actual = file.metadata()?.len();
+            Ok((file, actual))
+        })
+        .await;
+        match opened {
+            Ok((file, actual)) if actual == size => Some((Arc::new(file), size)),
+            Ok((_, actual)) => {
+                tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), expected = size, actual, "cached file has the wrong size: dropped");
+                self.drop_damaged(key).await;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), error = %e, "cached file unreadable: dropped");
+                self.drop_damaged(key).await;
+                None
+            }
+        }
+    }
+
+    async fn drop_damaged(self: &Arc<Self>, key: EntryKey) {
+        self.metrics.damaged_entries.inc();
+        self.remove(key).await;
+    }
+
+    /// Removes an entry from the index and the disk. Returns whether it was present.
+    pub async fn remove(self: &Arc<Self>, key: EntryKey) -> bool {
+        let present = self.index.remove(&key).is_some();
+        let path = self.entry_path(&key);
+        let _ = blocking(move || match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
+        metrics_update(self);
+        present
+    }
+
+    /// Creates a new temp file for a fill: (path, file opened for writing).
+    pub fn create_temp(&self) -> io::Result<(PathBuf, File)> {
+        let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{seq}.part", std::process::id()));
+        let file = File::options()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Reserves room for `bytes`, evicting least recently used entries.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation, NoRoom> {
+        let (reservation, victims) = self.index.reserve(bytes)?;
+        self.delete_victims(victims);
+        Ok(reservation)
+    }
+
+    /// Grows a reservation, evicting as needed.
+    pub fn grow(self: &Arc<Self>, reservation: &mut Reservation, more: u64) -> Result<(), NoRoom> {
+        let victims = reservation.grow(more)?;
+        self.delete_victims(victims);
+        Ok(())
+    }
+
+    /// Moves a verified temp file into place and adds it to the index. Blocking.
+    pub fn publish(
+        &self,
+        temp: &Path,
+        key: EntryKey,
+        size: u64,
+        reservation: Reservation,
+    ) -> io::Result<()> {
+        let path = self.entry_path(&key);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(temp, &path)?;
+        reservation.commit(key, size);
+        metrics_update(self);
+        Ok(())
+    }
+
+    fn delete_victims(self: &Arc<Self>, victims: Victims) {
+        if victims.is_empty() {
+            return;
+        }
+        let bytes: u64 = victims.iter().map(|(_, size)| size).sum();
+        self.metrics.evictions.inc_by(victims.len() as u64);
+        self.metrics.evicted_bytes.inc_by(bytes);
+        metrics_update(self);
+        let paths: Vec<PathBuf> = victims
+            .iter()
+            .map(|(key, _)| self.entry_path(key))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for path in paths {
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %e, "evicted file could not be deleted");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Walks the entry folders: every well-named file becomes an index entry, oldest first;
+    /// anything else is deleted.
+    fn rebuild_index(&self) -> Result<(), DiskError> {
+        let mut found: Vec<(i64, EntryKey, u64)> = Vec::new();
+        for kind in [Kind::Blob, Kind::Manifest] {
+            let base = self.root.join(kind.folder()).join("sha256");
+            let shards =
+                fs::read_dir(&base).map_err(io_err(format!("reading {}", base.display())))?;
+            for shard in shards.flatten() {
+                let path = shard.path();
+                let is_shard = shard.file_type().is_ok_and(|t| t.is_dir())
+                    && shard
+                        .file_name()
+                        .to_str()
+                        .is_some_and(|n| n.len() == 2 && Digest::from_hex(&n.repeat(32)).is_ok());
+                if is_shard {
+                    scan_shard(&path, kind, &mut found);
+                } else {
+                    tracing::warn!(path = %path.display(), "stray entry in cache folder: removed");
+                    let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+                }
+            }
+        }
+        found.sort_by_key(|(mtime, key, _)| (*mtime, *key));
+        let mut evicted = Vec::new();
+        for (_, key, size) in found {
+            evicted.extend(self.index.insert_existing(key, size));
+        }
+        for (key, _) in &evicted {
+            let _ = fs::remove_file(self.entry_path(key));
+        }
+        let (used, _, entries) = self.index.usage();
+        tracing::info!(entries, used_bytes = used, evicted = evicted.len(), root = %self.root.display(), "disk index rebuilt");
+        Ok(())
+    }
+}
+
+fn entry_path(root: &Path, key: &EntryKey) -> PathBuf {
+    let hex = key.digest.hex();
+    root.join(key.kind.folder())
+        .join("sha256")
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Adds the entries of one `<2 hex>` folder; removes stray files.
+fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>) {
+    let Some(prefix) = shard
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    let Ok(files) = fs::read_dir(shard) else {
+        return;
+    };
+    for file in files.flatten() {
+        let name = file.file_name();
+        let parsed = name
+            .to_str()
+            .filter(|n| n.starts_with(&prefix) && prefix.len() == 2)
+            .and_then(|n| Digest::from_hex(n).ok());
+        match (parsed, file.metadata()) {
+            (Some(digest), Ok(meta)) if meta.is_file() => {
+                found.push((meta.mtime(), EntryKey { kind, digest }, meta.len()));
+            }
+            _ => {
+                tracing::warn!(path = %file.path().display(), "stray file in cache folder: removed");
+                let _ = fs::remove_file(file.path());
+            }
+        }
+    }
+}
+
+fn metrics_update(store: &DiskStore) {
+    let (used, reserved, entries) = store.index.usage();
+    store
+        .metrics
+        .cache_bytes
+        .with_label_values(&["used"])
+        .set(used as i64);
+    store
+        .metrics
+        .cache_bytes
+        .with_label_values(&["reserved"])
+        .set(reserved as i64);
+    store.metrics.cache_entries.set(entries as i64);
+    store.metrics.cache_max_bytes.set(store.index.max() as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, max: u64) -> Arc<DiskStore> {
+        DiskStore::open(dir, max, Arc::new(Metrics::new("test"))).unwrap()
+    }
+
+    fn put(store: &Arc<DiskStore>, bytes: &[u8]) -> EntryKey {
+        let key = EntryKey::blob(Digest::of(bytes));
+        let (path, _) = store.create_temp().unwrap();
+        fs::write(&path, bytes).unwrap();
+        let r = store.reserve(bytes.len() as u64).unwrap();
+        store.publish(&path, key, bytes.len() as u64, r).unwrap();
+        key
+    }
+
+    #[tokio::test]
+    async fn should_rebuild_the_index_and_clean_temp_files_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1 << 20);
+        let a = put(&s, b"hello");
+        let (temp, _) = s.create_temp().unwrap();
+        fs::write(dir.path().join("blobs/sha256/zz-not-hex"), b"x").ok();
+        drop(s);
+        let s = store(dir.path(), 1 << 20);
+        assert_eq!(s.contains(&a), Some(5));
+        assert!(!temp.exists(), "temp files are removed at start");
+        assert!(!dir.path().join("blobs/sha256/zz-not-hex").exists());
+        let (file, size) = s.open_entry(a).await.unwrap();
+        assert_eq!((file.metadata().unwrap().len(), size), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn should_drop_a_file_whose_size_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1 << 20);
+        let a = put(&s, b"hello world");
+        fs::write(s.entry_path(&a), b"hello").unwrap();
+        assert!(s.open_entry(a).await.is_none());
+        assert_eq!(s.contains(&a), None);
+        assert!(!s.entry_path(&a).exists());
+    }
+
+    #[tokio::test]
+    async fn should_treat_a_deleted_file_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1 << 20);
+        let a = put(&s, b"data");
+        fs::remove_file(s.entry_path(&a)).unwrap();
+        assert!(s.open_entry(a).await.is_none());
+        assert_eq!(s.contains(&a), None);
+    }
+
+    #[tokio::test]
+    async fn should_evict_files_to_stay_under_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 10);
+        let a = put(&s, b"aaaaaa");
+        let b = put(&s, b"bbbbbb");
+        assert_eq!(s.contains(&a), None);
+        assert_eq!(s.contains(&b), Some(6));
+        // eviction deletes on the blocking pool; the index is authoritative at once
+        tokio::task::yield_now().await;
+        let used = s.index().usage().0;
+        assert!(used <= 10);
+    }
+}

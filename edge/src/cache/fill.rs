@@ -1,0 +1,390 @@
+//! Single-flight blob fills. The first miss for a digest starts one fill; every request for that
+//! digest while it runs reads the temp file as it is written. The fill hashes as it writes and
+//! publishes by rename only if the sha256 matches; otherwise every reader is failed, the temp
+//! file is removed and the next request starts afresh. Fills run as their own tasks: a client
+//! that leaves or reads slowly does not affect them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_shared::{Digest, RepositoryName};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::Method;
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::disk::DiskStore;
+use super::index::Reservation;
+use super::{blocking, EntryKey};
+use crate::metrics::Metrics;
+use crate::upstream::{ClientError, Upstream, UpstreamError};
+
+/// Bytes gathered from the upstream before one write to disk.
+const WRITE_BATCH: usize = 1 << 20;
+/// Reservation step for bodies without a Content-Length.
+const RESERVE_STEP: u64 = 64 << 20;
+
+/// Why a fill did not produce a verified blob.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream sent content with digest {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upstream body ended after {received} of {expected} bytes")]
+    Truncated { expected: u64, received: u64 },
+    #[error("upstream body is longer than its announced {expected} bytes")]
+    TooLong { expected: u64 },
+    #[error("cache disk failed: {0}")]
+    Disk(String),
+}
+
+impl FillError {
+    /// Label for the `berth_edge_fill_failures_total` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FillError::Upstream(_) => "upstream",
+            FillError::DigestMismatch { .. } => "digest_mismatch",
+            FillError::Truncated { .. } | FillError::TooLong { .. } => "truncated",
+            FillError::Disk(_) => "disk",
+        }
+    }
+}
+
+/// The progress of a fill, as its readers see it.
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Receiving; `written` bytes are in the temp file.
+    Streaming {
+        total: Option<u64>,
+        written: u64,
+    },
+    /// Every byte written and verified against the digest.
+    Verified {
+        size: u64,
+    },
+    /// The blob cannot be cached (larger than the disk budget): readers fetch it themselves.
+    Bypass,
+    Failed(FillError),
+}
+
+/// One fill in flight.
+pub struct Fill {
+    pub digest: Digest,
+    /// A read handle on the temp file; readers use positioned reads, so it is shared.
+    pub(super) file: Arc<File>,
+    state: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.state.clone()
+    }
+}
+
+/// What a request for a blob finds.
+pub enum Lookup {
+    /// On disk: a read handle and the size.
+    Cached(Arc<File>, u64),
+    /// A fill; `started` says whether this request started it (a miss) or joined it (coalesced).
+    Filling { fill: Arc<Fill>, started: bool },
+}
+
+/// The fills in flight, by digest.
+pub struct Fills {
+    store: Arc<DiskStore>,
+    metrics: Arc<Metrics>,
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+struct FillJob {
+    fills: Arc<Fills>,
+    fill: Arc<Fill>,
+    tx: watch::Sender<FillState>,
+    writer: File,
+    temp: PathBuf,
+    upstream: Arc<Upstream>,
+    repository: RepositoryName,
+}
+
+enum Finished {
+    Published,
+    Bypass,
+}
+
+impl Fills {
+    pub fn new(store: Arc<DiskStore>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Fills {
+            store,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<DiskStore> {
+        &self.store
+    }
+
+    /// The blob from disk, or the fill that is (or now starts) fetching it.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repository: &RepositoryName,
+        digest: Digest,
+    ) -> Result<Lookup, FillError> {
+        let key = EntryKey::blob(digest);
+        loop {
+            if let Some((file, size)) = self.store.open_entry(key).await {
+                return Ok(Lookup::Cached(file, size));
+            }
+            let mut inflight = self.inflight.lock();
+            if let Some(fill) = inflight.get(&digest) {
+                return Ok(Lookup::Filling {
+                    fill: Arc::clone(fill),
+                    started: false,
+                });
+            }
+            if self.store.contains(&key).is_some() {
+                // Published between our disk check and taking the lock.
+                continue;
+            }
+            let (temp, writer) = self
+                .store
+                .create_temp()
+                .map_err(|e| FillError::Disk(e.to_string()))?;
+            let reader = writer
+                .try_clone()
+                .map_err(|e| FillError::Disk(e.to_string()))?;
+            let (tx, rx) = watch::channel(FillState::Connecting);
+            let fill = Arc::new(Fill {
+                digest,
+                file: Arc::new(reader),
+                state: rx,
+            });
+            inflight.insert(digest, Arc::clone(&fill));
+            drop(inflight);
+            let job = FillJob {
+                fills: Arc::clone(self),
+                fill: Arc::clone(&fill),
+                tx,
+                writer,
+                temp,
+                upstream: Arc::clone(upstream),
+                repository: repository.clone(),
+            };
+            tokio::spawn(job.run());
+            return Ok(Lookup::Filling {
+                fill,
+                started: true,
+            });
+        }
+    }
+
+    /// Number of fills running.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    fn finish(&self, fill: &Arc<Fill>) {
+        let mut inflight = self.inflight.lock();
+        if inflight
+            .get(&fill.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, fill))
+        {
+            inflight.remove(&fill.digest);
+        }
+    }
+}
+
+impl FillJob {
+    async fn run(self) {
+        let metrics = Arc::clone(&self.fills.metrics);
+        metrics.fills_in_flight.inc();
+        let started = Instant::now();
+        let digest = self.fill.digest;
+        let span = tracing::info_span!("fill", %digest, repository = %self.repository, upstream = %self.upstream.name);
+        let (fills, fill, tx, temp) = (
+            Arc::clone(&self.fills),
+            Arc::clone(&self.fill),
+            self.tx.clone(),
+            self.temp.clone(),
+        );
+        let result = tracing::Instrument::instrument(self.fetch(), span.clone()).await;
+        let _enter = span.enter();
+        match result {
+            Ok(Finished::Published) => {
+                metrics
+                    .fill_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "fill published"
+                );
+            }
+            Ok(Finished::Bypass) => {
+                tracing::info!("blob larger than the disk budget: served without caching");
+                let _ = tx.send(FillState::Bypass);
+            }
+            Err(e) => {
+                metrics.fill_failures.with_label_values(&[e.reason()]).inc();
+                if matches!(e, FillError::DigestMismatch { .. }) {
+                    metrics.digest_mismatches.inc();
+                }
+                tracing::warn!(error = %e, "fill failed: nothing cached");
+                let _ = tx.send(FillState::Failed(e));
+            }
+        }
+        let _ = std::fs::remove_file(&temp);
+        fills.finish(&fill);
+        metrics.fills_in_flight.dec();
+    }
+
+    async fn fetch(self) -> Result<Finished, FillError> {
+        let FillJob {
+            fills,
+            fill,
+            tx,
+            writer,
+            temp,
+            upstream,
+            repository,
+        } = self;
+        let path = format!("blobs/{}", fill.digest);
+        fills
+            .metrics
+            .upstream_requests
+            .with_label_values(&[&upstream.name, "blob"])
+            .inc();
+        let mut response = upstream
+            .fetch(Method::GET, &repository, &path, None)
+            .await?;
+        let total = response.content_length();
+        let mut reservation = match fills.store.reserve(total.unwrap_or(RESERVE_STEP)) {
+            Ok(r) => r,
+            Err(_) => return Ok(Finished::Bypass),
+        };
+        tx.send_replace(FillState::Streaming { total, written: 0 });
+        let upstream_bytes = fills
+            .metrics
+            .upstream_bytes
+            .with_label_values(&[&upstream.name]);
+        let client_error = |source: ClientError| {
+            FillError::Upstream(UpstreamError::Client {
+                upstream: upstream.name.clone(),
+                source,
+            })
+        };
+        let mut sink = Sink {
+            file: Some(writer),
+            hasher: Some(Sha256::new()),
+            written: 0,
+        };
+        loop {
+            let Some(first) = response.body.chunk().await.map_err(client_error)? else {
+                break;
+            };
+            let mut batch = vec![first];
+            let mut batch_len = batch[0].len();
+            // Take what has already arrived, without waiting, to write in larger pieces.
+            while batch_len < WRITE_BATCH {
+                match response.body.chunk().now_or_never() {
+                    Some(Ok(Some(more))) => {
+                        batch_len += more.len();
+                        batch.push(more);
+                    }
+                    Some(Err(e)) => return Err(client_error(e)),
+                    Some(Ok(None)) | None => break,
+                }
+            }
+            upstream_bytes.inc_by(batch_len as u64);
+            let after = sink.written + batch_len as u64;
+            if let Some(total) = total.filter(|t| after > *t) {
+                return Err(FillError::TooLong { expected: total });
+            }
+            if after > reservation.bytes() {
+                let more = (after - reservation.bytes()).max(RESERVE_STEP);
+                if fills.store.grow(&mut reservation, more).is_err() {
+                    return Ok(Finished::Bypass);
+                }
+            }
+            sink.write(batch).await?;
+            tx.send_replace(FillState::Streaming {
+                total,
+                written: sink.written,
+            });
+        }
+        let received = sink.written;
+        if let Some(expected) = total.filter(|t| *t != received) {
+            return Err(FillError::Truncated { expected, received });
+        }
+        let actual = Digest::from_sha256(sink.hasher.take().unwrap_or_default());
+        if actual != fill.digest {
+            return Err(FillError::DigestMismatch {
+                expected: fill.digest,
+                actual,
+            });
+        }
+        tx.send_replace(FillState::Verified { size: received });
+        publish(&fills.store, sink, temp, fill.digest, received, reservation).await?;
+        Ok(Finished::Published)
+    }
+}
+
+/// Syncs and renames the verified temp file into place.
+async fn publish(
+    store: &Arc<DiskStore>,
+    mut sink: Sink,
+    temp: PathBuf,
+    digest: Digest,
+    size: u64,
+    reservation: Reservation,
+) -> Result<(), FillError> {
+    let file = sink.file.take();
+    let store = Arc::clone(store);
+    blocking(move || {
+        if let Some(file) = file {
+            file.sync_data()?;
+        }
+        store.publish(&temp, EntryKey::blob(digest), size, reservation)
+    })
+    .await
+    .map_err(|e| FillError::Disk(format!("publishing: {e}")))
+}
+
+/// The temp file and the running hash.
+struct Sink {
+    file: Option<File>,
+    hasher: Option<Sha256>,
+    written: u64,
+}
+
+impl Sink {
+    /// Writes and hashes a batch on the blocking pool.
+    async fn write(&mut self, batch: Vec<Bytes>) -> Result<(), FillError> {
+        let (Some(mut file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
+            return Err(FillError::Disk("writer lost after an earlier error".into()));
+        };
+        let len: usize = batch.iter().map(Bytes::len).sum();
+        let (file, hasher) = blocking(move || {
+            for piece in &batch {
+                file.write_all(piece)?;
+                hasher.update(piece);
+            }
+            Ok((file, hasher))
+        })
+        .await
+        .map_err(|e| FillError::Disk(format!("writing temp file: {e}")))?;
+        self.file = Some(file);
+        self.hasher = Some(hasher);
+        self.written += len as u64;
+        Ok(())
+    }
+}

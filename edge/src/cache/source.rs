@@ -1,0 +1,294 @@
+//! Where a response's bytes come from: a file on disk, a fill in flight (read while it is
+//! written), or, for a blob too large to cache, the upstream directly. Every source verifies
+//! before the last byte: `finish` must succeed before a response may complete.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use berth_shared::{Digest, RepositoryName};
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::blocking;
+use super::fill::{Fill, FillError, FillState};
+use crate::metrics::Metrics;
+use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
+
+/// Where bytes were served from, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Disk,
+    Upstream,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Disk => "disk",
+            SourceKind::Upstream => "upstream",
+        }
+    }
+}
+
+/// The bytes of one blob, readable by offset.
+pub enum BlobSource {
+    Disk { file: Arc<File>, size: u64 },
+    Fill(FillReader),
+    Direct(DirectReader),
+}
+
+impl BlobSource {
+    /// The blob's size, when known before the end (always, unless the upstream sent no length).
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            BlobSource::Disk { size, .. } => Some(*size),
+            BlobSource::Fill(r) => r.total,
+            BlobSource::Direct(r) => r.total,
+        }
+    }
+
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            BlobSource::Disk { .. } => SourceKind::Disk,
+            _ => SourceKind::Upstream,
+        }
+    }
+
+    /// Up to `max` bytes at `offset`; `None` at the end. Readers of a fill wait for the bytes
+    /// to be written. Direct sources must be read in order.
+    pub async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
+        match self {
+            BlobSource::Disk { file, size } => {
+                let len = (*size).saturating_sub(offset).min(max as u64) as usize;
+                read_at(file, offset, len).await
+            }
+            BlobSource::Fill(r) => r.read(offset, max).await,
+            BlobSource::Direct(r) => r.read(offset, max).await,
+        }
+    }
+
+    /// Waits until the whole blob is verified. A response sends its last byte only after this.
+    pub async fn finish(&mut self) -> Result<u64, FillError> {
+        match self {
+            BlobSource::Disk { size, .. } => Ok(*size),
+            BlobSource::Fill(r) => r.verified().await,
+            BlobSource::Direct(r) => r.finish().await,
+        }
+    }
+}
+
+async fn read_at(file: &Arc<File>, offset: u64, len: usize) -> Result<Option<Bytes>, FillError> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let file = Arc::clone(file);
+    let bytes = blocking(move || {
+        let mut buf = BytesMut::zeroed(len);
+        let mut filled = 0;
+        while filled < len {
+            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached file shorter than its size",
+                ));
+            }
+            filled += n;
+        }
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(|e| FillError::Disk(format!("reading: {e}")))?;
+    Ok(Some(bytes))
+}
+
+/// Whether a fill's reader should fetch directly, or what it learned from the upstream.
+pub enum FillStart {
+    Reader(FillReader),
+    Bypass,
+}
+
+/// A reader following a fill in flight.
+pub struct FillReader {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<FillState>,
+    total: Option<u64>,
+}
+
+impl FillReader {
+    /// Waits for the upstream's answer to the fill.
+    pub async fn start(fill: Arc<Fill>) -> Result<FillStart, FillError> {
+        let mut rx = fill.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let total = match state {
+                FillState::Connecting => None,
+                FillState::Streaming { total, .. } => {
+                    return Ok(FillStart::Reader(FillReader { fill, rx, total }))
+                }
+                FillState::Verified { size } => Some(size),
+                FillState::Bypass => return Ok(FillStart::Bypass),
+                FillState::Failed(e) => return Err(e),
+            };
+            if let Some(size) = total {
+                return Ok(FillStart::Reader(FillReader {
+                    fill,
+                    rx,
+                    total: Some(size),
+                }));
+            }
+            wait_change(&mut rx).await?;
+        }
+    }
+
+    /// Bytes written at or after `offset` that may be read now (waits for more if none).
+    async fn available(&mut self, offset: u64) -> Result<u64, FillError> {
+        loop {
+            let state = self.rx.borrow_and_update().clone();
+            match state {
+                FillState::Streaming { written, .. } if written > offset => {
+                    return Ok(written - offset)
+                }
+                FillState::Verified { size } => return Ok(size.saturating_sub(offset)),
+                FillState::Failed(e) => return Err(e),
+                FillState::Bypass => {
+                    return Err(FillError::Disk("fill switched to bypass mid-stream".into()))
+                }
+                _ => {}
+            }
+            wait_change(&mut self.rx).await?;
+        }
+    }
+
+    async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
+        let available = self.available(offset).await?;
+        read_at(&self.fill.file, offset, available.min(max as u64) as usize).await
+    }
+
+    async fn verified(&mut self) -> Result<u64, FillError> {
+        loop {
+            let state = self.rx.borrow_and_update().clone();
+            match state {
+                FillState::Verified { size } => return Ok(size),
+                FillState::Failed(e) => return Err(e),
+                _ => wait_change(&mut self.rx).await?,
+            }
+        }
+    }
+}
+
+async fn wait_change(rx: &mut watch::Receiver<FillState>) -> Result<(), FillError> {
+    rx.changed()
+        .await
+        .map_err(|_| FillError::Disk("fill ended without a result".into()))
+}
+
+/// A blob streamed straight from the upstream (too large to cache), hashed on the way.
+pub struct DirectReader {
+    response: UpstreamResponse,
+    digest: Digest,
+    total: Option<u64>,
+    hasher: Sha256,
+    /// Bytes received from the upstream so far.
+    received: u64,
+    /// Received but not yet returned: (offset of first byte, bytes).
+    pending: Option<(u64, Bytes)>,
+    upstream: String,
+    metrics: Arc<Metrics>,
+}
+
+impl DirectReader {
+    pub async fn open(
+        upstream: &Upstream,
+        repository: &RepositoryName,
+        digest: Digest,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, FillError> {
+        metrics
+            .upstream_requests
+            .with_label_values(&[&upstream.name, "blob"])
+            .inc();
+        let response = upstream
+            .fetch(Method::GET, repository, &format!("blobs/{digest}"), None)
+            .await?;
+        Ok(DirectReader {
+            total: response.content_length(),
+            response,
+            digest,
+            hasher: Sha256::new(),
+            received: 0,
+            pending: None,
+            upstream: upstream.name.clone(),
+            metrics,
+        })
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FillError> {
+        let chunk = self.response.body.chunk().await.map_err(|source| {
+            FillError::Upstream(UpstreamError::Client {
+                upstream: self.upstream.clone(),
+                source,
+            })
+        })?;
+        if let Some(c) = &chunk {
+            self.hasher.update(c);
+            self.received += c.len() as u64;
+            self.metrics
+                .upstream_bytes
+                .with_label_values(&[&self.upstream])
+                .inc_by(c.len() as u64);
+            if let Some(total) = self.total.filter(|t| self.received > *t) {
+                return Err(FillError::TooLong { expected: total });
+            }
+        }
+        Ok(chunk)
+    }
+
+    async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
+        loop {
+            let (start, bytes) = match self.pending.take() {
+                Some(p) => p,
+                None => {
+                    let start = self.received;
+                    match self.next_chunk().await? {
+                        Some(b) => (start, b),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let end = start + bytes.len() as u64;
+            if end <= offset {
+                continue;
+            }
+            let skip = offset.saturating_sub(start) as usize;
+            let take = (bytes.len() - skip).min(max);
+            if skip + take < bytes.len() {
+                self.pending = Some((start + (skip + take) as u64, bytes.slice(skip + take..)));
+            }
+            return Ok(Some(bytes.slice(skip..skip + take)));
+        }
+    }
+
+    async fn finish(&mut self) -> Result<u64, FillError> {
+        self.pending = None;
+        while self.next_chunk().await?.is_some() {}
+        if let Some(expected) = self.total.filter(|t| *t != self.received) {
+            return Err(FillError::Truncated {
+                expected,
+                received: self.received,
+            });
+        }
+        let actual = Digest::from_sha256(std::mem::take(&mut self.hasher));
+        if actual != self.digest {
+            self.metrics.digest_mismatches.inc();
+            return Err(FillError::DigestMismatch {
+                expected: self.digest,
+                actual,
+            });
+        }
+        Ok(self.received)
+    }
+}

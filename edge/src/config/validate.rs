@@ -1,0 +1,196 @@
+//! Checks that span keys: the things serde cannot see field by field.
+
+use std::collections::HashSet;
+
+use super::{EdgeConfig, UpstreamConfig};
+
+/// Every semantic problem in a parsed config, each naming its key.
+pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if config.region.trim().is_empty() {
+        problems.push("region: must not be empty".to_owned());
+    }
+    if config.cache.disk_max.bytes() == 0 {
+        problems.push("cache.disk_max: must be greater than zero".to_owned());
+    }
+    if config.listen.http == config.listen.admin && config.listen.http.port() != 0 {
+        problems.push("listen.admin: must differ from listen.http".to_owned());
+    }
+    if config.upstream.is_empty() {
+        problems.push("upstream: at least one [[upstream]] is required".to_owned());
+    }
+    let defaults: Vec<_> = config
+        .upstream
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| u.default)
+        .collect();
+    if defaults.len() > 1 {
+        let keys: Vec<_> = defaults
+            .iter()
+            .map(|(i, _)| format!("upstream[{i}].default"))
+            .collect();
+        problems.push(format!(
+            "{}: only one upstream may be the default",
+            keys.join(", ")
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, upstream) in config.upstream.iter().enumerate() {
+        if !names.insert(upstream.name.as_str()) {
+            problems.push(format!(
+                "upstream[{i}].name: {:?} is configured twice",
+                upstream.name
+            ));
+        }
+        problems.extend(validate_upstream(i, upstream));
+    }
+    problems
+}
+
+fn validate_upstream(i: usize, u: &UpstreamConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let key = |k: &str| format!("upstream[{i}].{k}");
+    if !is_registry_host(&u.name) {
+        problems.push(format!(
+            "{}: {:?} is not a registry host name (letters, digits, '.', '-', optional :port)",
+            key("name"),
+            u.name
+        ));
+    }
+    match u.url.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
+                problems.push(format!(
+                    "{}: {:?} must be a base URL without path or query",
+                    key("url"),
+                    u.url
+                ));
+            }
+        }
+        _ => problems.push(format!(
+            "{}: {:?} is not an http:// or https:// URL",
+            key("url"),
+            u.url
+        )),
+    }
+    if u.password_env.is_some() && u.username.is_none() {
+        problems.push(format!(
+            "{}: set together with username",
+            key("password_env")
+        ));
+    }
+    if let Some(var) = &u.password_env {
+        if std::env::var_os(var).is_none() {
+            problems.push(format!(
+                "{}: environment variable {var} is not set",
+                key("password_env")
+            ));
+        }
+    }
+    if let Some(ca) = &u.ca_file {
+        if !ca.is_file() {
+            problems.push(format!(
+                "{}: {} is not a readable file",
+                key("ca_file"),
+                ca.display()
+            ));
+        }
+    }
+    for (name, d) in [
+        ("connect_timeout", u.connect_timeout),
+        ("first_byte_timeout", u.first_byte_timeout),
+        ("body_stall_timeout", u.body_stall_timeout),
+    ] {
+        if d.get().is_zero() {
+            problems.push(format!("{}: must be greater than zero", key(name)));
+        }
+    }
+    problems
+}
+
+/// A host name, or `host:port`, as used in image references (`docker.io`, `10.0.0.5:5000`).
+pub fn is_registry_host(name: &str) -> bool {
+    let (host, port) = match name.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (name, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    #[test]
+    fn should_refuse_two_default_upstreams_naming_both() {
+        let text = r#"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            default = true
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            default = true
+        "#;
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("upstream[0].default, upstream[1].default"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn should_collect_semantic_problems_together() {
+        let text = r#"
+            region = ""
+            [[upstream]]
+            name = "not a host"
+            url = "ftp://x"
+            password_env = "BERTH_TEST_SURELY_UNSET_VAR"
+            [[upstream]]
+            name = "not a host"
+            url = "https://ghcr.io/some/path"
+        "#;
+        let err = parse(text).unwrap_err();
+        let all = err.to_string();
+        for key in [
+            "region",
+            "upstream[0].name",
+            "upstream[0].url",
+            "upstream[0].password_env: set together",
+            "BERTH_TEST_SURELY_UNSET_VAR is not set",
+            "upstream[1].name: \"not a host\" is configured twice",
+            "upstream[1].url",
+        ] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn should_require_an_upstream() {
+        let err = parse("region = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("at least one [[upstream]]"), "{err}");
+    }
+
+    #[test]
+    fn should_accept_registry_hosts_with_ports() {
+        for ok in ["docker.io", "10.0.0.5:5000", "localhost", "registry.k8s.io"] {
+            assert!(super::is_registry_host(ok), "{ok}");
+        }
+        for bad in ["", "a b", "x:port", "-a.com", "a..b", "http://x"] {
+            assert!(!super::is_registry_host(bad), "{bad}");
+        }
+    }
+}

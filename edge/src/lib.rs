@@ -1,0 +1,19 @@
+//! Berth edge: a Pingora pull-through cache for the OCI pull API.
+//!
+//! A request flows `proxy` (Pingora glue) → `registry` (routing, OCI rules) → `cache` (lookup,
+//! fills, tiers) → `upstream` (client, token auth). See docs/architecture.md.
+
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::EdgeConfig;
+pub use server::{EdgeServer, RunningEdge};

@@ -1,0 +1,185 @@
+//! Every metric the edge exports, defined in one place. Names follow the contract in DESIGN.md:
+//! `berth_edge_` prefix, counters end in `_total`, sizes in `_bytes`, durations in `_seconds`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The edge's metrics and the registry they are exported from.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by kind (`blob`, `manifest`, `base`, `other`) and outcome (`hit`, `miss`,
+    /// `coalesced`, `stale`, `error`, `bypass`).
+    pub requests: IntCounterVec,
+    /// Response bytes sent to clients, by source (`disk`, `upstream`).
+    pub served_bytes: IntCounterVec,
+    /// Bytes read from upstream registries, by upstream.
+    pub upstream_bytes: IntCounterVec,
+    /// Requests sent to upstream registries, by upstream and kind of request.
+    pub upstream_requests: IntCounterVec,
+    /// Bytes of entries on disk (published), and reserved by fills in flight.
+    pub cache_bytes: IntGaugeVec,
+    /// The disk budget (`cache.disk_max`).
+    pub cache_max_bytes: IntGauge,
+    /// Entries on disk.
+    pub cache_entries: IntGauge,
+    /// Entries evicted to keep the disk budget.
+    pub evictions: IntCounter,
+    pub evicted_bytes: IntCounter,
+    /// Fills whose bytes did not hash to their digest.
+    pub digest_mismatches: IntCounter,
+    /// Fills that failed, by reason (`digest_mismatch`, `truncated`, `upstream`, `disk`).
+    pub fill_failures: IntCounterVec,
+    /// Fills running now.
+    pub fills_in_flight: IntGauge,
+    /// Tag lookups answered with a stale mapping because the upstream failed.
+    pub stale_served: IntCounter,
+    /// Files found damaged (missing or wrong size) and dropped.
+    pub damaged_entries: IntCounter,
+    /// Request durations by kind, from request line to last byte.
+    pub request_seconds: HistogramVec,
+    /// Duration of a complete blob fill from upstream.
+    pub fill_seconds: Histogram,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new(region: &str) -> Self {
+        let registry = Registry::new_custom(
+            None,
+            Some([("region".to_owned(), region.to_owned())].into()),
+        )
+        .expect("valid registry");
+        let r = &registry;
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "berth_edge_cache_bytes",
+                "Bytes of the disk cache, by state (used, reserved)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cache_bytes.clone()))
+            .expect("unique metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "berth_edge_request_duration_seconds",
+                "Request duration by kind",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("unique metric");
+        let fill_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "berth_edge_fill_duration_seconds",
+                "Duration of blob fills from upstream",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(fill_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests: counter_vec(
+                r,
+                "berth_edge_requests_total",
+                "Requests by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            served_bytes: counter_vec(
+                r,
+                "berth_edge_served_bytes_total",
+                "Bytes sent to clients by source",
+                &["source"],
+            ),
+            upstream_bytes: counter_vec(
+                r,
+                "berth_edge_upstream_bytes_total",
+                "Bytes read from upstreams",
+                &["upstream"],
+            ),
+            upstream_requests: counter_vec(
+                r,
+                "berth_edge_upstream_requests_total",
+                "Requests sent to upstreams",
+                &["upstream", "request"],
+            ),
+            cache_bytes,
+            cache_max_bytes: gauge(r, "berth_edge_cache_max_bytes", "The disk cache budget"),
+            cache_entries: gauge(r, "berth_edge_cache_entries", "Entries in the disk cache"),
+            evictions: counter(r, "berth_edge_evictions_total", "Entries evicted from disk"),
+            evicted_bytes: counter(
+                r,
+                "berth_edge_evicted_bytes_total",
+                "Bytes evicted from disk",
+            ),
+            digest_mismatches: counter(
+                r,
+                "berth_edge_digest_mismatches_total",
+                "Fills whose content did not match the digest",
+            ),
+            fill_failures: counter_vec(
+                r,
+                "berth_edge_fill_failures_total",
+                "Failed fills by reason",
+                &["reason"],
+            ),
+            fills_in_flight: gauge(r, "berth_edge_fills_in_flight", "Blob fills running now"),
+            stale_served: counter(
+                r,
+                "berth_edge_stale_served_total",
+                "Tags served from a stale mapping because the upstream failed",
+            ),
+            damaged_entries: counter(
+                r,
+                "berth_edge_damaged_entries_total",
+                "Cached files found missing or damaged and dropped",
+            ),
+            request_seconds,
+            fill_seconds,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,137 @@
+//! `GET/HEAD /v2/<name>/manifests/<tag|digest>`.
+
+use std::sync::Arc;
+
+use berth_shared::{Reference, RepositoryName};
+use bytes::Bytes;
+use pingora::prelude::Session;
+use pingora::Result;
+
+use super::respond::{self, content_headers, header, send_header};
+use super::RequestCtx;
+use crate::cache::manifests::{Found, Freshness, StoredManifest, TagEntry};
+use crate::registry::{AcceptList, ApiError};
+use crate::state::EdgeState;
+use crate::upstream::Upstream;
+
+pub(super) async fn serve(
+    state: &Arc<EdgeState>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    upstream: &Arc<Upstream>,
+    repository: &RepositoryName,
+    reference: &Reference,
+    is_head: bool,
+) -> Result<()> {
+    ctx.kind = "manifest";
+    let accept = AcceptList::from_headers(
+        session
+            .req_header()
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let manifests = &state.manifests;
+    let (digest, freshness) = match reference {
+        Reference::Digest(d) => (*d, None),
+        Reference::Tag(tag) => match manifests
+            .resolve_tag(upstream, repository, tag, &accept)
+            .await
+        {
+            Ok((entry, freshness)) => {
+                if freshness == Freshness::Stale {
+                    state.metrics.stale_served.inc();
+                }
+                if is_head {
+                    return head_from_tag(session, ctx, &entry, freshness).await;
+                }
+                (entry.digest, Some(freshness))
+            }
+            Err(e) => return respond::error(session, ctx, &ApiError::from_manifest(&e)).await,
+        },
+    };
+    match manifests
+        .by_digest(upstream, repository, digest, &accept)
+        .await
+    {
+        Ok((manifest, found)) => {
+            ctx.outcome = outcome(freshness, found);
+            ctx.source = Some(if found == Found::Disk {
+                "disk"
+            } else {
+                "upstream"
+            });
+            send(
+                session,
+                ctx,
+                manifest,
+                is_head,
+                freshness == Some(Freshness::Stale),
+            )
+            .await
+        }
+        Err(e) => respond::error(session, ctx, &ApiError::from_manifest(&e)).await,
+    }
+}
+
+fn outcome(freshness: Option<Freshness>, found: Found) -> &'static str {
+    match (freshness, found) {
+        (Some(Freshness::Stale), _) => "stale",
+        (_, Found::Fetched) => "miss",
+        (_, Found::Coalesced) => "coalesced",
+        (Some(Freshness::Revalidated), Found::Disk) => "revalidated",
+        (_, Found::Disk) => "hit",
+    }
+}
+
+async fn send(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    manifest: StoredManifest,
+    is_head: bool,
+    stale: bool,
+) -> Result<()> {
+    let mut resp = header(200)?;
+    content_headers(
+        &mut resp,
+        &manifest.digest,
+        &manifest.media_type,
+        manifest.bytes.len() as u64,
+    )?;
+    mark(&mut resp, ctx.outcome, stale)?;
+    send_header(session, ctx, resp, is_head).await?;
+    if !is_head {
+        ctx.body_bytes = manifest.bytes.len() as u64;
+        session
+            .write_response_body(Some(Bytes::clone(&manifest.bytes)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// HEAD by tag: the mapping has the digest, type and size; the body is not needed.
+async fn head_from_tag(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    entry: &TagEntry,
+    freshness: Freshness,
+) -> Result<()> {
+    ctx.outcome = match freshness {
+        Freshness::Fresh => "hit",
+        Freshness::Revalidated => "revalidated",
+        Freshness::Stale => "stale",
+    };
+    let mut resp = header(200)?;
+    content_headers(&mut resp, &entry.digest, &entry.media_type, entry.size)?;
+    mark(&mut resp, ctx.outcome, freshness == Freshness::Stale)?;
+    send_header(session, ctx, resp, true).await
+}
+
+fn mark(resp: &mut pingora::http::ResponseHeader, outcome: &str, stale: bool) -> Result<()> {
+    resp.insert_header("X-Berth-Cache", outcome)?;
+    if stale {
+        resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
+    }
+    Ok(())
+}

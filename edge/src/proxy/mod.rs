@@ -1,0 +1,216 @@
+//! Pingora glue: every pull request is answered in `request_filter` by Berth's own cache logic;
+//! Pingora owns the downstream connection (HTTP/1.1, HTTP/2, keep-alive, shutdown).
+
+mod blob;
+mod manifest;
+mod respond;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorType, Result};
+use tracing::Instrument;
+
+use crate::registry::route::Request;
+use crate::registry::ApiError;
+use crate::state::EdgeState;
+
+/// Per-request facts for metrics and the request log.
+pub struct RequestCtx {
+    started: Instant,
+    span: tracing::Span,
+    /// `blob`, `manifest`, `base` or `other`.
+    kind: &'static str,
+    /// `hit`, `miss`, `coalesced`, `revalidated`, `stale`, `bypass` or `error`.
+    outcome: &'static str,
+    /// `disk` or `upstream`, for bytes served.
+    source: Option<&'static str>,
+    status: u16,
+    body_bytes: u64,
+    headers_sent: bool,
+}
+
+impl RequestCtx {
+    fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            span: tracing::Span::none(),
+            kind: "other",
+            outcome: "error",
+            source: None,
+            status: 0,
+            body_bytes: 0,
+            headers_sent: false,
+        }
+    }
+}
+
+/// The edge's Pingora service.
+pub struct EdgeProxy {
+    state: Arc<EdgeState>,
+}
+
+impl EdgeProxy {
+    pub fn new(state: Arc<EdgeState>) -> Self {
+        EdgeProxy { state }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "every request is answered in request_filter",
+        ))
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.span = tracing::info_span!(
+            "request",
+            method = %req.method,
+            path = %req.uri.path(),
+            kind = tracing::field::Empty,
+            repository = tracing::field::Empty,
+            reference = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            source = tracing::field::Empty,
+        );
+        let span = ctx.span.clone();
+        handle(&self.state, session, ctx).instrument(span).await?;
+        Ok(true)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        ctx.outcome = "error";
+        if !ctx.headers_sent {
+            // Nothing sent yet (an internal failure): answer with a proper error.
+            let err = ApiError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                e.to_string(),
+            );
+            let _ = respond::error(session, ctx, &err).await;
+        }
+        // Headers were sent: the body is cut short and the connection closed, so the client
+        // sees an incomplete response, never a complete one with wrong bytes.
+        FailToProxy {
+            error_code: ctx.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let metrics = &self.state.metrics;
+        metrics
+            .requests
+            .with_label_values(&[ctx.kind, ctx.outcome])
+            .inc();
+        if let Some(source) = ctx.source {
+            metrics
+                .served_bytes
+                .with_label_values(&[source])
+                .inc_by(ctx.body_bytes);
+        }
+        let elapsed = ctx.started.elapsed();
+        metrics
+            .request_seconds
+            .with_label_values(&[ctx.kind])
+            .observe(elapsed.as_secs_f64());
+        let _enter = ctx.span.enter();
+        ctx.span.record("kind", ctx.kind);
+        ctx.span.record("outcome", ctx.outcome);
+        if let Some(source) = ctx.source {
+            ctx.span.record("source", source);
+        }
+        match e {
+            Some(e) => {
+                tracing::warn!(status = ctx.status, bytes = ctx.body_bytes, elapsed_ms = elapsed.as_millis() as u64, error = %e, "request aborted")
+            }
+            None => tracing::info!(
+                status = ctx.status,
+                bytes = ctx.body_bytes,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request"
+            ),
+        }
+    }
+}
+
+async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let req = session.req_header();
+    let is_head = req.method == http::Method::HEAD;
+    let routed = state
+        .router
+        .route(req.method.as_str(), req.uri.path(), req.uri.query());
+    match routed {
+        Err(e) => respond::error(session, ctx, &ApiError::from(e)).await,
+        Ok(Request::Base) => {
+            ctx.kind = "base";
+            ctx.outcome = "hit";
+            respond::base(session, ctx, is_head).await
+        }
+        Ok(Request::Pull(route)) => {
+            let Some(upstream) = state.upstreams.get(route.upstream).cloned() else {
+                let err = ApiError::new(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "upstream table out of sync",
+                );
+                return respond::error(session, ctx, &err).await;
+            };
+            ctx.span.record("repository", route.repository.as_str());
+            ctx.span.record("upstream", upstream.name.as_str());
+            match &route.target {
+                crate::registry::Target::Blob(digest) => {
+                    ctx.span
+                        .record("reference", tracing::field::display(digest));
+                    blob::serve(
+                        state,
+                        session,
+                        ctx,
+                        &upstream,
+                        &route.repository,
+                        *digest,
+                        is_head,
+                    )
+                    .await
+                }
+                crate::registry::Target::Manifest(reference) => {
+                    ctx.span
+                        .record("reference", tracing::field::display(reference));
+                    manifest::serve(
+                        state,
+                        session,
+                        ctx,
+                        &upstream,
+                        &route.repository,
+                        reference,
+                        is_head,
+                    )
+                    .await
+                }
+            }
+        }
+    }
+}

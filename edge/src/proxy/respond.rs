@@ -1,0 +1,130 @@
+//! Writing responses to the downstream session: headers, errors, and streamed bodies that
+//! complete only after their source is verified.
+
+use berth_shared::Digest;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::RequestCtx;
+use crate::cache::{BlobSource, FillError};
+use crate::registry::ApiError;
+
+/// Largest piece written to the client at once.
+const CHUNK: usize = 1 << 20;
+
+pub(super) const API_VERSION: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
+
+/// Starts a response with the headers every registry response carries.
+pub(super) fn header(status: u16) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    resp.insert_header(API_VERSION.0, API_VERSION.1)?;
+    Ok(resp)
+}
+
+/// Adds the identity headers of a content-addressed body.
+pub(super) fn content_headers(
+    resp: &mut ResponseHeader,
+    digest: &Digest,
+    content_type: &str,
+    length: u64,
+) -> Result<()> {
+    resp.insert_header("Content-Type", content_type)?;
+    resp.insert_header("Content-Length", length.to_string())?;
+    resp.insert_header("Docker-Content-Digest", digest.to_string())?;
+    resp.insert_header("ETag", format!("\"{digest}\""))?;
+    Ok(())
+}
+
+pub(super) async fn send_header(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: ResponseHeader,
+    end: bool,
+) -> Result<()> {
+    ctx.status = resp.status.as_u16();
+    ctx.headers_sent = true;
+    session.write_response_header(Box::new(resp), end).await
+}
+
+/// An OCI error response.
+pub(super) async fn error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &ApiError,
+) -> Result<()> {
+    ctx.outcome = "error";
+    let body = Bytes::from(err.body());
+    let mut resp = header(err.status.as_u16())?;
+    resp.insert_header("Content-Type", "application/json")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    for (name, value) in &err.headers {
+        resp.insert_header(*name, value.as_str())?;
+    }
+    let is_head = session.req_header().method == http::Method::HEAD;
+    tracing::debug!(status = err.status.as_u16(), code = err.code, message = %err.message, "error response");
+    send_header(session, ctx, resp, is_head).await?;
+    if !is_head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// `GET /v2/`: the API version check.
+pub(super) async fn base(session: &mut Session, ctx: &mut RequestCtx, is_head: bool) -> Result<()> {
+    let body = Bytes::from_static(b"{}");
+    let mut resp = header(200)?;
+    resp.insert_header("Content-Type", "application/json")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    send_header(session, ctx, resp, is_head).await?;
+    if !is_head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Streams `[first, end)` of a source. The last byte goes out only once the source is
+/// verified; if verification or reading fails the response is cut short.
+pub(super) async fn stream(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    source: &mut BlobSource,
+    first: u64,
+    end: Option<u64>,
+) -> Result<()> {
+    let mut offset = first;
+    loop {
+        let want = end.map_or(CHUNK as u64, |e| (e - offset).min(CHUNK as u64)) as usize;
+        if want == 0 {
+            break;
+        }
+        let chunk = match source.read(offset, want).await.map_err(abort)? {
+            Some(chunk) => chunk,
+            None if end.is_none() => break,
+            None => return Err(abort(FillError::Disk("source ended early".into()))),
+        };
+        offset += chunk.len() as u64;
+        let last = end == Some(offset);
+        if last {
+            source.finish().await.map_err(abort)?;
+        }
+        ctx.body_bytes += chunk.len() as u64;
+        session.write_response_body(Some(chunk), last).await?;
+        if last {
+            return Ok(());
+        }
+    }
+    // Length unknown until the end (chunked): verify before the terminating chunk.
+    source.finish().await.map_err(abort)?;
+    session.write_response_body(None, true).await
+}
+
+fn abort(e: FillError) -> Box<Error> {
+    tracing::warn!(error = %e, "response aborted");
+    Error::because(
+        ErrorType::InternalError,
+        "blob source failed mid-response",
+        e,
+    )
+}

@@ -1,0 +1,191 @@
+//! Assembling and running an edge: the pull API and the admin listener as Pingora services in
+//! one Pingora server. `run` blocks until a shutdown signal; `spawn` runs it on its own thread
+//! and returns a handle that stops it (used by tests and embedders).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service as ListeningService;
+use tokio::sync::mpsc;
+
+use crate::admin::AdminApp;
+use crate::config::EdgeConfig;
+use crate::listener::{bind, PreBound};
+use crate::proxy::EdgeProxy;
+use crate::state::{EdgeState, StartError};
+
+/// An edge ready to run: state built, sockets bound.
+pub struct EdgeServer {
+    state: Arc<EdgeState>,
+    server: Server,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl EdgeServer {
+    /// Opens the cache, builds the upstream clients and binds both listeners.
+    pub fn build(config: EdgeConfig) -> Result<Self, StartError> {
+        let (http_socket, http_addr) = bind(config.listen.http)?;
+        let (admin_socket, admin_addr) = bind(config.listen.admin)?;
+        let state = EdgeState::new(config)?;
+        let mut server = Server::new_with_opt_and_conf(None, server_conf(&state.config));
+        server.bootstrap();
+        let conf = Arc::clone(&server.configuration);
+
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &conf,
+            EdgeProxy::new(Arc::clone(&state)),
+            "berth-edge",
+        );
+        proxy.add_tcp(&http_addr.to_string());
+        server.add_service(PreBound::new(
+            proxy,
+            vec![(http_addr.to_string(), http_socket)],
+        ));
+
+        let mut admin =
+            ListeningService::new("berth-admin".to_owned(), AdminApp::new(Arc::clone(&state)));
+        admin.add_tcp(&admin_addr.to_string());
+        server.add_service(PreBound::new(
+            admin,
+            vec![(admin_addr.to_string(), admin_socket)],
+        ));
+
+        tracing::info!(http = %http_addr, admin = %admin_addr, region = %state.config.region, "edge ready to serve");
+        Ok(EdgeServer {
+            state,
+            server,
+            http_addr,
+            admin_addr,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn state(&self) -> &Arc<EdgeState> {
+        &self.state
+    }
+
+    /// Runs until SIGTERM (graceful: in-flight requests get `server.grace_period`), SIGINT
+    /// (fast) or SIGQUIT (graceful upgrade).
+    pub fn run(self) {
+        let state = Arc::clone(&self.state);
+        let signal = Box::new(Draining {
+            state,
+            inner: Box::new(pingora::server::UnixShutdownSignalWatch),
+        });
+        self.server.run(RunArgs {
+            shutdown_signal: signal,
+        });
+    }
+
+    /// Runs on a new thread; the handle stops it.
+    pub fn spawn(self) -> RunningEdge {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (http_addr, admin_addr, state) =
+            (self.http_addr, self.admin_addr, Arc::clone(&self.state));
+        let signal = Box::new(Draining {
+            state: Arc::clone(&state),
+            inner: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
+        });
+        let thread = std::thread::Builder::new()
+            .name("berth-edge".into())
+            .spawn(move || {
+                self.server.run(RunArgs {
+                    shutdown_signal: signal,
+                })
+            })
+            .ok();
+        RunningEdge {
+            http_addr,
+            admin_addr,
+            state,
+            stop: tx,
+            thread,
+        }
+    }
+}
+
+fn server_conf(config: &EdgeConfig) -> ServerConf {
+    let threads = match config.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let grace = config.server.grace_period.get().as_secs();
+    ServerConf {
+        threads,
+        work_stealing: true,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace.min(10)),
+        ..ServerConf::default()
+    }
+}
+
+/// A running edge; dropping it stops the edge.
+pub struct RunningEdge {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<EdgeState>,
+    stop: mpsc::UnboundedSender<ShutdownSignal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningEdge {
+    /// Stops the edge and waits for its thread to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(ShutdownSignal::FastShutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningEdge {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct ChannelSignal(tokio::sync::Mutex<mpsc::UnboundedReceiver<ShutdownSignal>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0
+            .lock()
+            .await
+            .recv()
+            .await
+            .unwrap_or(ShutdownSignal::FastShutdown)
+    }
+}
+
+/// Marks the edge not ready (for `/readyz`) as soon as shutdown begins.
+struct Draining {
+    state: Arc<EdgeState>,
+    inner: Box<dyn ShutdownSignalWatch + Send + Sync>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Draining {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = self.inner.recv().await;
+        tracing::info!(?signal, "shutdown requested: draining");
+        self.state.set_draining();
+        signal
+    }
+}

@@ -1,0 +1,81 @@
+//! Everything a request handler needs, built once from the config.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::cache::{DiskError, DiskStore, Fills, ManifestCache};
+use crate::config::EdgeConfig;
+use crate::metrics::Metrics;
+use crate::registry::Router;
+use crate::upstream::{ClientError, Upstreams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cache folder: {0}")]
+    Disk(#[from] DiskError),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] ClientError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of a running edge.
+pub struct EdgeState {
+    pub config: EdgeConfig,
+    pub router: Router,
+    pub upstreams: Upstreams,
+    pub fills: Arc<Fills>,
+    pub manifests: Arc<ManifestCache>,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl EdgeState {
+    /// Opens the cache folder (rebuilding its index) and builds the upstream clients.
+    pub fn new(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
+        let metrics = Arc::new(Metrics::new(&config.region));
+        let store = DiskStore::open(
+            &config.cache.dir,
+            config.cache.disk_max.bytes(),
+            Arc::clone(&metrics),
+        )?;
+        let upstreams = Upstreams::new(&config.upstream)?;
+        let router = Router::new(
+            config
+                .upstream
+                .iter()
+                .map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)),
+        );
+        Ok(Arc::new(EdgeState {
+            router,
+            upstreams,
+            fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics)),
+            manifests: ManifestCache::new(store, Arc::clone(&metrics)),
+            metrics,
+            config,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Why the edge should not receive traffic now, if it should not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Some("draining: shutting down".into());
+        }
+        let tmp = self.fills.store().root().join("tmp");
+        match std::fs::metadata(&tmp) {
+            Ok(m) if m.is_dir() => None,
+            _ => Some(format!(
+                "cache folder unusable: {} is missing",
+                tmp.display()
+            )),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Logging: `tracing` with the `log` bridge (Pingora logs through `log`), text or JSON.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `filter` is an `EnvFilter` directive such as `info` or
+/// `berth_edge=debug,pingora=warn`.
+pub fn init(filter: &str, json: bool) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,234 @@
+//! The registries an edge mirrors, and how it talks to them: a pooled hyper client over rustls,
+//! with timeouts, the bearer-token dance and redirects to blob storage.
+
+mod auth;
+mod body;
+mod client;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_shared::RepositoryName;
+use http::{HeaderMap, Method, StatusCode};
+
+pub use auth::{AuthError, Credentials};
+pub use body::UpstreamBody;
+pub use client::{ClientError, HttpClient};
+
+use crate::config::UpstreamConfig;
+
+/// Why a request to an upstream registry failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream}: {source}")]
+    Client {
+        upstream: String,
+        source: ClientError,
+    },
+    #[error("upstream {upstream}: authentication failed: {source}")]
+    Auth { upstream: String, source: AuthError },
+    #[error("upstream {upstream} answered {status}")]
+    Status {
+        upstream: String,
+        status: StatusCode,
+        retry_after: Option<String>,
+    },
+}
+
+impl UpstreamError {
+    /// The upstream's status, if it answered with an error status.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            UpstreamError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the upstream could not be reached or failed (as opposed to answering "no").
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            UpstreamError::Client { .. } => true,
+            UpstreamError::Auth { source, .. } => source.is_unavailable(),
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+        }
+    }
+}
+
+/// Timeouts for one upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub body_stall: Duration,
+}
+
+/// A successful (2xx) upstream response whose body has not been read yet.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
+}
+
+impl UpstreamResponse {
+    pub fn content_length(&self) -> Option<u64> {
+        header_str(&self.headers, http::header::CONTENT_LENGTH)?
+            .parse()
+            .ok()
+    }
+
+    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
+        header_str(&self.headers, name)
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
+    headers.get(name)?.to_str().ok()
+}
+
+/// One configured upstream registry.
+pub struct Upstream {
+    pub name: String,
+    pub config: UpstreamConfig,
+    base: http::Uri,
+    client: HttpClient,
+    auth: auth::Authenticator,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the client for one upstream; credentials are read from the environment here.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, ClientError> {
+        let base: http::Uri = config
+            .url
+            .parse()
+            .map_err(|_| ClientError::BadUrl(config.url.clone()))?;
+        let timeouts = Timeouts {
+            connect: config.connect_timeout.get(),
+            first_byte: config.first_byte_timeout.get(),
+            body_stall: config.body_stall_timeout.get(),
+        };
+        let client = HttpClient::new(timeouts, config.ca_file.as_deref())?;
+        let credentials = match (&config.username, &config.password_env) {
+            (Some(user), Some(var)) => Some(Credentials {
+                username: user.clone(),
+                password: std::env::var(var).unwrap_or_default(),
+            }),
+            (Some(user), None) => Some(Credentials {
+                username: user.clone(),
+                password: String::new(),
+            }),
+            _ => None,
+        };
+        Ok(Upstream {
+            name: config.name.clone(),
+            config: config.clone(),
+            auth: auth::Authenticator::new(client.clone(), credentials),
+            base,
+            client,
+        })
+    }
+
+    /// `GET` or `HEAD` of `/v2/<repository>/<kind>/<reference>` with the bearer-token dance;
+    /// only 2xx responses come back as `Ok`.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        repository: &RepositoryName,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = format!("{}/v2/{}/{}", self.base_str(), repository, path);
+        let scope = format!("repository:{repository}:pull");
+        let mut retried = false;
+        loop {
+            let authorization = self
+                .auth
+                .header_for(&scope)
+                .await
+                .map_err(|source| self.auth_error(source))?;
+            let response = self
+                .client
+                .send(method.clone(), &uri, accept, authorization.as_ref())
+                .await
+                .map_err(|source| UpstreamError::Client {
+                    upstream: self.name.clone(),
+                    source,
+                })?;
+            if response.status == StatusCode::UNAUTHORIZED && !retried {
+                retried = true;
+                let challenge = response
+                    .headers
+                    .get(http::header::WWW_AUTHENTICATE)
+                    .cloned();
+                if self
+                    .auth
+                    .on_challenge(&scope, challenge.as_ref())
+                    .await
+                    .map_err(|s| self.auth_error(s))?
+                {
+                    continue;
+                }
+            }
+            if !response.status.is_success() {
+                let retry_after =
+                    header_str(&response.headers, http::header::RETRY_AFTER).map(str::to_owned);
+                return Err(UpstreamError::Status {
+                    upstream: self.name.clone(),
+                    status: response.status,
+                    retry_after,
+                });
+            }
+            return Ok(response);
+        }
+    }
+
+    fn base_str(&self) -> String {
+        let scheme = self.base.scheme_str().unwrap_or("https");
+        let authority = self
+            .base
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or_default();
+        format!("{scheme}://{authority}")
+    }
+
+    fn auth_error(&self, source: AuthError) -> UpstreamError {
+        UpstreamError::Auth {
+            upstream: self.name.clone(),
+            source,
+        }
+    }
+}
+
+/// All configured upstreams, in config order (the router's indexes point into this).
+#[derive(Debug, Clone)]
+pub struct Upstreams(Arc<Vec<Arc<Upstream>>>);
+
+impl Upstreams {
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, ClientError> {
+        let list = configs
+            .iter()
+            .map(|c| Upstream::new(c).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstreams(Arc::new(list)))
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<Upstream>> {
+        self.0.get(index)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.0.iter()
+    }
+}

@@ -1,0 +1,17 @@
+//! Types shared by the Berth edge and distributor: OCI digests, repository names, references,
+//! media types and manifest parsing, and the byte-size and duration formats used in config.
+//!
+//! Pure types and parsing: no I/O, no async runtime.
+
+pub mod digest;
+pub mod duration;
+pub mod manifest;
+pub mod name;
+pub mod reference;
+pub mod size;
+
+pub use digest::{Digest, DigestError};
+pub use duration::{DurationError, HumanDuration};
+pub use name::{NameError, RepositoryName};
+pub use reference::{Reference, ReferenceError, Tag};
+pub use size::{ByteSize, SizeError};
