@@ -1,0 +1,113 @@
+//! A test HTTP client that keeps what a real client would see: the status, the headers, and
+//! whether the body arrived complete or was cut short.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A complete exchange.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body, or why it did not arrive complete.
+    pub body: Result<Bytes, String>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body; panics if it was cut short.
+    pub fn bytes(&self) -> &Bytes {
+        match &self.body {
+            Ok(b) => b,
+            Err(e) => panic!("body incomplete: {e}"),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.bytes()).expect("JSON body")
+    }
+
+    /// The OCI error code of an error response.
+    pub fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// A response whose body is read by the test at its own pace.
+pub struct Streaming {
+    pub status: u16,
+    pub headers: HeaderMap,
+    body: Incoming,
+    pub received: BytesMut,
+}
+
+impl Streaming {
+    /// Reads until at least `n` bytes arrived in total (or the body ended or failed).
+    pub async fn read_at_least(&mut self, n: usize) -> Result<(), String> {
+        while self.received.len() < n {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.received.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the rest; `Err` if the body was cut short.
+    pub async fn finish(mut self) -> Result<Bytes, String> {
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                self.received.extend_from_slice(&data);
+            }
+        }
+        Ok(self.received.freeze())
+    }
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http()
+}
+
+fn build(method: Method, url: &str, headers: &[(&str, &str)]) -> Request<Empty<Bytes>> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Empty::new()).expect("valid request")
+}
+
+/// Sends a request and reads the whole response.
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Response {
+    let response = client().request(build(method, url, headers)).await.expect("response headers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}"));
+    Response { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+pub async fn get(url: &str) -> Response {
+    request(Method::GET, url, &[]).await
+}
+
+pub async fn head(url: &str) -> Response {
+    request(Method::HEAD, url, &[]).await
+}
+
+/// Sends a request and returns once the headers arrived.
+pub async fn open(url: &str, headers: &[(&str, &str)]) -> Streaming {
+    let response = client().request(build(Method::GET, url, headers)).await.expect("response headers");
+    let (parts, body) = response.into_parts();
+    Streaming { status: parts.status.as_u16(), headers: parts.headers, body, received: BytesMut::new() }
+}

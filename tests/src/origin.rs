@@ -1,0 +1,342 @@
+//! A scripted origin registry on 127.0.0.1:0. It serves blobs and manifests from memory and,
+//! for requests it is told to, misbehaves: wrong bytes, a body cut short, a reset connection,
+//! an error status, a stall, a redirect, an authentication challenge. It records every request.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_shared::Digest;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// One misbehaviour, used for the next matching request.
+#[derive(Clone)]
+pub enum Fault {
+    /// Other bytes of the same length.
+    WrongBytes,
+    /// Full Content-Length, then only `after` bytes and a clean close.
+    CutShort { after: usize },
+    /// `after` bytes, then a TCP reset.
+    Reset { after: usize },
+    /// This status with an error body.
+    Status(u16),
+    /// `after` bytes, then silence until the test ends.
+    StallBody { after: usize },
+    /// No response at all.
+    StallHeaders,
+    /// `after` bytes, then wait for the gate before sending the rest (every byte altered
+    /// when `corrupt`).
+    Gate { after: usize, gate: Arc<Notify>, corrupt: bool },
+    /// A 307 to `base` + the same path.
+    Redirect { base: String },
+}
+
+/// How the origin authenticates.
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// Registry requests need `Bearer tok-*` from `/token`; `/token` itself needs these
+    /// credentials when set.
+    Bearer { credentials: Option<(String, String)> },
+    Basic { username: String, password: String },
+}
+
+/// A request the origin received.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Logged {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+#[derive(Clone)]
+struct Object {
+    body: Bytes,
+    content_type: String,
+    digest: Digest,
+}
+
+#[derive(Default)]
+struct State {
+    objects: HashMap<String, Object>,
+    faults: HashMap<String, VecDeque<Fault>>,
+    log: Vec<Logged>,
+    auth: Auth,
+    tokens_issued: usize,
+}
+
+/// The running origin; stops when dropped.
+pub struct Origin {
+    pub addr: std::net::SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(socket, Arc::clone(&shared), addr));
+            }
+        });
+        Origin { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stores a blob of `repo`; returns its digest.
+    pub fn put_blob(&self, repo: &str, body: impl Into<Bytes>) -> Digest {
+        let body = body.into();
+        let digest = Digest::of(&body);
+        let object = Object { body, content_type: "application/octet-stream".into(), digest };
+        self.state.lock().objects.insert(format!("/v2/{repo}/blobs/{digest}"), object);
+        digest
+    }
+
+    /// Stores a manifest under its digest and, if given, a tag; returns the digest.
+    pub fn put_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, body: impl Into<Bytes>) -> Digest {
+        let body = body.into();
+        let digest = Digest::of(&body);
+        let object = Object { body, content_type: media_type.into(), digest };
+        let mut state = self.state.lock();
+        state.objects.insert(format!("/v2/{repo}/manifests/{digest}"), object.clone());
+        if let Some(tag) = tag {
+            state.objects.insert(format!("/v2/{repo}/manifests/{tag}"), object);
+        }
+        digest
+    }
+
+    /// Serves arbitrary bytes at a path (e.g. redirect targets).
+    pub fn put_raw(&self, path: &str, body: impl Into<Bytes>) {
+        let body: Bytes = body.into();
+        let digest = Digest::of(&body);
+        self.state.lock().objects.insert(path.into(), Object { body, content_type: "application/octet-stream".into(), digest });
+    }
+
+    /// Queues a fault for the next request to `path`.
+    pub fn fault(&self, path: &str, fault: Fault) {
+        self.state.lock().faults.entry(path.into()).or_default().push_back(fault);
+    }
+
+    pub fn set_auth(&self, auth: Auth) {
+        self.state.lock().auth = auth;
+    }
+
+    /// Every request received so far.
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.lock().log.clone()
+    }
+
+    /// Requests with this method whose path starts with `prefix`.
+    pub fn count(&self, method: &str, prefix: &str) -> usize {
+        self.state.lock().log.iter().filter(|l| l.method == method && l.path.starts_with(prefix)).count()
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.state.lock().tokens_issued
+    }
+}
+
+async fn serve_connection(mut socket: TcpStream, state: Arc<Mutex<State>>, addr: std::net::SocketAddr) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut socket, &mut buf).await else { return };
+        state.lock().log.push(request.clone());
+        if !respond(&mut socket, &request, &state, addr).await {
+            return;
+        }
+    }
+}
+
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Logged> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 4);
+            let mut lines = head.split("\r\n");
+            let mut parts = lines.next()?.split(' ');
+            let method = parts.next()?.to_owned();
+            let target = parts.next()?.to_owned();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            return Some(Logged { method, path: path.into(), query: query.into(), headers });
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn head(status: u16, headers: &[(&str, String)]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} X\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+async fn simple(socket: &mut TcpStream, status: u16, extra: &[(&str, String)], body: &[u8], is_head: bool) -> bool {
+    let mut headers = vec![("Content-Length", body.len().to_string()), ("Content-Type", "application/json".into())];
+    headers.extend(extra.iter().cloned());
+    let mut out = head(status, &headers);
+    if !is_head {
+        out.extend_from_slice(body);
+    }
+    socket.write_all(&out).await.is_ok()
+}
+
+/// Answers one request; returns whether the connection may serve another.
+async fn respond(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>, addr: std::net::SocketAddr) -> bool {
+    let is_head = req.method == "HEAD";
+    if req.path == "/token" {
+        return issue_token(socket, req, state).await;
+    }
+    if let Some(challenge) = auth_challenge(req, state, addr) {
+        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+        return simple(socket, 401, &[("WWW-Authenticate", challenge)], body, is_head).await;
+    }
+    let (object, fault) = {
+        let mut s = state.lock();
+        let fault = s.faults.get_mut(&req.path).and_then(VecDeque::pop_front);
+        (s.objects.get(&req.path).cloned(), fault)
+    };
+    match (&fault, object) {
+        (Some(Fault::Status(code)), _) => {
+            let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"scripted {code}"}}]}}"#);
+            simple(socket, *code, &[], body.as_bytes(), is_head).await
+        }
+        (Some(Fault::StallHeaders), _) => {
+            std::future::pending::<()>().await;
+            false
+        }
+        (Some(Fault::Redirect { base }), _) => {
+            simple(socket, 307, &[("Location", format!("{base}{}", req.path))], b"", is_head).await
+        }
+        (_, None) => {
+            let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"not here"}]}"#;
+            simple(socket, 404, &[], body, is_head).await
+        }
+        (_, Some(object)) => send_object(socket, &object, fault, is_head).await,
+    }
+}
+
+async fn send_object(socket: &mut TcpStream, object: &Object, fault: Option<Fault>, is_head: bool) -> bool {
+    let headers = [
+        ("Content-Length", object.body.len().to_string()),
+        ("Content-Type", object.content_type.clone()),
+        ("Docker-Content-Digest", object.digest.to_string()),
+    ];
+    if socket.write_all(&head(200, &headers)).await.is_err() {
+        return false;
+    }
+    if is_head {
+        return true;
+    }
+    let body = match fault {
+        Some(Fault::WrongBytes) | Some(Fault::Gate { corrupt: true, .. }) => {
+            Bytes::from(object.body.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>())
+        }
+        _ => object.body.clone(),
+    };
+    match fault {
+        Some(Fault::CutShort { after }) => {
+            let _ = socket.write_all(&body[..after.min(body.len())]).await;
+            let _ = socket.shutdown().await;
+            false
+        }
+        Some(Fault::Reset { after }) => {
+            let _ = socket.write_all(&body[..after.min(body.len())]).await;
+            let _ = socket.flush().await;
+            // SO_LINGER 0 makes the close a reset; it does not block with a zero timeout.
+            #[allow(deprecated)]
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            false
+        }
+        Some(Fault::StallBody { after }) => {
+            let _ = socket.write_all(&body[..after.min(body.len())]).await;
+            std::future::pending::<()>().await;
+            false
+        }
+        Some(Fault::Gate { after, gate, .. }) => {
+            let after = after.min(body.len());
+            if socket.write_all(&body[..after]).await.is_err() {
+                return false;
+            }
+            gate.notified().await;
+            socket.write_all(&body[after..]).await.is_ok()
+        }
+        _ => socket.write_all(&body).await.is_ok(),
+    }
+}
+
+fn auth_challenge(req: &Logged, state: &Arc<Mutex<State>>, addr: std::net::SocketAddr) -> Option<String> {
+    let auth = state.lock().auth.clone();
+    let presented = req.header("Authorization").unwrap_or_default();
+    let repo = req.path.strip_prefix("/v2/").and_then(|p| p.rsplit_once("/blobs/").or(p.rsplit_once("/manifests/"))).map(|(r, _)| r);
+    match auth {
+        Auth::None => None,
+        Auth::Bearer { .. } if presented.starts_with("Bearer tok-") => None,
+        Auth::Bearer { .. } => Some(format!(
+            r#"Bearer realm="http://{addr}/token",service="scripted",scope="repository:{}:pull""#,
+            repo.unwrap_or_default()
+        )),
+        Auth::Basic { username, password } if presented == basic(&username, &password) => None,
+        Auth::Basic { .. } => Some(r#"Basic realm="scripted""#.into()),
+    }
+}
+
+pub fn basic(username: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+}
+
+async fn issue_token(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>) -> bool {
+    let auth = state.lock().auth.clone();
+    if let Auth::Bearer { credentials: Some((u, p)) } = auth {
+        if req.header("Authorization") != Some(basic(&u, &p).as_str()) {
+            return simple(socket, 401, &[], br#"{"details":"bad credentials"}"#, false).await;
+        }
+    }
+    let n = {
+        let mut s = state.lock();
+        s.tokens_issued += 1;
+        s.tokens_issued
+    };
+    let body = format!(r#"{{"token":"tok-{n}","expires_in":300}}"#);
+    simple(socket, 200, &[], body.as_bytes(), false).await
+}

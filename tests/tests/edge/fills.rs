@@ -1,0 +1,141 @@
+//! Single-flight fills: one origin fetch per blob, waiters served while it is written, clients
+//! that leave or stall do not affect it, ranges on a miss, and restarts keep the cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_tests::client;
+use berth_tests::edge;
+use berth_tests::origin::{Fault, Origin};
+use berth_tests::registry::random_bytes;
+use tokio::sync::Notify;
+
+const REPO: &str = "team/svc";
+
+#[tokio::test]
+async fn concurrent_requests_share_one_fill_and_are_served_while_it_is_written() {
+    let origin = Origin::start().await;
+    let body = random_bytes(4 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let gate = Arc::new(Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    let edge = edge::start(&origin.url());
+    let url = format!("{}{path}", edge.url());
+
+    // Every client gets bytes while the origin is still holding back the rest of the blob.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut s = client::open(&url, &[]).await;
+        assert_eq!(s.status, 200);
+        assert_eq!(s.headers.get("content-length").unwrap(), &body.len().to_string());
+        s.read_at_least(512 << 10).await.expect("bytes before the fill completes");
+        clients.push(s);
+    }
+    gate.notify_one();
+    for s in clients {
+        assert_eq!(s.finish().await.expect("complete body").as_ref(), body.as_slice());
+    }
+    assert_eq!(origin.count("GET", &path), 1, "the origin sent the blob once");
+    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"miss\"").await, 1.0);
+    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"coalesced\"").await, 7.0);
+    let hit = client::get(&url).await;
+    assert_eq!(hit.header("x-berth-cache"), Some("hit"));
+    assert_eq!(hit.bytes().as_ref(), body.as_slice());
+    assert_eq!(origin.count("GET", &path), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_does_not_cancel_the_fill() {
+    let origin = Origin::start().await;
+    let body = random_bytes(3 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let gate = Arc::new(Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    let edge = edge::start(&origin.url());
+    let url = format!("{}{path}", edge.url());
+
+    let mut first = client::open(&url, &[]).await;
+    first.read_at_least(1).await.unwrap();
+    drop(first); // the client that started the fill goes away
+    gate.notify_one();
+    berth_tests::eventually("fill published", Duration::from_secs(20), || {
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
+    })
+    .await;
+    let r = client::get(&url).await;
+    assert_eq!(r.header("x-berth-cache"), Some("hit"));
+    assert_eq!(r.bytes().as_ref(), body.as_slice());
+    assert_eq!(origin.count("GET", &path), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_slow_the_fill_or_other_clients() {
+    let origin = Origin::start().await;
+    let body = random_bytes(16 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let edge = edge::start(&origin.url());
+    let url = format!("{}{path}", edge.url());
+
+    let mut stalled = client::open(&url, &[]).await; // reads a little, then nothing
+    stalled.read_at_least(1).await.unwrap();
+    let other = client::get(&url).await;
+    assert_eq!(other.bytes().as_ref(), body.as_slice(), "another client gets everything");
+    berth_tests::eventually("fill published while a client stalls", Duration::from_secs(20), || {
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
+    })
+    .await;
+    assert_eq!(origin.count("GET", &path), 1);
+    assert_eq!(stalled.finish().await.unwrap().as_ref(), body.as_slice(), "the slow client still gets it all");
+}
+
+#[tokio::test]
+async fn a_range_on_a_miss_is_answered_and_the_whole_blob_fetched_once() {
+    let origin = Origin::start().await;
+    let body = random_bytes(1 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let edge = edge::start(&origin.url());
+    let url = format!("{}{path}", edge.url());
+
+    let r = client::request(http::Method::GET, &url, &[("Range", "bytes=1000-1999")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some(format!("bytes 1000-1999/{}", body.len()).as_str()));
+    assert_eq!(r.bytes().as_ref(), &body[1000..2000]);
+    let origin_requests = origin.log();
+    assert!(origin_requests.iter().all(|l| l.header("Range").is_none()), "the fill fetches the whole blob");
+    berth_tests::eventually("fill published", Duration::from_secs(20), || {
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
+    })
+    .await;
+    let full = client::get(&url).await;
+    assert_eq!(full.header("x-berth-cache"), Some("hit"));
+    assert_eq!(full.bytes().as_ref(), body.as_slice());
+    assert_eq!(origin.count("GET", &path), 1);
+}
+
+#[tokio::test]
+async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
+    let origin = Origin::start().await;
+    let body = random_bytes(2 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let edge = edge::start(&origin.url());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    assert_eq!(client::get(&format!("{}{path}", edge.url())).await.bytes().len(), body.len());
+    let config = edge.running().state.config.clone();
+    let dir = edge.stop();
+    drop(origin);
+
+    let mut config = config;
+    config.listen.http = "127.0.0.1:0".parse().unwrap();
+    config.listen.admin = "127.0.0.1:0".parse().unwrap();
+    let edge = edge::start_with(config, dir);
+    let r = client::get(&format!("{}{path}", edge.url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-berth-cache"), Some("hit"));
+    assert_eq!(r.bytes().as_ref(), body.as_slice());
+    let head = client::head(&format!("{}{path}", edge.url())).await;
+    assert_eq!(head.header("content-length"), Some(body.len().to_string().as_str()));
+}
