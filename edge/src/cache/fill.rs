@@ -88,6 +88,20 @@ impl Fill {
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
         self.state.clone()
     }
+
+    /// The blob's size once the upstream announced it (or the fill completed).
+    pub fn known_size(&self) -> Option<u64> {
+        match &*self.state.borrow() {
+            FillState::Streaming { total, .. } => *total,
+            FillState::Verified { size } => Some(*size),
+            _ => None,
+        }
+    }
+
+    /// Whether every byte is written and verified (publication may still be under way).
+    pub fn is_verified(&self) -> bool {
+        matches!(&*self.state.borrow(), FillState::Verified { .. })
+    }
 }
 
 /// What a request for a blob finds.
@@ -186,6 +200,11 @@ impl Fills {
                 started: true,
             });
         }
+    }
+
+    /// The fill in flight for a digest, if any.
+    pub fn in_flight_for(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.inflight.lock().get(digest).cloned()
     }
 
     /// Number of fills running.

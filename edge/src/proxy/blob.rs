@@ -46,7 +46,11 @@ pub(super) async fn serve(
         Ok(source) => source,
         Err(err) => return respond::error(session, ctx, &err).await,
     };
-    ctx.source = Some(source.kind().as_str());
+    ctx.source = Some(if ctx.outcome == "hit" {
+        "disk"
+    } else {
+        source.kind().as_str()
+    });
     send(session, ctx, source, digest, range).await
 }
 
@@ -70,7 +74,12 @@ async fn open_source(
         }
         Lookup::Filling { fill, started } => (fill, started),
     };
-    ctx.outcome = if started { "miss" } else { "coalesced" };
+    // A request that finds the fill already verified is served from local, verified bytes.
+    ctx.outcome = match (started, fill.is_verified()) {
+        (true, _) => "miss",
+        (false, true) => "hit",
+        (false, false) => "coalesced",
+    };
     match FillReader::start(fill)
         .await
         .map_err(|e| ApiError::from_fill(&e))?
@@ -125,7 +134,8 @@ async fn send(
     respond::stream(session, ctx, &mut source, first, end).await
 }
 
-/// HEAD: answered from the index on a hit, else from the upstream's HEAD (no fill).
+/// HEAD: answered from the index on a hit, from a fill in flight once its size is known, else
+/// from the upstream's HEAD (no fill).
 async fn head(
     state: &Arc<EdgeState>,
     session: &mut Session,
@@ -134,12 +144,23 @@ async fn head(
     repository: &RepositoryName,
     digest: Digest,
 ) -> Result<()> {
-    let size = match state.fills.store().contains(&EntryKey::blob(digest)) {
-        Some(size) => {
+    let cached = state.fills.store().contains(&EntryKey::blob(digest));
+    let filling = || {
+        state
+            .fills
+            .in_flight_for(&digest)
+            .and_then(|f| f.known_size())
+    };
+    let size = match (cached, cached.is_none().then(filling).flatten()) {
+        (Some(size), _) => {
             ctx.outcome = "hit";
             size
         }
-        None => {
+        (None, Some(size)) => {
+            ctx.outcome = "coalesced";
+            size
+        }
+        (None, None) => {
             state
                 .metrics
                 .upstream_requests

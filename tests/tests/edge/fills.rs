@@ -19,7 +19,14 @@ async fn concurrent_requests_share_one_fill_and_are_served_while_it_is_written()
     let digest = origin.put_blob(REPO, body.clone());
     let path = format!("/v2/{REPO}/blobs/{digest}");
     let gate = Arc::new(Notify::new());
-    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    origin.fault(
+        &path,
+        Fault::Gate {
+            after: 1 << 20,
+            gate: gate.clone(),
+            corrupt: false,
+        },
+    );
     let edge = edge::start(&origin.url());
     let url = format!("{}{path}", edge.url());
 
@@ -28,17 +35,37 @@ async fn concurrent_requests_share_one_fill_and_are_served_while_it_is_written()
     for _ in 0..8 {
         let mut s = client::open(&url, &[]).await;
         assert_eq!(s.status, 200);
-        assert_eq!(s.headers.get("content-length").unwrap(), &body.len().to_string());
-        s.read_at_least(512 << 10).await.expect("bytes before the fill completes");
+        assert_eq!(
+            s.headers.get("content-length").unwrap(),
+            &body.len().to_string()
+        );
+        s.read_at_least(512 << 10)
+            .await
+            .expect("bytes before the fill completes");
         clients.push(s);
     }
     gate.notify_one();
     for s in clients {
-        assert_eq!(s.finish().await.expect("complete body").as_ref(), body.as_slice());
+        assert_eq!(
+            s.finish().await.expect("complete body").as_ref(),
+            body.as_slice()
+        );
     }
-    assert_eq!(origin.count("GET", &path), 1, "the origin sent the blob once");
-    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"miss\"").await, 1.0);
-    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"coalesced\"").await, 7.0);
+    assert_eq!(
+        origin.count("GET", &path),
+        1,
+        "the origin sent the blob once"
+    );
+    assert_eq!(
+        edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"miss\"")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"coalesced\"")
+            .await,
+        7.0
+    );
     let hit = client::get(&url).await;
     assert_eq!(hit.header("x-berth-cache"), Some("hit"));
     assert_eq!(hit.bytes().as_ref(), body.as_slice());
@@ -52,7 +79,14 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     let digest = origin.put_blob(REPO, body.clone());
     let path = format!("/v2/{REPO}/blobs/{digest}");
     let gate = Arc::new(Notify::new());
-    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    origin.fault(
+        &path,
+        Fault::Gate {
+            after: 1 << 20,
+            gate: gate.clone(),
+            corrupt: false,
+        },
+    );
     let edge = edge::start(&origin.url());
     let url = format!("{}{path}", edge.url());
 
@@ -61,7 +95,12 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     drop(first); // the client that started the fill goes away
     gate.notify_one();
     berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
+        edge.running()
+            .state
+            .fills
+            .store()
+            .contains(&berth_edge::cache::EntryKey::blob(digest))
+            .is_some()
     })
     .await;
     let r = client::get(&url).await;
@@ -82,13 +121,30 @@ async fn a_client_that_stops_reading_does_not_slow_the_fill_or_other_clients() {
     let mut stalled = client::open(&url, &[]).await; // reads a little, then nothing
     stalled.read_at_least(1).await.unwrap();
     let other = client::get(&url).await;
-    assert_eq!(other.bytes().as_ref(), body.as_slice(), "another client gets everything");
-    berth_tests::eventually("fill published while a client stalls", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
-    })
+    assert_eq!(
+        other.bytes().as_ref(),
+        body.as_slice(),
+        "another client gets everything"
+    );
+    berth_tests::eventually(
+        "fill published while a client stalls",
+        Duration::from_secs(20),
+        || {
+            edge.running()
+                .state
+                .fills
+                .store()
+                .contains(&berth_edge::cache::EntryKey::blob(digest))
+                .is_some()
+        },
+    )
     .await;
     assert_eq!(origin.count("GET", &path), 1);
-    assert_eq!(stalled.finish().await.unwrap().as_ref(), body.as_slice(), "the slow client still gets it all");
+    assert_eq!(
+        stalled.finish().await.unwrap().as_ref(),
+        body.as_slice(),
+        "the slow client still gets it all"
+    );
 }
 
 #[tokio::test]
@@ -102,12 +158,23 @@ async fn a_range_on_a_miss_is_answered_and_the_whole_blob_fetched_once() {
 
     let r = client::request(http::Method::GET, &url, &[("Range", "bytes=1000-1999")]).await;
     assert_eq!(r.status, 206);
-    assert_eq!(r.header("content-range"), Some(format!("bytes 1000-1999/{}", body.len()).as_str()));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 1000-1999/{}", body.len()).as_str())
+    );
     assert_eq!(r.bytes().as_ref(), &body[1000..2000]);
     let origin_requests = origin.log();
-    assert!(origin_requests.iter().all(|l| l.header("Range").is_none()), "the fill fetches the whole blob");
+    assert!(
+        origin_requests.iter().all(|l| l.header("Range").is_none()),
+        "the fill fetches the whole blob"
+    );
     berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
+        edge.running()
+            .state
+            .fills
+            .store()
+            .contains(&berth_edge::cache::EntryKey::blob(digest))
+            .is_some()
     })
     .await;
     let full = client::get(&url).await;
@@ -123,7 +190,22 @@ async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
     let digest = origin.put_blob(REPO, body.clone());
     let edge = edge::start(&origin.url());
     let path = format!("/v2/{REPO}/blobs/{digest}");
-    assert_eq!(client::get(&format!("{}{path}", edge.url())).await.bytes().len(), body.len());
+    assert_eq!(
+        client::get(&format!("{}{path}", edge.url()))
+            .await
+            .bytes()
+            .len(),
+        body.len()
+    );
+    berth_tests::eventually("fill published", Duration::from_secs(20), || {
+        edge.running()
+            .state
+            .fills
+            .store()
+            .contains(&berth_edge::cache::EntryKey::blob(digest))
+            .is_some()
+    })
+    .await;
     let config = edge.running().state.config.clone();
     let dir = edge.stop();
     drop(origin);
@@ -137,5 +219,8 @@ async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
     assert_eq!(r.header("x-berth-cache"), Some("hit"));
     assert_eq!(r.bytes().as_ref(), body.as_slice());
     let head = client::head(&format!("{}{path}", edge.url())).await;
-    assert_eq!(head.header("content-length"), Some(body.len().to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
 }
