@@ -68,7 +68,7 @@ impl fmt::Display for HumanDuration {
             ("m", 60_000),
             ("s", 1_000),
         ] {
-            if ms >= mult && ms % mult == 0 {
+            if ms >= mult && ms.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", ms / mult);
             }
         }

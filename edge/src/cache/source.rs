@@ -37,7 +37,7 @@ impl SourceKind {
 pub enum BlobSource {
     Disk { file: Arc<File>, size: u64 },
     Fill(FillReader),
-    Direct(DirectReader),
+    Direct(Box<DirectReader>),
 }
 
 impl BlobSource {

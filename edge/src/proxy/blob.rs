@@ -90,7 +90,7 @@ async fn open_source(
             let direct =
                 DirectReader::open(upstream, repository, digest, Arc::clone(&state.metrics)).await;
             direct
-                .map(BlobSource::Direct)
+                .map(|d| BlobSource::Direct(Box::new(d)))
                 .map_err(|e| ApiError::from_fill(&e))
         }
     }

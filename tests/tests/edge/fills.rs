@@ -228,14 +228,20 @@ async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
 #[tokio::test]
 async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
     let origin = Origin::start().await;
-    let blobs: Vec<_> = (0..3u8).map(|i| origin.put_blob(REPO, vec![i; 400 << 10])).collect();
+    let blobs: Vec<_> = (0..3u8)
+        .map(|i| origin.put_blob(REPO, vec![i; 400 << 10]))
+        .collect();
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.cache.disk_max = berth_shared::ByteSize::kib(1000);
     });
     let url = |d: &berth_shared::Digest| format!("{}/v2/{REPO}/blobs/{d}", edge.url());
     let published = |d: berth_shared::Digest| {
         let store = edge.running().state.fills.store().clone();
-        move || store.contains(&berth_edge::cache::EntryKey::blob(d)).is_some()
+        move || {
+            store
+                .contains(&berth_edge::cache::EntryKey::blob(d))
+                .is_some()
+        }
     };
     for d in &blobs[..2] {
         client::get(&url(d)).await.bytes();
@@ -247,14 +253,30 @@ async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
     berth_tests::eventually("published", Duration::from_secs(20), published(blobs[2])).await;
 
     let store = edge.running().state.fills.store();
-    assert!(store.contains(&berth_edge::cache::EntryKey::blob(blobs[1])).is_none(), "LRU blob evicted");
-    assert!(store.contains(&berth_edge::cache::EntryKey::blob(blobs[0])).is_some(), "recently used blob kept");
+    assert!(
+        store
+            .contains(&berth_edge::cache::EntryKey::blob(blobs[1]))
+            .is_none(),
+        "LRU blob evicted"
+    );
+    assert!(
+        store
+            .contains(&berth_edge::cache::EntryKey::blob(blobs[0]))
+            .is_some(),
+        "recently used blob kept"
+    );
     assert!(store.index().usage().0 <= 1000 << 10, "under the budget");
     assert_eq!(edge.metric("berth_edge_evictions_total").await, 1.0);
     berth_tests::eventually("evicted file deleted", Duration::from_secs(10), || {
-        !store.entry_path(&berth_edge::cache::EntryKey::blob(blobs[1])).exists()
+        !store
+            .entry_path(&berth_edge::cache::EntryKey::blob(blobs[1]))
+            .exists()
     })
     .await;
     let again = client::get(&url(&blobs[1])).await;
-    assert_eq!(again.header("x-berth-cache"), Some("miss"), "an evicted blob is fetched again");
+    assert_eq!(
+        again.header("x-berth-cache"),
+        Some("miss"),
+        "an evicted blob is fetched again"
+    );
 }
