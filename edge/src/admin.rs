@@ -21,27 +21,17 @@ impl AdminApp {
 
     fn route(&self, method: &http::Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use GET",
-            );
+            return json(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
         }
         match path {
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => match self.state.not_ready_reason() {
                 None => (StatusCode::OK, "text/plain", b"ready\n".to_vec()),
-                Some(reason) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("not ready: {reason}\n").into_bytes(),
-                ),
+                Some(reason) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n").into_bytes())
+                }
             },
-            "/metrics" => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.state.metrics.render().into_bytes(),
-            ),
+            "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render().into_bytes()),
             _ => json(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
     }

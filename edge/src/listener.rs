@@ -13,10 +13,7 @@ use crate::state::StartError;
 
 /// Binds a TCP listener and returns it with the address it got.
 pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let err = |source| StartError::Bind {
-        addr: addr.to_string(),
-        source,
-    };
+    let err = |source| StartError::Bind { addr: addr.to_string(), source };
     let listener = TcpListener::bind(addr).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
@@ -38,12 +35,7 @@ impl<S> PreBound<S> {
 
 #[async_trait]
 impl<S: Service> Service for PreBound<S> {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        listeners_per_fd: usize,
-    ) {
+    async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, listeners_per_fd: usize) {
         if let Some(fds) = &fds {
             let mut table = fds.lock();
             for (addr, socket) in self.sockets.drain(..) {

@@ -37,9 +37,7 @@ fn main() -> anyhow::Result<()> {
     }
     berth_edge::telemetry::init(&args.log, args.log_json);
     let config = match &args.config {
-        Some(path) => {
-            config::load_file(path).with_context(|| format!("config {}", path.display()))?
-        }
+        Some(path) => config::load_file(path).with_context(|| format!("config {}", path.display()))?,
         None => EdgeConfig::embedded_default().context("embedded default config")?,
     };
     if args.check {

@@ -2,8 +2,8 @@
 //! `berth_edge_` prefix, counters end in `_total`, sizes in `_bytes`, durations in `_seconds`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The edge's metrics and the registry they are exported from.
@@ -12,7 +12,7 @@ pub struct Metrics {
     /// Requests by kind (`blob`, `manifest`, `base`, `other`) and outcome (`hit`, `miss`,
     /// `coalesced`, `stale`, `error`, `bypass`).
     pub requests: IntCounterVec,
-    /// Response bytes sent to clients, by source (`disk`, `upstream`).
+    /// Response bytes sent to clients, by tier (`memory`, `disk`, `upstream`).
     pub served_bytes: IntCounterVec,
     /// Bytes read from upstream registries, by upstream.
     pub upstream_bytes: IntCounterVec,
@@ -35,8 +35,18 @@ pub struct Metrics {
     pub fills_in_flight: IntGauge,
     /// Tag lookups answered with a stale mapping because the upstream failed.
     pub stale_served: IntCounter,
-    /// Files found damaged (missing or wrong size) and dropped.
+    /// Files found damaged (missing, wrong size, wrong content) and dropped.
     pub damaged_entries: IntCounter,
+    /// Entries re-hashed by the scrub, and those that failed.
+    pub scrubbed_entries: IntCounter,
+    pub scrub_failures: IntCounter,
+    /// 1 while the cache disk is failing and fills bypass it.
+    pub disk_degraded: IntGauge,
+    /// Successful responses by kind and the tier that served them (`memory`, `disk`, `upstream`).
+    pub responses: IntCounterVec,
+    /// Bytes and entries held by the memory tier.
+    pub memory_bytes: IntGauge,
+    pub memory_entries: IntGauge,
     /// Request durations by kind, from request line to last byte.
     pub request_seconds: HistogramVec,
     /// Duration of a complete blob fill from upstream.
@@ -45,85 +55,64 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
 impl Metrics {
     pub fn new(region: &str) -> Self {
-        let registry = Registry::new_custom(
-            None,
-            Some([("region".to_owned(), region.to_owned())].into()),
-        )
-        .expect("valid registry");
+        let registry = Registry::new_custom(None, Some([("region".to_owned(), region.to_owned())].into()))
+            .expect("valid registry");
         let r = &registry;
         let cache_bytes = IntGaugeVec::new(
-            Opts::new(
-                "berth_edge_cache_bytes",
-                "Bytes of the disk cache, by state (used, reserved)",
-            ),
+            Opts::new("berth_edge_cache_bytes", "Bytes of the disk cache, by state (used, reserved)"),
             &["state"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(cache_bytes.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(cache_bytes.clone())).expect("unique metric");
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "berth_edge_request_duration_seconds",
-                "Request duration by kind",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
-            ]),
+            HistogramOpts::new("berth_edge_request_duration_seconds", "Request duration by kind")
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
             &["kind"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(request_seconds.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(request_seconds.clone())).expect("unique metric");
         let fill_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "berth_edge_fill_duration_seconds",
-                "Duration of blob fills from upstream",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
+            HistogramOpts::new("berth_edge_fill_duration_seconds", "Duration of blob fills from upstream")
+                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(fill_seconds.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(fill_seconds.clone())).expect("unique metric");
         Metrics {
-            requests: counter_vec(
+            requests: counter_vec(r, "berth_edge_requests_total", "Requests by kind and outcome", &["kind", "outcome"]),
+            served_bytes: counter_vec(r, "berth_edge_served_bytes_total", "Bytes sent to clients by tier", &["tier"]),
+            responses: counter_vec(
                 r,
-                "berth_edge_requests_total",
-                "Requests by kind and outcome",
-                &["kind", "outcome"],
+                "berth_edge_responses_total",
+                "Successful responses by kind and serving tier",
+                &["kind", "tier"],
             ),
-            served_bytes: counter_vec(
+            scrubbed_entries: counter(r, "berth_edge_scrubbed_entries_total", "Cached files re-hashed by the scrub"),
+            scrub_failures: counter(
                 r,
-                "berth_edge_served_bytes_total",
-                "Bytes sent to clients by source",
-                &["source"],
+                "berth_edge_scrub_failures_total",
+                "Cached files the scrub found damaged and dropped",
             ),
+            disk_degraded: gauge(r, "berth_edge_disk_degraded", "1 while the cache disk fails and fills bypass it"),
+            memory_bytes: gauge(r, "berth_edge_memory_bytes", "Bytes held by the memory tier"),
+            memory_entries: gauge(r, "berth_edge_memory_entries", "Entries in the memory tier"),
             upstream_bytes: counter_vec(
                 r,
                 "berth_edge_upstream_bytes_total",
@@ -140,22 +129,13 @@ impl Metrics {
             cache_max_bytes: gauge(r, "berth_edge_cache_max_bytes", "The disk cache budget"),
             cache_entries: gauge(r, "berth_edge_cache_entries", "Entries in the disk cache"),
             evictions: counter(r, "berth_edge_evictions_total", "Entries evicted from disk"),
-            evicted_bytes: counter(
-                r,
-                "berth_edge_evicted_bytes_total",
-                "Bytes evicted from disk",
-            ),
+            evicted_bytes: counter(r, "berth_edge_evicted_bytes_total", "Bytes evicted from disk"),
             digest_mismatches: counter(
                 r,
                 "berth_edge_digest_mismatches_total",
                 "Fills whose content did not match the digest",
             ),
-            fill_failures: counter_vec(
-                r,
-                "berth_edge_fill_failures_total",
-                "Failed fills by reason",
-                &["reason"],
-            ),
+            fill_failures: counter_vec(r, "berth_edge_fill_failures_total", "Failed fills by reason", &["reason"]),
             fills_in_flight: gauge(r, "berth_edge_fills_in_flight", "Blob fills running now"),
             stale_served: counter(
                 r,

@@ -36,32 +36,22 @@ impl EdgeServer {
         server.bootstrap();
         let conf = Arc::clone(&server.configuration);
 
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            EdgeProxy::new(Arc::clone(&state)),
-            "berth-edge",
-        );
+        let mut proxy =
+            pingora::proxy::http_proxy_service_with_name(&conf, EdgeProxy::new(Arc::clone(&state)), "berth-edge");
         proxy.add_tcp(&http_addr.to_string());
-        server.add_service(PreBound::new(
-            proxy,
-            vec![(http_addr.to_string(), http_socket)],
-        ));
+        server.add_service(PreBound::new(proxy, vec![(http_addr.to_string(), http_socket)]));
 
-        let mut admin =
-            ListeningService::new("berth-admin".to_owned(), AdminApp::new(Arc::clone(&state)));
+        let mut admin = ListeningService::new("berth-admin".to_owned(), AdminApp::new(Arc::clone(&state)));
         admin.add_tcp(&admin_addr.to_string());
-        server.add_service(PreBound::new(
-            admin,
-            vec![(admin_addr.to_string(), admin_socket)],
-        ));
+        server.add_service(PreBound::new(admin, vec![(admin_addr.to_string(), admin_socket)]));
+
+        let scrub = Scrub { state: Arc::clone(&state) };
+        let mut scrub = pingora::services::background::background_service("scrub", scrub);
+        scrub.threads = Some(1);
+        server.add_service(scrub);
 
         tracing::info!(http = %http_addr, admin = %admin_addr, region = %state.config.region, "edge ready to serve");
-        Ok(EdgeServer {
-            state,
-            server,
-            http_addr,
-            admin_addr,
-        })
+        Ok(EdgeServer { state, server, http_addr, admin_addr })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -80,39 +70,23 @@ impl EdgeServer {
     /// (fast) or SIGQUIT (graceful upgrade).
     pub fn run(self) {
         let state = Arc::clone(&self.state);
-        let signal = Box::new(Draining {
-            state,
-            inner: Box::new(pingora::server::UnixShutdownSignalWatch),
-        });
-        self.server.run(RunArgs {
-            shutdown_signal: signal,
-        });
+        let signal = Box::new(Draining { state, inner: Box::new(pingora::server::UnixShutdownSignalWatch) });
+        self.server.run(RunArgs { shutdown_signal: signal });
     }
 
     /// Runs on a new thread; the handle stops it.
     pub fn spawn(self) -> RunningEdge {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (http_addr, admin_addr, state) =
-            (self.http_addr, self.admin_addr, Arc::clone(&self.state));
+        let (http_addr, admin_addr, state) = (self.http_addr, self.admin_addr, Arc::clone(&self.state));
         let signal = Box::new(Draining {
             state: Arc::clone(&state),
             inner: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
         });
         let thread = std::thread::Builder::new()
             .name("berth-edge".into())
-            .spawn(move || {
-                self.server.run(RunArgs {
-                    shutdown_signal: signal,
-                })
-            })
+            .spawn(move || self.server.run(RunArgs { shutdown_signal: signal }))
             .ok();
-        RunningEdge {
-            http_addr,
-            admin_addr,
-            state,
-            stop: tx,
-            thread,
-        }
+        RunningEdge { http_addr, admin_addr, state, stop: tx, thread }
     }
 }
 
@@ -165,12 +139,20 @@ struct ChannelSignal(tokio::sync::Mutex<mpsc::UnboundedReceiver<ShutdownSignal>>
 #[async_trait]
 impl ShutdownSignalWatch for ChannelSignal {
     async fn recv(&self) -> ShutdownSignal {
-        self.0
-            .lock()
-            .await
-            .recv()
-            .await
-            .unwrap_or(ShutdownSignal::FastShutdown)
+        self.0.lock().await.recv().await.unwrap_or(ShutdownSignal::FastShutdown)
+    }
+}
+
+/// The background scrub of the disk tier, as a Pingora background service.
+struct Scrub {
+    state: Arc<EdgeState>,
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for Scrub {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let store = Arc::clone(self.state.fills.store());
+        crate::cache::scrub::run(store, self.state.config.cache.scrub_rate.bytes(), shutdown).await;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::cache::{DiskError, DiskStore, Fills, ManifestCache};
+use crate::cache::{DiskError, DiskStore, Fills, ManifestCache, MemoryTier};
 use crate::config::EdgeConfig;
 use crate::metrics::Metrics;
 use crate::registry::Router;
@@ -16,10 +16,7 @@ pub enum StartError {
     #[error("upstream client: {0}")]
     Upstream(#[from] ClientError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// Shared state of a running edge.
@@ -29,6 +26,7 @@ pub struct EdgeState {
     pub upstreams: Upstreams,
     pub fills: Arc<Fills>,
     pub manifests: Arc<ManifestCache>,
+    pub memory: Arc<MemoryTier>,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
@@ -37,23 +35,16 @@ impl EdgeState {
     /// Opens the cache folder (rebuilding its index) and builds the upstream clients.
     pub fn new(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(&config.region));
-        let store = DiskStore::open(
-            &config.cache.dir,
-            config.cache.disk_max.bytes(),
-            Arc::clone(&metrics),
-        )?;
+        let store = DiskStore::open(&config.cache.dir, config.cache.disk_max.bytes(), Arc::clone(&metrics))?;
         let upstreams = Upstreams::new(&config.upstream)?;
-        let router = Router::new(
-            config
-                .upstream
-                .iter()
-                .map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)),
-        );
+        let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
+        let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
         Ok(Arc::new(EdgeState {
             router,
             upstreams,
             fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics)),
-            manifests: ManifestCache::new(store, Arc::clone(&metrics)),
+            manifests: ManifestCache::new(store, Arc::clone(&memory), Arc::clone(&metrics)),
+            memory,
             metrics,
             config,
             draining: AtomicBool::new(false),
@@ -72,10 +63,7 @@ impl EdgeState {
         let tmp = self.fills.store().root().join("tmp");
         match std::fs::metadata(&tmp) {
             Ok(m) if m.is_dir() => None,
-            _ => Some(format!(
-                "cache folder unusable: {} is missing",
-                tmp.display()
-            )),
+            _ => Some(format!("cache folder unusable: {} is missing", tmp.display())),
         }
     }
 }

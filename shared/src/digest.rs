@@ -43,8 +43,7 @@ impl Digest {
             return Err(DigestError::BadEncoding(hex_str.to_owned()));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_str, &mut out)
-            .map_err(|_| DigestError::BadEncoding(hex_str.to_owned()))?;
+        hex::decode_to_slice(hex_str, &mut out).map_err(|_| DigestError::BadEncoding(hex_str.to_owned()))?;
         Ok(Digest(out))
     }
 
@@ -66,9 +65,7 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (algorithm, encoded) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::Malformed(s.to_owned()))?;
+        let (algorithm, encoded) = s.split_once(':').ok_or_else(|| DigestError::Malformed(s.to_owned()))?;
         if !is_algorithm(algorithm) || !is_encoded(encoded) {
             return Err(DigestError::Malformed(s.to_owned()));
         }
@@ -83,18 +80,13 @@ impl FromStr for Digest {
 /// components `[a-z0-9]+`, separators `[+._-]`.
 fn is_algorithm(s: &str) -> bool {
     !s.is_empty()
-        && s.split(['+', '.', '_', '-']).all(|c| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
+        && s.split(['+', '.', '_', '-'])
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
 /// OCI image-spec grammar: `[a-zA-Z0-9=_-]+`.
 fn is_encoded(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
 }
 
 impl fmt::Display for Digest {
@@ -137,55 +129,29 @@ mod tests {
 
     #[test]
     fn should_reject_uppercase_hex() {
-        let upper = EMPTY
-            .replace('e', "E")
-            .replace("sha256:".to_uppercase().as_str(), "sha256:");
+        let upper = EMPTY.replace('e', "E").replace("sha256:".to_uppercase().as_str(), "sha256:");
         let upper = format!("sha256:{}", &upper[7..]);
-        assert!(matches!(
-            upper.parse::<Digest>(),
-            Err(DigestError::BadEncoding(_))
-        ));
+        assert!(matches!(upper.parse::<Digest>(), Err(DigestError::BadEncoding(_))));
     }
 
     #[test]
     fn should_reject_wrong_length() {
-        assert!(matches!(
-            "sha256:abcd".parse::<Digest>(),
-            Err(DigestError::BadEncoding(_))
-        ));
+        assert!(matches!("sha256:abcd".parse::<Digest>(), Err(DigestError::BadEncoding(_))));
     }
 
     #[test]
     fn should_reject_unknown_algorithm() {
         let d = format!("sha512:{}", "a".repeat(128));
-        assert_eq!(
-            d.parse::<Digest>(),
-            Err(DigestError::UnsupportedAlgorithm("sha512".into()))
-        );
+        assert_eq!(d.parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("sha512".into())));
         let d = format!("md5:{}", "a".repeat(32));
-        assert_eq!(
-            d.parse::<Digest>(),
-            Err(DigestError::UnsupportedAlgorithm("md5".into()))
-        );
+        assert_eq!(d.parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("md5".into())));
     }
 
     #[test]
     fn should_reject_malformed_digests() {
-        for bad in [
-            "",
-            "sha256",
-            "sha256:",
-            ":abc",
-            "SHA256:abc",
-            "sha256:..",
-            "sha256:%2e",
-            "sha256:/x",
-            "sha 256:ab",
-        ] {
-            assert!(
-                matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))),
-                "{bad}"
-            );
+        for bad in ["", "sha256", "sha256:", ":abc", "SHA256:abc", "sha256:..", "sha256:%2e", "sha256:/x", "sha 256:ab"]
+        {
+            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))), "{bad}");
         }
     }
 

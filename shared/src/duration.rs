@@ -44,15 +44,10 @@ impl FromStr for HumanDuration {
         let mut total: u64 = 0;
         while !rest.is_empty() {
             let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-            let letters = rest[digits..]
-                .find(|c: char| c.is_ascii_digit())
-                .map_or(rest.len(), |i| i + digits);
+            let letters = rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| i + digits);
             let number: u64 = rest[..digits].parse().map_err(|_| err())?;
             let millis = unit_millis(&rest[digits..letters]).ok_or_else(err)?;
-            total = number
-                .checked_mul(millis)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(err)?;
+            total = number.checked_mul(millis).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
             rest = &rest[letters..];
         }
         Ok(HumanDuration(Duration::from_millis(total)))
@@ -62,12 +57,7 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis() as u64;
-        for (unit, mult) in [
-            ("d", 86_400_000u64),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1_000),
-        ] {
+        for (unit, mult) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
             if ms >= mult && ms.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", ms / mult);
             }

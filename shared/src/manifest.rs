@@ -12,12 +12,7 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 
 /// Every manifest media type Berth serves, in the order it asks an upstream for them when the
 /// client sent no `Accept` header.
-pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
-    OCI_INDEX,
-    DOCKER_MANIFEST_LIST,
-    OCI_MANIFEST,
-    DOCKER_MANIFEST,
-];
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 
 /// Largest manifest Berth fetches or caches (4 MiB, as in the distribution registry).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -63,13 +58,8 @@ impl Platform {
 /// A parsed manifest: an index of platform manifests, or one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
-    Index {
-        manifests: Vec<Descriptor>,
-    },
-    Image {
-        config: Descriptor,
-        layers: Vec<Descriptor>,
-    },
+    Index { manifests: Vec<Descriptor> },
+    Image { config: Descriptor, layers: Vec<Descriptor> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,10 +88,7 @@ impl Manifest {
         let raw: RawManifest = serde_json::from_slice(bytes)?;
         match (raw.manifests, raw.config, raw.layers) {
             (Some(manifests), None, _) => Ok(Manifest::Index { manifests }),
-            (None, Some(config), layers) => Ok(Manifest::Image {
-                config,
-                layers: layers.unwrap_or_default(),
-            }),
+            (None, Some(config), layers) => Ok(Manifest::Image { config, layers: layers.unwrap_or_default() }),
             _ => Err(ManifestError::UnknownShape),
         }
     }
@@ -140,17 +127,12 @@ mod tests {
             d('a'),
             d('b')
         );
-        let Manifest::Index { manifests } = Manifest::parse(json.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Manifest::Index { manifests } = Manifest::parse(json.as_bytes()).unwrap() else { panic!() };
         assert_eq!(manifests.len(), 2);
         let arm = manifests[1].platform.as_ref().unwrap();
         assert!(arm.matches("linux/arm64") && arm.matches("linux/arm64/v8"));
         assert!(!arm.matches("linux/arm64/v7") && !arm.matches("linux/amd64"));
-        assert_eq!(
-            detect_media_type(json.as_bytes()).as_deref(),
-            Some(OCI_INDEX)
-        );
+        assert_eq!(detect_media_type(json.as_bytes()).as_deref(), Some(OCI_INDEX));
     }
 
     #[test]
@@ -160,27 +142,16 @@ mod tests {
             d('c'),
             d('e')
         );
-        let Manifest::Image { config, layers } = Manifest::parse(json.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Manifest::Image { config, layers } = Manifest::parse(json.as_bytes()).unwrap() else { panic!() };
         assert_eq!(config.size, 2);
         assert_eq!(layers.len(), 1);
-        assert_eq!(
-            detect_media_type(json.as_bytes()).as_deref(),
-            Some(OCI_MANIFEST)
-        );
+        assert_eq!(detect_media_type(json.as_bytes()).as_deref(), Some(OCI_MANIFEST));
     }
 
     #[test]
     fn should_reject_documents_that_are_not_manifests() {
-        assert!(matches!(
-            Manifest::parse(b"{}"),
-            Err(ManifestError::UnknownShape)
-        ));
-        assert!(matches!(
-            Manifest::parse(b"not json"),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(Manifest::parse(b"{}"), Err(ManifestError::UnknownShape)));
+        assert!(matches!(Manifest::parse(b"not json"), Err(ManifestError::Json(_))));
         let bad_digest = r#"{"config":{"digest":"sha256:zz","size":1},"layers":[]}"#;
         assert!(Manifest::parse(bad_digest.as_bytes()).is_err());
     }

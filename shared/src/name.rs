@@ -15,7 +15,9 @@ pub enum NameError {
     Empty,
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
-    #[error("repository name component {0:?} is invalid (lowercase letters, digits and single separators . _ __ - only)")]
+    #[error(
+        "repository name component {0:?} is invalid (lowercase letters, digits and single separators . _ __ - only)"
+    )]
     BadComponent(String),
 }
 
@@ -105,15 +107,7 @@ mod tests {
 
     #[test]
     fn should_accept_valid_names() {
-        for ok in [
-            "nginx",
-            "library/nginx",
-            "a/b/c/d",
-            "my-org/my--app",
-            "a.b_c__d-e",
-            "x0/9y",
-            "ghcr.io/org/app",
-        ] {
+        for ok in ["nginx", "library/nginx", "a/b/c/d", "my-org/my--app", "a.b_c__d-e", "x0/9y", "ghcr.io/org/app"] {
             assert!(RepositoryName::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -121,8 +115,8 @@ mod tests {
     #[test]
     fn should_reject_path_tricks_and_bad_characters() {
         for bad in [
-            "..", "a/../b", "a/./b", "%2e%2e/x", "a%2fb", "Upper", "a//b", "/a", "a/", "-a", "a-",
-            "a___b", "a..b", "a b", "a\\b", "a:b",
+            "..", "a/../b", "a/./b", "%2e%2e/x", "a%2fb", "Upper", "a//b", "/a", "a/", "-a", "a-", "a___b", "a..b",
+            "a b", "a\\b", "a:b",
         ] {
             assert!(RepositoryName::parse(bad).is_err(), "{bad}");
         }
@@ -131,22 +125,15 @@ mod tests {
     #[test]
     fn should_reject_empty_and_too_long_names() {
         assert_eq!(RepositoryName::parse(""), Err(NameError::Empty));
-        assert_eq!(
-            RepositoryName::parse(&"a".repeat(256)),
-            Err(NameError::TooLong)
-        );
+        assert_eq!(RepositoryName::parse(&"a".repeat(256)), Err(NameError::TooLong));
         assert!(RepositoryName::parse(&"a".repeat(255)).is_ok());
     }
 
     #[test]
     fn should_add_library_prefix_to_one_segment_names_only() {
-        let n = RepositoryName::parse("nginx")
-            .unwrap()
-            .with_library_prefix();
+        let n = RepositoryName::parse("nginx").unwrap().with_library_prefix();
         assert_eq!(n.as_str(), "library/nginx");
-        let n = RepositoryName::parse("org/app")
-            .unwrap()
-            .with_library_prefix();
+        let n = RepositoryName::parse("org/app").unwrap().with_library_prefix();
         assert_eq!(n.as_str(), "org/app");
     }
 }

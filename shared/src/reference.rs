@@ -26,12 +26,8 @@ pub enum ReferenceError {
 impl Tag {
     pub fn parse(tag: &str) -> Result<Self, ReferenceError> {
         let bytes = tag.as_bytes();
-        let first_ok = bytes
-            .first()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
-        let rest_ok = bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        let first_ok = bytes.first().is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        let rest_ok = bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !first_ok || !rest_ok || bytes.len() > 128 {
             return Err(ReferenceError::BadTag(tag.to_owned()));
         }
@@ -81,10 +77,7 @@ mod tests {
 
     #[test]
     fn should_parse_tags_and_digests() {
-        assert!(matches!(
-            Reference::parse("1.27-alpine"),
-            Ok(Reference::Tag(_))
-        ));
+        assert!(matches!(Reference::parse("1.27-alpine"), Ok(Reference::Tag(_))));
         assert!(matches!(Reference::parse("_latest"), Ok(Reference::Tag(_))));
         let d = format!("sha256:{}", "0".repeat(64));
         assert!(matches!(Reference::parse(&d), Ok(Reference::Digest(_))));
@@ -93,23 +86,14 @@ mod tests {
     #[test]
     fn should_reject_bad_tags() {
         for bad in ["", ".hidden", "-x", "a/b", "a%2e", "..", &"a".repeat(129)] {
-            assert!(
-                matches!(Reference::parse(bad), Err(ReferenceError::BadTag(_))),
-                "{bad}"
-            );
+            assert!(matches!(Reference::parse(bad), Err(ReferenceError::BadTag(_))), "{bad}");
         }
         assert!(Tag::parse(&"a".repeat(128)).is_ok());
     }
 
     #[test]
     fn should_reject_bad_digest_references() {
-        assert!(matches!(
-            Reference::parse("sha256:zz"),
-            Err(ReferenceError::Digest(_))
-        ));
-        assert!(matches!(
-            Reference::parse("md5:abc"),
-            Err(ReferenceError::Digest(_))
-        ));
+        assert!(matches!(Reference::parse("sha256:zz"), Err(ReferenceError::Digest(_))));
+        assert!(matches!(Reference::parse("md5:abc"), Err(ReferenceError::Digest(_))));
     }
 }

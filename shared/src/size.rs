@@ -44,29 +44,18 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || SizeError(s.to_owned());
         let trimmed = s.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
+        let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
         let (number, unit) = trimmed.split_at(split);
         let number: u64 = number.parse().map_err(|_| err())?;
         let unit = unit.trim().to_ascii_lowercase();
-        let multiplier = if unit.is_empty() {
-            1
-        } else {
-            UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(err)?.1
-        };
+        let multiplier = if unit.is_empty() { 1 } else { UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(err)?.1 };
         number.checked_mul(multiplier).map(ByteSize).ok_or_else(err)
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, mult) in [
-            ("TiB", 1u64 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ] {
+        for (unit, mult) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
             if self.0 >= mult && self.0.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", self.0 / mult);
             }
@@ -102,25 +91,14 @@ mod tests {
     fn should_parse_binary_and_decimal_units() {
         assert_eq!("100GiB".parse::<ByteSize>().unwrap(), ByteSize(100 << 30));
         assert_eq!("4 MiB".parse::<ByteSize>().unwrap(), ByteSize(4 << 20));
-        assert_eq!(
-            "10GB".parse::<ByteSize>().unwrap(),
-            ByteSize(10_000_000_000)
-        );
+        assert_eq!("10GB".parse::<ByteSize>().unwrap(), ByteSize(10_000_000_000));
         assert_eq!("1024".parse::<ByteSize>().unwrap(), ByteSize(1024));
         assert_eq!("7b".parse::<ByteSize>().unwrap(), ByteSize(7));
     }
 
     #[test]
     fn should_reject_bad_sizes() {
-        for bad in [
-            "",
-            "GiB",
-            "-1GiB",
-            "1.5GiB",
-            "10 parsecs",
-            "99999999999TiB",
-            "1GiBx",
-        ] {
+        for bad in ["", "GiB", "-1GiB", "1.5GiB", "10 parsecs", "99999999999TiB", "1GiBx"] {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
         }
     }

@@ -36,10 +36,7 @@ impl Response {
 
     /// The OCI error code of an error response.
     pub fn error_code(&self) -> String {
-        self.json()["errors"][0]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_owned()
     }
 }
 
@@ -81,9 +78,7 @@ impl Streaming {
 }
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http()
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http()
 }
 
 fn build(method: Method, url: &str, headers: &[(&str, &str)]) -> Request<Empty<Bytes>> {
@@ -96,21 +91,10 @@ fn build(method: Method, url: &str, headers: &[(&str, &str)]) -> Request<Empty<B
 
 /// Sends a request and reads the whole response.
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Response {
-    let response = client()
-        .request(build(method, url, headers))
-        .await
-        .expect("response headers");
+    let response = client().request(build(method, url, headers)).await.expect("response headers");
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| format!("{e:?}"));
-    Response {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}"));
+    Response { status: parts.status.as_u16(), headers: parts.headers, body }
 }
 
 pub async fn get(url: &str) -> Response {
@@ -123,15 +107,7 @@ pub async fn head(url: &str) -> Response {
 
 /// Sends a request and returns once the headers arrived.
 pub async fn open(url: &str, headers: &[(&str, &str)]) -> Streaming {
-    let response = client()
-        .request(build(Method::GET, url, headers))
-        .await
-        .expect("response headers");
+    let response = client().request(build(Method::GET, url, headers)).await.expect("response headers");
     let (parts, body) = response.into_parts();
-    Streaming {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-        received: BytesMut::new(),
-    }
+    Streaming { status: parts.status.as_u16(), headers: parts.headers, body, received: BytesMut::new() }
 }

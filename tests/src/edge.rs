@@ -69,10 +69,7 @@ pub fn test_config(dir: &Path, upstreams: &[(&str, &str)], extra: &str) -> EdgeC
 /// Starts an in-process edge with `config` (its cache dir must be inside `dir`).
 pub fn start_with(config: EdgeConfig, dir: tempfile::TempDir) -> TestEdge {
     let edge = EdgeServer::build(config).expect("edge starts").spawn();
-    TestEdge {
-        edge: Some(edge),
-        dir,
-    }
+    TestEdge { edge: Some(edge), dir }
 }
 
 /// Starts an in-process edge in front of one upstream (named `docker.io`, the default).
@@ -81,11 +78,7 @@ pub fn start(upstream_url: &str) -> TestEdge {
 }
 
 /// Starts an in-process edge with several upstreams, extra top-level TOML, and a final tweak.
-pub fn start_custom(
-    upstreams: &[(&str, &str)],
-    extra: &str,
-    tweak: impl FnOnce(&mut EdgeConfig),
-) -> TestEdge {
+pub fn start_custom(upstreams: &[(&str, &str)], extra: &str, tweak: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(&dir.path().join("cache"), upstreams, extra);
     tweak(&mut config);
@@ -97,11 +90,7 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        path.display()
-    );
+    assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first", path.display());
     path
 }
 
@@ -127,9 +116,7 @@ impl EdgeProcess {
             .expect("start berth-edge");
         let (http, admin) = crate::tools::follow_output(&mut child, log, |line| {
             let field = |name: &str| -> Option<std::net::SocketAddr> {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .and_then(|v| v.parse().ok())
+                line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse().ok())
             };
             if line.contains("edge ready to serve") {
                 Some((field("http=")?, field("admin=")?))
@@ -137,18 +124,8 @@ impl EdgeProcess {
                 None
             }
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "berth-edge did not start: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
-        EdgeProcess {
-            child,
-            http,
-            admin,
-            log: log.to_owned(),
-        }
+        .unwrap_or_else(|| panic!("berth-edge did not start: {}", std::fs::read_to_string(log).unwrap_or_default()));
+        EdgeProcess { child, http, admin, log: log.to_owned() }
     }
 
     pub fn url(&self) -> String {

@@ -30,11 +30,7 @@ pub enum Fault {
     StallHeaders,
     /// `after` bytes, then wait for the gate before sending the rest (every byte altered
     /// when `corrupt`).
-    Gate {
-        after: usize,
-        gate: Arc<Notify>,
-        corrupt: bool,
-    },
+    Gate { after: usize, gate: Arc<Notify>, corrupt: bool },
     /// A 307 to `base` + the same path.
     Redirect { base: String },
 }
@@ -66,18 +62,11 @@ pub struct Logged {
 
 impl Logged {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -132,41 +121,20 @@ impl Origin {
     pub fn put_blob(&self, repo: &str, body: impl Into<Bytes>) -> Digest {
         let body = body.into();
         let digest = Digest::of(&body);
-        let object = Object {
-            body,
-            content_type: "application/octet-stream".into(),
-            digest,
-        };
-        self.state
-            .lock()
-            .objects
-            .insert(format!("/v2/{repo}/blobs/{digest}"), object);
+        let object = Object { body, content_type: "application/octet-stream".into(), digest };
+        self.state.lock().objects.insert(format!("/v2/{repo}/blobs/{digest}"), object);
         digest
     }
 
     /// Stores a manifest under its digest and, if given, a tag; returns the digest.
-    pub fn put_manifest(
-        &self,
-        repo: &str,
-        tag: Option<&str>,
-        media_type: &str,
-        body: impl Into<Bytes>,
-    ) -> Digest {
+    pub fn put_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, body: impl Into<Bytes>) -> Digest {
         let body = body.into();
         let digest = Digest::of(&body);
-        let object = Object {
-            body,
-            content_type: media_type.into(),
-            digest,
-        };
+        let object = Object { body, content_type: media_type.into(), digest };
         let mut state = self.state.lock();
-        state
-            .objects
-            .insert(format!("/v2/{repo}/manifests/{digest}"), object.clone());
+        state.objects.insert(format!("/v2/{repo}/manifests/{digest}"), object.clone());
         if let Some(tag) = tag {
-            state
-                .objects
-                .insert(format!("/v2/{repo}/manifests/{tag}"), object);
+            state.objects.insert(format!("/v2/{repo}/manifests/{tag}"), object);
         }
         digest
     }
@@ -175,24 +143,15 @@ impl Origin {
     pub fn put_raw(&self, path: &str, body: impl Into<Bytes>) {
         let body: Bytes = body.into();
         let digest = Digest::of(&body);
-        self.state.lock().objects.insert(
-            path.into(),
-            Object {
-                body,
-                content_type: "application/octet-stream".into(),
-                digest,
-            },
-        );
+        self.state
+            .lock()
+            .objects
+            .insert(path.into(), Object { body, content_type: "application/octet-stream".into(), digest });
     }
 
     /// Queues a fault for the next request to `path`.
     pub fn fault(&self, path: &str, fault: Fault) {
-        self.state
-            .lock()
-            .faults
-            .entry(path.into())
-            .or_default()
-            .push_back(fault);
+        self.state.lock().faults.entry(path.into()).or_default().push_back(fault);
     }
 
     pub fn set_auth(&self, auth: Auth) {
@@ -206,12 +165,7 @@ impl Origin {
 
     /// Requests with this method whose path starts with `prefix`.
     pub fn count(&self, method: &str, prefix: &str) -> usize {
-        self.state
-            .lock()
-            .log
-            .iter()
-            .filter(|l| l.method == method && l.path.starts_with(prefix))
-            .count()
+        self.state.lock().log.iter().filter(|l| l.method == method && l.path.starts_with(prefix)).count()
     }
 
     pub fn tokens_issued(&self) -> usize {
@@ -219,11 +173,7 @@ impl Origin {
     }
 }
 
-async fn serve_connection(
-    mut socket: TcpStream,
-    state: Arc<Mutex<State>>,
-    addr: std::net::SocketAddr,
-) {
+async fn serve_connection(mut socket: TcpStream, state: Arc<Mutex<State>>, addr: std::net::SocketAddr) {
     let mut buf = Vec::new();
     loop {
         let Some(request) = read_request(&mut socket, &mut buf).await else {
@@ -250,12 +200,7 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Logge
                 .filter_map(|l| l.split_once(':'))
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                 .collect();
-            return Some(Logged {
-                method,
-                path: path.into(),
-                query: query.into(),
-                headers,
-            });
+            return Some(Logged { method, path: path.into(), query: query.into(), headers });
         }
         let mut chunk = [0u8; 4096];
         let n = socket.read(&mut chunk).await.ok()?;
@@ -275,17 +220,8 @@ fn head(status: u16, headers: &[(&str, String)]) -> Vec<u8> {
     out.into_bytes()
 }
 
-async fn simple(
-    socket: &mut TcpStream,
-    status: u16,
-    extra: &[(&str, String)],
-    body: &[u8],
-    is_head: bool,
-) -> bool {
-    let mut headers = vec![
-        ("Content-Length", body.len().to_string()),
-        ("Content-Type", "application/json".into()),
-    ];
+async fn simple(socket: &mut TcpStream, status: u16, extra: &[(&str, String)], body: &[u8], is_head: bool) -> bool {
+    let mut headers = vec![("Content-Length", body.len().to_string()), ("Content-Type", "application/json".into())];
     headers.extend(extra.iter().cloned());
     let mut out = head(status, &headers);
     if !is_head {
@@ -295,26 +231,14 @@ async fn simple(
 }
 
 /// Answers one request; returns whether the connection may serve another.
-async fn respond(
-    socket: &mut TcpStream,
-    req: &Logged,
-    state: &Arc<Mutex<State>>,
-    addr: std::net::SocketAddr,
-) -> bool {
+async fn respond(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>, addr: std::net::SocketAddr) -> bool {
     let is_head = req.method == "HEAD";
     if req.path == "/token" {
         return issue_token(socket, req, state).await;
     }
     if let Some(challenge) = auth_challenge(req, state, addr) {
         let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
-        return simple(
-            socket,
-            401,
-            &[("WWW-Authenticate", challenge)],
-            body,
-            is_head,
-        )
-        .await;
+        return simple(socket, 401, &[("WWW-Authenticate", challenge)], body, is_head).await;
     }
     let (object, fault) = {
         let mut s = state.lock();
@@ -323,8 +247,7 @@ async fn respond(
     };
     match (&fault, object) {
         (Some(Fault::Status(code)), _) => {
-            let body =
-                format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"scripted {code}"}}]}}"#);
+            let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"scripted {code}"}}]}}"#);
             simple(socket, *code, &[], body.as_bytes(), is_head).await
         }
         (Some(Fault::StallHeaders), _) => {
@@ -332,14 +255,7 @@ async fn respond(
             false
         }
         (Some(Fault::Redirect { base }), _) => {
-            simple(
-                socket,
-                307,
-                &[("Location", format!("{base}{}", req.path))],
-                b"",
-                is_head,
-            )
-            .await
+            simple(socket, 307, &[("Location", format!("{base}{}", req.path))], b"", is_head).await
         }
         (_, None) => {
             let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"not here"}]}"#;
@@ -349,12 +265,7 @@ async fn respond(
     }
 }
 
-async fn send_object(
-    socket: &mut TcpStream,
-    object: &Object,
-    fault: Option<Fault>,
-    is_head: bool,
-) -> bool {
+async fn send_object(socket: &mut TcpStream, object: &Object, fault: Option<Fault>, is_head: bool) -> bool {
     let headers = [
         ("Content-Length", object.body.len().to_string()),
         ("Content-Type", object.content_type.clone()),
@@ -403,11 +314,7 @@ async fn send_object(
     }
 }
 
-fn auth_challenge(
-    req: &Logged,
-    state: &Arc<Mutex<State>>,
-    addr: std::net::SocketAddr,
-) -> Option<String> {
+fn auth_challenge(req: &Logged, state: &Arc<Mutex<State>>, addr: std::net::SocketAddr) -> Option<String> {
     let auth = state.lock().auth.clone();
     let presented = req.header("Authorization").unwrap_or_default();
     let repo = req
@@ -429,18 +336,12 @@ fn auth_challenge(
 
 pub fn basic(username: &str, password: &str) -> String {
     use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
 }
 
 async fn issue_token(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>) -> bool {
     let auth = state.lock().auth.clone();
-    if let Auth::Bearer {
-        credentials: Some((u, p)),
-    } = auth
-    {
+    if let Auth::Bearer { credentials: Some((u, p)) } = auth {
         if req.header("Authorization") != Some(basic(&u, &p).as_str()) {
             return simple(socket, 401, &[], br#"{"details":"bad credentials"}"#, false).await;
         }

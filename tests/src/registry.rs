@@ -40,17 +40,9 @@ impl DockerRegistry {
             rest.split(['"', ' ']).next()?.parse().ok()
         })
         .unwrap_or_else(|| {
-            panic!(
-                "docker-registry did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
+            panic!("docker-registry did not start: {}", std::fs::read_to_string(&log).unwrap_or_default())
         });
-        DockerRegistry {
-            addr,
-            log,
-            child,
-            dir: dir.to_owned(),
-        }
+        DockerRegistry { addr, log, child, dir: dir.to_owned() }
     }
 
     pub fn url(&self) -> String {
@@ -70,11 +62,7 @@ impl DockerRegistry {
     /// Access-log lines of GET requests for this one blob.
     pub fn gets_of(&self, repo: &str, digest: &str) -> usize {
         let needle = format!("\"GET /v2/{repo}/blobs/{digest} ");
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .count()
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| l.contains(&needle)).count()
     }
 
     pub fn stop(&mut self) {

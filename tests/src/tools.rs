@@ -13,20 +13,12 @@ pub fn follow_output<T: Send + 'static>(
     log: &Path,
     find: impl Fn(&str) -> Option<T> + Send + Sync + 'static,
 ) -> Option<T> {
-    let file = std::sync::Arc::new(std::sync::Mutex::new(
-        std::fs::File::create(log).expect("log file"),
-    ));
+    let file = std::sync::Arc::new(std::sync::Mutex::new(std::fs::File::create(log).expect("log file")));
     let find = std::sync::Arc::new(find);
     let (tx, rx) = mpsc::channel();
     let streams: Vec<Box<dyn std::io::Read + Send>> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -59,24 +51,13 @@ pub async fn try_get_status(url: &str) -> Option<u16> {
 
 /// Whether a command exists on this machine.
 pub fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success())
 }
 
 /// Runs skopeo with `args`; panics with its output if it fails.
 pub fn skopeo(args: &[&str]) -> String {
-    let out = Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("skopeo runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("skopeo").args(args).output().expect("skopeo runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "skopeo {args:?} failed:\n{text}");
     text
 }

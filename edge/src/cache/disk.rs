@@ -8,12 +8,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use berth_shared::Digest;
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
 
 use super::index::{DiskIndex, NoRoom, Reservation, Victims};
-use super::{blocking, EntryKey, Kind};
+use super::{blocking, xattr, EntryKey, Kind};
 use crate::metrics::Metrics;
+
+/// After a disk failure, fills bypass the disk for this long before trying it again.
+const DEGRADED_RETRY: Duration = Duration::from_secs(10);
+/// Read size when hashing a cached file.
+const HASH_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -32,16 +40,14 @@ pub struct DiskStore {
     index: Arc<DiskIndex>,
     metrics: Arc<Metrics>,
     temp_seq: AtomicU64,
+    /// When and why the disk last failed.
+    degraded: Mutex<Option<(Instant, String)>>,
 }
 
 impl DiskStore {
     /// Opens (creating if needed) the cache folder: empties `tmp/`, rebuilds the index from the
     /// files present, and evicts down to `max_bytes` if the folder holds more.
-    pub fn open(
-        root: &Path,
-        max_bytes: u64,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>, DiskError> {
+    pub fn open(root: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Arc<Self>, DiskError> {
         for kind in [Kind::Blob, Kind::Manifest] {
             let dir = root.join(kind.folder()).join("sha256");
             fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -56,6 +62,7 @@ impl DiskStore {
             index: DiskIndex::new(max_bytes),
             metrics,
             temp_seq: AtomicU64::new(0),
+            degraded: Mutex::new(None),
         });
         store.rebuild_index()?;
         metrics_update(&store);
@@ -70,6 +77,10 @@ impl DiskStore {
         &self.index
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Where an entry's file lives.
     pub fn entry_path(&self, key: &EntryKey) -> PathBuf {
         entry_path(&self.root, key)
@@ -80,21 +91,29 @@ impl DiskStore {
         self.index.peek(key)
     }
 
-    /// Opens an entry for reading. A file that is missing or whose size disagrees with the
-    /// index is dropped (and reported as a miss), never served.
+    /// Opens an entry for reading. A file that is missing, has the wrong size, or (the first
+    /// time a blob is read after start) does not hash to its digest is dropped and reported as
+    /// a miss, never served.
     pub async fn open_entry(self: &Arc<Self>, key: EntryKey) -> Option<(Arc<File>, u64)> {
-        let size = self.index.touch(&key)?;
+        let found = self.index.touch(&key)?;
         let path = self.entry_path(&key);
+        let check_hash = !found.verified && key.kind == Kind::Blob;
         let opened = blocking(move || {
             let file = File::open(&path)?;
             let actual = file.metadata()?.len();
-            Ok((file, actual))
+            let matches = actual == found.size && (!check_hash || hash_file(&file)? == key.digest);
+            Ok((file, actual, matches))
         })
         .await;
         match opened {
-            Ok((file, actual)) if actual == size => Some((Arc::new(file), size)),
-            Ok((_, actual)) => {
-                tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), expected = size, actual, "cached file has the wrong size: dropped");
+            Ok((file, _, true)) => {
+                if check_hash {
+                    self.index.mark_verified(&key);
+                }
+                Some((Arc::new(file), found.size))
+            }
+            Ok((_, actual, false)) => {
+                tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), expected = found.size, actual, "cached file damaged (size or content): dropped");
                 self.drop_damaged(key).await;
                 None
             }
@@ -103,6 +122,82 @@ impl DiskStore {
                 self.drop_damaged(key).await;
                 None
             }
+        }
+    }
+
+    /// Hashes an entry's file (the scrub), reading at most `rate` bytes per second. Returns
+    /// whether it matched; a damaged entry is dropped.
+    pub async fn verify(self: &Arc<Self>, key: EntryKey, rate: u64) -> io::Result<bool> {
+        let Some(size) = self.index.peek(&key) else { return Ok(true) };
+        let path = self.entry_path(&key);
+        let file = match blocking(move || File::open(path)).await {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.drop_damaged(key).await;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let (mut hasher, mut offset) = (Some(Sha256::new()), 0u64);
+        loop {
+            let (f, mut h) = (Arc::clone(&file), hasher.take().unwrap_or_default());
+            let (h, n) = blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; HASH_CHUNK];
+                let n = f.read_at(&mut buf, offset)?;
+                // A manifest file starts with its media type line, which is not hashed.
+                let start = match (offset, key.kind) {
+                    (0, Kind::Manifest) => buf[..n].iter().position(|b| *b == b'\n').map_or(n, |p| p + 1),
+                    _ => 0,
+                };
+                h.update(&buf[start..n]);
+                Ok((h, n))
+            })
+            .await?;
+            hasher = Some(h);
+            if n == 0 {
+                break;
+            }
+            offset += n as u64;
+            if rate > 0 {
+                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+            }
+        }
+        let ok = offset == size && Digest::from_sha256(hasher.unwrap_or_default()) == key.digest;
+        if ok {
+            self.index.mark_verified(&key);
+        } else if self.index.peek(&key).is_some() {
+            tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), "scrub: cached file does not hash to its digest: dropped");
+            self.drop_damaged(key).await;
+        }
+        Ok(ok)
+    }
+
+    /// Marks the disk as failing: fills bypass it for a while, `/readyz` reports it.
+    pub fn set_degraded(&self, reason: String) {
+        tracing::error!(%reason, "cache disk degraded: serving without caching");
+        self.metrics.disk_degraded.set(1);
+        *self.degraded.lock() = Some((Instant::now(), reason));
+    }
+
+    /// Why the disk is degraded, while it is.
+    pub fn degraded(&self) -> Option<String> {
+        let mut degraded = self.degraded.lock();
+        match &*degraded {
+            Some((since, reason)) if since.elapsed() < DEGRADED_RETRY => Some(reason.clone()),
+            Some(_) => {
+                *degraded = None;
+                self.metrics.disk_degraded.set(0);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn clear_degraded(&self) {
+        if self.degraded.lock().take().is_some() {
+            tracing::info!("cache disk usable again");
+            self.metrics.disk_degraded.set(0);
         }
     }
 
@@ -127,15 +222,8 @@ impl DiskStore {
     /// Creates a new temp file for a fill: (path, file opened for writing).
     pub fn create_temp(&self) -> io::Result<(PathBuf, File)> {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .root
-            .join("tmp")
-            .join(format!("{}-{seq}.part", std::process::id()));
-        let file = File::options()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&path)?;
+        let path = self.root.join("tmp").join(format!("{}-{seq}.part", std::process::id()));
+        let file = File::options().write(true).read(true).create_new(true).open(&path)?;
         Ok((path, file))
     }
 
@@ -154,20 +242,16 @@ impl DiskStore {
     }
 
     /// Moves a verified temp file into place and adds it to the index. Blocking.
-    pub fn publish(
-        &self,
-        temp: &Path,
-        key: EntryKey,
-        size: u64,
-        reservation: Reservation,
-    ) -> io::Result<()> {
+    pub fn publish(&self, temp: &Path, key: EntryKey, size: u64, reservation: Reservation) -> io::Result<()> {
         let path = self.entry_path(&key);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
+        xattr::set_size(temp, size);
         fs::rename(temp, &path)?;
         reservation.commit(key, size);
         metrics_update(self);
+        self.clear_degraded();
         Ok(())
     }
 
@@ -179,10 +263,7 @@ impl DiskStore {
         self.metrics.evictions.inc_by(victims.len() as u64);
         self.metrics.evicted_bytes.inc_by(bytes);
         metrics_update(self);
-        let paths: Vec<PathBuf> = victims
-            .iter()
-            .map(|(key, _)| self.entry_path(key))
-            .collect();
+        let paths: Vec<PathBuf> = victims.iter().map(|(key, _)| self.entry_path(key)).collect();
         tokio::task::spawn_blocking(move || {
             for path in paths {
                 if let Err(e) = fs::remove_file(&path) {
@@ -200,8 +281,7 @@ impl DiskStore {
         let mut found: Vec<(i64, EntryKey, u64)> = Vec::new();
         for kind in [Kind::Blob, Kind::Manifest] {
             let base = self.root.join(kind.folder()).join("sha256");
-            let shards =
-                fs::read_dir(&base).map_err(io_err(format!("reading {}", base.display())))?;
+            let shards = fs::read_dir(&base).map_err(io_err(format!("reading {}", base.display())))?;
             for shard in shards.flatten() {
                 let path = shard.path();
                 let is_shard = shard.file_type().is_ok_and(|t| t.is_dir())
@@ -210,7 +290,7 @@ impl DiskStore {
                         .to_str()
                         .is_some_and(|n| n.len() == 2 && Digest::from_hex(&n.repeat(32)).is_ok());
                 if is_shard {
-                    scan_shard(&path, kind, &mut found);
+                    scan_shard(&path, kind, &mut found, &self.metrics);
                 } else {
                     tracing::warn!(path = %path.display(), "stray entry in cache folder: removed");
                     let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
@@ -233,19 +313,12 @@ impl DiskStore {
 
 fn entry_path(root: &Path, key: &EntryKey) -> PathBuf {
     let hex = key.digest.hex();
-    root.join(key.kind.folder())
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
+    root.join(key.kind.folder()).join("sha256").join(&hex[..2]).join(hex)
 }
 
 /// Adds the entries of one `<2 hex>` folder; removes stray files.
-fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>) {
-    let Some(prefix) = shard
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_owned)
-    else {
+fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>, metrics: &Metrics) {
+    let Some(prefix) = shard.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
         return;
     };
     let Ok(files) = fs::read_dir(shard) else {
@@ -258,9 +331,14 @@ fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>) {
             .filter(|n| n.starts_with(&prefix) && prefix.len() == 2)
             .and_then(|n| Digest::from_hex(n).ok());
         match (parsed, file.metadata()) {
-            (Some(digest), Ok(meta)) if meta.is_file() => {
-                found.push((meta.mtime(), EntryKey { kind, digest }, meta.len()));
-            }
+            (Some(digest), Ok(meta)) if meta.is_file() => match xattr::get_size(&file.path()) {
+                Some(expected) if expected != meta.len() => {
+                    metrics.damaged_entries.inc();
+                    tracing::warn!(path = %file.path().display(), expected, actual = meta.len(), "cached file has the wrong size: removed");
+                    let _ = fs::remove_file(file.path());
+                }
+                _ => found.push((meta.mtime(), EntryKey { kind, digest }, meta.len())),
+            },
             _ => {
                 tracing::warn!(path = %file.path().display(), "stray file in cache folder: removed");
                 let _ = fs::remove_file(file.path());
@@ -269,18 +347,26 @@ fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>) {
     }
 }
 
+/// The sha256 of a whole file.
+fn hash_file(file: &File) -> io::Result<Digest> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut offset = 0;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            return Ok(Digest::from_sha256(hasher));
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+}
+
 fn metrics_update(store: &DiskStore) {
     let (used, reserved, entries) = store.index.usage();
-    store
-        .metrics
-        .cache_bytes
-        .with_label_values(&["used"])
-        .set(used as i64);
-    store
-        .metrics
-        .cache_bytes
-        .with_label_values(&["reserved"])
-        .set(reserved as i64);
+    store.metrics.cache_bytes.with_label_values(&["used"]).set(used as i64);
+    store.metrics.cache_bytes.with_label_values(&["reserved"]).set(reserved as i64);
     store.metrics.cache_entries.set(entries as i64);
     store.metrics.cache_max_bytes.set(store.index.max() as i64);
 }

@@ -110,6 +110,8 @@ pub enum Lookup {
     Cached(Arc<File>, u64),
     /// A fill; `started` says whether this request started it (a miss) or joined it (coalesced).
     Filling { fill: Arc<Fill>, started: bool },
+    /// The disk is failing: fetch straight from the upstream, without caching.
+    Bypass,
 }
 
 /// The fills in flight, by digest.
@@ -131,16 +133,14 @@ struct FillJob {
 
 enum Finished {
     Published,
+    /// Verified and served, but the disk failed to keep it.
+    NotKept,
     Bypass,
 }
 
 impl Fills {
     pub fn new(store: Arc<DiskStore>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Fills {
-            store,
-            metrics,
-            inflight: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Fills { store, metrics, inflight: Mutex::new(HashMap::new()) })
     }
 
     pub fn store(&self) -> &Arc<DiskStore> {
@@ -161,28 +161,16 @@ impl Fills {
             }
             let mut inflight = self.inflight.lock();
             if let Some(fill) = inflight.get(&digest) {
-                return Ok(Lookup::Filling {
-                    fill: Arc::clone(fill),
-                    started: false,
-                });
+                return Ok(Lookup::Filling { fill: Arc::clone(fill), started: false });
             }
             if self.store.contains(&key).is_some() {
                 // Published between our disk check and taking the lock.
                 continue;
             }
-            let (temp, writer) = self
-                .store
-                .create_temp()
-                .map_err(|e| FillError::Disk(e.to_string()))?;
-            let reader = writer
-                .try_clone()
-                .map_err(|e| FillError::Disk(e.to_string()))?;
+            let (temp, writer) = self.store.create_temp().map_err(|e| FillError::Disk(e.to_string()))?;
+            let reader = writer.try_clone().map_err(|e| FillError::Disk(e.to_string()))?;
             let (tx, rx) = watch::channel(FillState::Connecting);
-            let fill = Arc::new(Fill {
-                digest,
-                file: Arc::new(reader),
-                state: rx,
-            });
+            let fill = Arc::new(Fill { digest, file: Arc::new(reader), state: rx });
             inflight.insert(digest, Arc::clone(&fill));
             drop(inflight);
             let job = FillJob {
@@ -195,10 +183,7 @@ impl Fills {
                 repository: repository.clone(),
             };
             tokio::spawn(job.run());
-            return Ok(Lookup::Filling {
-                fill,
-                started: true,
-            });
+            return Ok(Lookup::Filling { fill, started: true });
         }
     }
 
@@ -214,10 +199,7 @@ impl Fills {
 
     fn finish(&self, fill: &Arc<Fill>) {
         let mut inflight = self.inflight.lock();
-        if inflight
-            .get(&fill.digest)
-            .is_some_and(|f| Arc::ptr_eq(f, fill))
-        {
+        if inflight.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
             inflight.remove(&fill.digest);
         }
     }
@@ -230,32 +212,26 @@ impl FillJob {
         let started = Instant::now();
         let digest = self.fill.digest;
         let span = tracing::info_span!("fill", %digest, repository = %self.repository, upstream = %self.upstream.name);
-        let (fills, fill, tx, temp) = (
-            Arc::clone(&self.fills),
-            Arc::clone(&self.fill),
-            self.tx.clone(),
-            self.temp.clone(),
-        );
+        let (fills, fill, tx, temp) =
+            (Arc::clone(&self.fills), Arc::clone(&self.fill), self.tx.clone(), self.temp.clone());
         let result = tracing::Instrument::instrument(self.fetch(), span.clone()).await;
         let _enter = span.enter();
         match result {
             Ok(Finished::Published) => {
-                metrics
-                    .fill_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::info!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "fill published"
-                );
+                metrics.fill_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "fill published");
             }
+            Ok(Finished::NotKept) => tracing::warn!("fill served but not cached: the disk failed"),
             Ok(Finished::Bypass) => {
                 tracing::info!("blob larger than the disk budget: served without caching");
                 let _ = tx.send(FillState::Bypass);
             }
             Err(e) => {
                 metrics.fill_failures.with_label_values(&[e.reason()]).inc();
-                if matches!(e, FillError::DigestMismatch { .. }) {
-                    metrics.digest_mismatches.inc();
+                match &e {
+                    FillError::DigestMismatch { .. } => metrics.digest_mismatches.inc(),
+                    FillError::Disk(reason) => fills.store.set_degraded(reason.clone()),
+                    _ => {}
                 }
                 tracing::warn!(error = %e, "fill failed: nothing cached");
                 let _ = tx.send(FillState::Failed(e));
@@ -267,45 +243,21 @@ impl FillJob {
     }
 
     async fn fetch(self) -> Result<Finished, FillError> {
-        let FillJob {
-            fills,
-            fill,
-            tx,
-            writer,
-            temp,
-            upstream,
-            repository,
-        } = self;
+        let FillJob { fills, fill, tx, writer, temp, upstream, repository } = self;
         let path = format!("blobs/{}", fill.digest);
-        fills
-            .metrics
-            .upstream_requests
-            .with_label_values(&[&upstream.name, "blob"])
-            .inc();
-        let mut response = upstream
-            .fetch(Method::GET, &repository, &path, None)
-            .await?;
+        fills.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob"]).inc();
+        let mut response = upstream.fetch(Method::GET, &repository, &path, None).await?;
         let total = response.content_length();
         let mut reservation = match fills.store.reserve(total.unwrap_or(RESERVE_STEP)) {
             Ok(r) => r,
             Err(_) => return Ok(Finished::Bypass),
         };
         tx.send_replace(FillState::Streaming { total, written: 0 });
-        let upstream_bytes = fills
-            .metrics
-            .upstream_bytes
-            .with_label_values(&[&upstream.name]);
+        let upstream_bytes = fills.metrics.upstream_bytes.with_label_values(&[&upstream.name]);
         let client_error = |source: ClientError| {
-            FillError::Upstream(UpstreamError::Client {
-                upstream: upstream.name.clone(),
-                source,
-            })
+            FillError::Upstream(UpstreamError::Client { upstream: upstream.name.clone(), source })
         };
-        let mut sink = Sink {
-            file: Some(writer),
-            hasher: Some(Sha256::new()),
-            written: 0,
-        };
+        let mut sink = Sink { file: Some(writer), hasher: Some(Sha256::new()), written: 0 };
         loop {
             let Some(first) = response.body.chunk().await.map_err(client_error)? else {
                 break;
@@ -335,10 +287,7 @@ impl FillJob {
                 }
             }
             sink.write(batch).await?;
-            tx.send_replace(FillState::Streaming {
-                total,
-                written: sink.written,
-            });
+            tx.send_replace(FillState::Streaming { total, written: sink.written });
         }
         let received = sink.written;
         if let Some(expected) = total.filter(|t| *t != received) {
@@ -346,13 +295,14 @@ impl FillJob {
         }
         let actual = Digest::from_sha256(sink.hasher.take().unwrap_or_default());
         if actual != fill.digest {
-            return Err(FillError::DigestMismatch {
-                expected: fill.digest,
-                actual,
-            });
+            return Err(FillError::DigestMismatch { expected: fill.digest, actual });
         }
         tx.send_replace(FillState::Verified { size: received });
-        publish(&fills.store, sink, temp, fill.digest, received, reservation).await?;
+        if let Err(e) = publish(&fills.store, sink, temp, fill.digest, received, reservation).await {
+            // Every reader already has verified bytes; only the cache entry is lost.
+            fills.store.set_degraded(e.to_string());
+            return Ok(Finished::NotKept);
+        }
         Ok(Finished::Published)
     }
 }

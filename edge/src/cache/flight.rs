@@ -21,9 +21,7 @@ where
     V: Clone,
 {
     fn default() -> Self {
-        Flight {
-            running: Arc::new(Mutex::new(HashMap::new())),
-        }
+        Flight { running: Arc::new(Mutex::new(HashMap::new())) }
     }
 }
 
@@ -34,12 +32,7 @@ where
 {
     /// Runs `make()` unless a run for `key` is in progress, in which case its result is shared.
     /// Returns the result and whether this caller joined another's run.
-    pub async fn run<F>(
-        &self,
-        key: K,
-        make: impl FnOnce() -> F,
-        on_panic: fn(String) -> V,
-    ) -> (V, bool)
+    pub async fn run<F>(&self, key: K, make: impl FnOnce() -> F, on_panic: fn(String) -> V) -> (V, bool)
     where
         F: Future<Output = V> + Send + 'static,
     {
@@ -57,9 +50,7 @@ where
                         value
                     });
                     let waiting =
-                        async move { handle.await.unwrap_or_else(|e| on_panic(e.to_string())) }
-                            .boxed()
-                            .shared();
+                        async move { handle.await.unwrap_or_else(|e| on_panic(e.to_string())) }.boxed().shared();
                     running.insert(key, waiting.clone());
                     (waiting, false)
                 }

@@ -13,6 +13,15 @@ use super::EntryKey;
 struct Entry {
     size: u64,
     tick: u64,
+    /// Hashed to its digest by this process (published by a fill, or checked since start).
+    verified: bool,
+}
+
+/// What the index knows of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub size: u64,
+    pub verified: bool,
 }
 
 #[derive(Debug, Default)]
@@ -47,27 +56,36 @@ pub struct DiskIndex {
 
 impl DiskIndex {
     pub fn new(max: u64) -> Arc<Self> {
-        Arc::new(DiskIndex {
-            inner: Mutex::new(Inner::default()),
-            max,
-        })
+        Arc::new(DiskIndex { inner: Mutex::new(Inner::default()), max })
     }
 
     pub fn max(&self) -> u64 {
         self.max
     }
 
-    /// Size of an entry, marking it recently used.
-    pub fn touch(&self, key: &EntryKey) -> Option<u64> {
+    /// An entry, marking it recently used.
+    pub fn touch(&self, key: &EntryKey) -> Option<Found> {
         let mut inner = self.inner.lock();
         let tick = inner.next_tick;
         let entry = inner.entries.get_mut(key)?;
-        let (old, size) = (entry.tick, entry.size);
+        let (old, found) = (entry.tick, Found { size: entry.size, verified: entry.verified });
         entry.tick = tick;
         inner.next_tick += 1;
         inner.lru.remove(&old);
         inner.lru.insert(tick, *key);
-        Some(size)
+        Some(found)
+    }
+
+    /// Records that an entry's file was hashed and matched.
+    pub fn mark_verified(&self, key: &EntryKey) {
+        if let Some(entry) = self.inner.lock().entries.get_mut(key) {
+            entry.verified = true;
+        }
+    }
+
+    /// Whether an entry is present and verified.
+    pub fn is_verified(&self, key: &EntryKey) -> Option<bool> {
+        self.inner.lock().entries.get(key).map(|e| e.verified)
     }
 
     /// Size of an entry without changing its recency.
@@ -82,7 +100,7 @@ impl DiskIndex {
             return vec![(key, size)];
         }
         let mut inner = self.inner.lock();
-        inner.insert(key, size);
+        inner.insert(key, size, false);
         let excess = inner.used.saturating_sub(self.max);
         inner.evict(excess, &key)
     }
@@ -99,18 +117,9 @@ impl DiskIndex {
     /// Reserves `bytes` for a fill, evicting least recently used entries as needed.
     pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<(Reservation, Victims), NoRoom> {
         let mut inner = self.inner.lock();
-        let victims = inner.make_room(bytes, self.max).ok_or(NoRoom {
-            wanted: bytes,
-            max: self.max,
-        })?;
+        let victims = inner.make_room(bytes, self.max).ok_or(NoRoom { wanted: bytes, max: self.max })?;
         inner.reserved += bytes;
-        Ok((
-            Reservation {
-                index: Arc::clone(self),
-                bytes,
-            },
-            victims,
-        ))
+        Ok((Reservation { index: Arc::clone(self), bytes }, victims))
     }
 
     /// (used, reserved, entries)
@@ -123,13 +132,21 @@ impl DiskIndex {
     pub fn keys_by_recency(&self) -> Vec<EntryKey> {
         self.inner.lock().lru.values().copied().collect()
     }
+
+    /// Every entry not verified since start, then every verified one (the scrub's order).
+    pub fn keys_for_scrub(&self) -> Vec<EntryKey> {
+        let inner = self.inner.lock();
+        let mut keys: Vec<(bool, EntryKey)> = inner.entries.iter().map(|(k, e)| (e.verified, *k)).collect();
+        keys.sort_by_key(|(verified, _)| *verified);
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
 }
 
 impl Inner {
-    fn insert(&mut self, key: EntryKey, size: u64) {
+    fn insert(&mut self, key: EntryKey, size: u64, verified: bool) {
         let tick = self.next_tick;
         self.next_tick += 1;
-        if let Some(old) = self.entries.insert(key, Entry { size, tick }) {
+        if let Some(old) = self.entries.insert(key, Entry { size, tick, verified }) {
             self.lru.remove(&old.tick);
             self.used -= old.size;
         }
@@ -194,10 +211,8 @@ impl Reservation {
     /// Grows the reservation (a body longer than announced, or of unknown length).
     pub fn grow(&mut self, more: u64) -> Result<Victims, NoRoom> {
         let mut inner = self.index.inner.lock();
-        let victims = inner.make_room(more, self.index.max).ok_or(NoRoom {
-            wanted: self.bytes + more,
-            max: self.index.max,
-        })?;
+        let victims =
+            inner.make_room(more, self.index.max).ok_or(NoRoom { wanted: self.bytes + more, max: self.index.max })?;
         inner.reserved += more;
         self.bytes += more;
         Ok(victims)
@@ -208,7 +223,7 @@ impl Reservation {
         let mut inner = self.index.inner.lock();
         inner.reserved -= self.bytes;
         self.bytes = 0;
-        inner.insert(key, size);
+        inner.insert(key, size, true);
     }
 }
 
@@ -227,10 +242,7 @@ mod tests {
     use berth_shared::Digest;
 
     fn key(n: u8) -> EntryKey {
-        EntryKey {
-            kind: Kind::Blob,
-            digest: Digest::of(&[n]),
-        }
+        EntryKey { kind: Kind::Blob, digest: Digest::of(&[n]) }
     }
 
     fn publish(index: &Arc<DiskIndex>, k: EntryKey, size: u64) -> Victims {
@@ -257,13 +269,7 @@ mod tests {
     fn should_count_reservations_against_the_budget() {
         let index = DiskIndex::new(100);
         let (a, _) = index.reserve(60).unwrap();
-        assert_eq!(
-            index.reserve(50).unwrap_err(),
-            NoRoom {
-                wanted: 50,
-                max: 100
-            }
-        );
+        assert_eq!(index.reserve(50).unwrap_err(), NoRoom { wanted: 50, max: 100 });
         drop(a);
         assert!(index.reserve(100).is_ok());
         assert_eq!(index.usage().1, 0, "dropped reservations are released");

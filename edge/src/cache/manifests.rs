@@ -13,6 +13,7 @@ use http::{Method, StatusCode};
 
 use super::disk::DiskStore;
 use super::flight::Flight;
+use super::memory::{MemoryObject, MemoryTier};
 use super::{blocking, EntryKey};
 use crate::metrics::Metrics;
 use crate::registry::AcceptList;
@@ -67,6 +68,7 @@ pub enum Freshness {
 /// How a manifest body was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
+    Memory,
     Disk,
     Fetched,
     Coalesced,
@@ -83,6 +85,7 @@ struct TagKey {
 /// The manifest cache.
 pub struct ManifestCache {
     store: Arc<DiskStore>,
+    memory: Arc<MemoryTier>,
     metrics: Arc<Metrics>,
     tags: moka::sync::Cache<TagKey, TagEntry>,
     tag_flight: Flight<TagKey, Result<(TagEntry, Freshness), ManifestError>>,
@@ -90,13 +93,12 @@ pub struct ManifestCache {
 }
 
 impl ManifestCache {
-    pub fn new(store: Arc<DiskStore>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let tags = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_idle(Duration::from_secs(7 * 24 * 3600))
-            .build();
+    pub fn new(store: Arc<DiskStore>, memory: Arc<MemoryTier>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let tags =
+            moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(7 * 24 * 3600)).build();
         Arc::new(ManifestCache {
             store,
+            memory,
             metrics,
             tags,
             tag_flight: Flight::default(),
@@ -113,8 +115,17 @@ impl ManifestCache {
         digest: Digest,
         accept: &AcceptList,
     ) -> Result<(StoredManifest, Found), ManifestError> {
-        let (manifest, found) = match read_stored(&self.store, digest).await {
-            Some(m) => (m, Found::Disk),
+        let key = EntryKey::manifest(digest);
+        let in_memory = self.memory.get(&key).and_then(|o| {
+            let media_type = o.media_type?.to_string();
+            Some(StoredManifest { digest, media_type, bytes: o.bytes })
+        });
+        let stored = match in_memory {
+            Some(m) => Some((m, Found::Memory)),
+            None => read_stored(&self.store, digest).await.map(|m| (m, Found::Disk)),
+        };
+        let (manifest, found) = match stored {
+            Some(found) => found,
             None => {
                 let fetch = fetch_by_digest(
                     Arc::clone(upstream),
@@ -124,24 +135,16 @@ impl ManifestCache {
                     Arc::clone(&self.store),
                     Arc::clone(&self.metrics),
                 );
-                let (result, joined) = self
-                    .digest_flight
-                    .run(digest, || fetch, |e| Err(ManifestError::Disk(e)))
-                    .await;
-                (
-                    result?,
-                    if joined {
-                        Found::Coalesced
-                    } else {
-                        Found::Fetched
-                    },
-                )
+                let (result, joined) = self.digest_flight.run(digest, || fetch, |e| Err(ManifestError::Disk(e))).await;
+                (result?, if joined { Found::Coalesced } else { Found::Fetched })
             }
         };
+        if found != Found::Memory {
+            let media_type = Some(manifest.media_type.as_str().into());
+            self.memory.insert(key, MemoryObject { bytes: manifest.bytes.clone(), media_type });
+        }
         if !accept.accepts(&manifest.media_type) {
-            return Err(ManifestError::NotAcceptable {
-                media_type: manifest.media_type,
-            });
+            return Err(ManifestError::NotAcceptable { media_type: manifest.media_type });
         }
         Ok((manifest, found))
     }
@@ -161,10 +164,7 @@ impl ManifestCache {
             accept: accept.clone(),
         };
         let previous = self.tags.get(&key);
-        if let Some(entry) = previous
-            .as_ref()
-            .filter(|e| e.confirmed.elapsed() < upstream.config.tag_ttl.get())
-        {
+        if let Some(entry) = previous.as_ref().filter(|e| e.confirmed.elapsed() < upstream.config.tag_ttl.get()) {
             return Ok((entry.clone(), Freshness::Fresh));
         }
         let job = revalidate(RevalidateJob {
@@ -175,25 +175,27 @@ impl ManifestCache {
             store: Arc::clone(&self.store),
             metrics: Arc::clone(&self.metrics),
         });
-        let (result, _) = self
-            .tag_flight
-            .run(key, || job, |e| Err(ManifestError::Disk(e)))
-            .await;
+        let (result, _) = self.tag_flight.run(key, || job, |e| Err(ManifestError::Disk(e))).await;
         let (entry, freshness) = result?;
         if !accept.accepts(&entry.media_type) {
-            return Err(ManifestError::NotAcceptable {
-                media_type: entry.media_type,
-            });
+            return Err(ManifestError::NotAcceptable { media_type: entry.media_type });
         }
         Ok((entry, freshness))
+    }
+
+    /// Drops a manifest from every tier.
+    pub async fn purge(&self, digest: Digest) -> bool {
+        let key = EntryKey::manifest(digest);
+        self.memory.remove(&key);
+        self.store.remove(key).await
     }
 
     /// Forgets every mapping of a tag (all Accept variants), so the next pull revalidates.
     pub fn invalidate_tag(&self, upstream: &str, repository: &RepositoryName, tag: &Tag) {
         let (upstream, repository, tag) = (upstream.to_owned(), repository.clone(), tag.clone());
-        let _ = self.tags.invalidate_entries_if(move |k, _| {
-            k.upstream == upstream && k.repository == repository && k.tag == tag
-        });
+        let _ = self
+            .tags
+            .invalidate_entries_if(move |k, _| k.upstream == upstream && k.repository == repository && k.tag == tag);
     }
 }
 
@@ -208,34 +210,17 @@ struct RevalidateJob {
 
 /// Asks the upstream what the tag points at now (HEAD; GET when HEAD lacks the digest).
 async fn revalidate(job: RevalidateJob) -> Result<(TagEntry, Freshness), ManifestError> {
-    let RevalidateJob {
-        upstream,
-        key,
-        previous,
-        tags,
-        store,
-        metrics,
-    } = job;
+    let RevalidateJob { upstream, key, previous, tags, store, metrics } = job;
     let path = format!("manifests/{}", key.tag);
     let accept = key.accept.upstream_header();
-    metrics
-        .upstream_requests
-        .with_label_values(&[&upstream.name, "manifest_head"])
-        .inc();
-    let head = upstream
-        .fetch(Method::HEAD, &key.repository, &path, Some(&accept))
-        .await;
+    metrics.upstream_requests.with_label_values(&[&upstream.name, "manifest_head"]).inc();
+    let head = upstream.fetch(Method::HEAD, &key.repository, &path, Some(&accept)).await;
     let entry = match head {
         Ok(response) => match entry_from_head(&response) {
             Some(entry) => entry,
             None => {
-                metrics
-                    .upstream_requests
-                    .with_label_values(&[&upstream.name, "manifest"])
-                    .inc();
-                let mut response = upstream
-                    .fetch(Method::GET, &key.repository, &path, Some(&accept))
-                    .await?;
+                metrics.upstream_requests.with_label_values(&[&upstream.name, "manifest"]).inc();
+                let mut response = upstream.fetch(Method::GET, &key.repository, &path, Some(&accept)).await?;
                 let manifest = receive(&mut response, None, &upstream.name, &metrics).await?;
                 let entry = TagEntry {
                     digest: manifest.digest,
@@ -274,25 +259,13 @@ fn entry_from_head(response: &UpstreamResponse) -> Option<TagEntry> {
     if size > MAX_MANIFEST_BYTES {
         return None;
     }
-    Some(TagEntry {
-        digest,
-        media_type,
-        size,
-        confirmed: Instant::now(),
-    })
+    Some(TagEntry { digest, media_type, size, confirmed: Instant::now() })
 }
 
 fn media_type_header(response: &UpstreamResponse) -> Option<String> {
-    let value = response
-        .header(CONTENT_TYPE)?
-        .split(';')
-        .next()?
-        .trim()
-        .to_ascii_lowercase();
-    let generic = value.is_empty()
-        || value == "application/json"
-        || value == "text/plain"
-        || value == "application/octet-stream";
+    let value = response.header(CONTENT_TYPE)?.split(';').next()?.trim().to_ascii_lowercase();
+    let generic =
+        value.is_empty() || value == "application/json" || value == "text/plain" || value == "application/octet-stream";
     (!generic).then_some(value)
 }
 
@@ -304,14 +277,9 @@ async fn fetch_by_digest(
     store: Arc<DiskStore>,
     metrics: Arc<Metrics>,
 ) -> Result<StoredManifest, ManifestError> {
-    metrics
-        .upstream_requests
-        .with_label_values(&[&upstream.name, "manifest"])
-        .inc();
+    metrics.upstream_requests.with_label_values(&[&upstream.name, "manifest"]).inc();
     let path = format!("manifests/{digest}");
-    let mut response = upstream
-        .fetch(Method::GET, &repository, &path, Some(&accept))
-        .await?;
+    let mut response = upstream.fetch(Method::GET, &repository, &path, Some(&accept)).await?;
     let manifest = receive(&mut response, Some(digest), &upstream.name, &metrics).await?;
     keep(&store, &manifest).await;
     Ok(manifest)
@@ -324,31 +292,18 @@ async fn receive(
     upstream: &str,
     metrics: &Metrics,
 ) -> Result<StoredManifest, ManifestError> {
-    if let Some(size) = response
-        .content_length()
-        .filter(|s| *s > MAX_MANIFEST_BYTES)
-    {
+    if let Some(size) = response.content_length().filter(|s| *s > MAX_MANIFEST_BYTES) {
         return Err(ManifestError::TooLarge { size });
     }
     let bytes = response
         .body
         .collect_limited(MAX_MANIFEST_BYTES)
         .await
-        .map_err(|source| UpstreamError::Client {
-            upstream: upstream.to_owned(),
-            source,
-        })?
-        .ok_or(ManifestError::TooLarge {
-            size: MAX_MANIFEST_BYTES + 1,
-        })?;
-    metrics
-        .upstream_bytes
-        .with_label_values(&[upstream])
-        .inc_by(bytes.len() as u64);
+        .map_err(|source| UpstreamError::Client { upstream: upstream.to_owned(), source })?
+        .ok_or(ManifestError::TooLarge { size: MAX_MANIFEST_BYTES + 1 })?;
+    metrics.upstream_bytes.with_label_values(&[upstream]).inc_by(bytes.len() as u64);
     let actual = Digest::of(&bytes);
-    let announced = response
-        .header(DIGEST_HEADER)
-        .and_then(|d| d.parse::<Digest>().ok());
+    let announced = response.header(DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok());
     for expected in expected.into_iter().chain(announced) {
         if expected != actual {
             metrics.digest_mismatches.inc();
@@ -357,14 +312,8 @@ async fn receive(
     }
     let media_type = media_type_header(response)
         .or_else(|| detect_media_type(&bytes))
-        .ok_or_else(|| {
-            ManifestError::Invalid("no media type in the header or the document".into())
-        })?;
-    Ok(StoredManifest {
-        digest: actual,
-        media_type,
-        bytes: Bytes::from(bytes),
-    })
+        .ok_or_else(|| ManifestError::Invalid("no media type in the header or the document".into()))?;
+    Ok(StoredManifest { digest: actual, media_type, bytes: Bytes::from(bytes) })
 }
 
 /// Reads and verifies a stored manifest; a damaged file is dropped.
@@ -383,11 +332,7 @@ async fn read_stored(store: &Arc<DiskStore>, digest: Digest) -> Option<StoredMan
         let newline = c.iter().position(|b| *b == b'\n')?;
         let media_type = std::str::from_utf8(&c[..newline]).ok()?.to_owned();
         let bytes = Bytes::copy_from_slice(&c[newline + 1..]);
-        (Digest::of(&bytes) == digest).then_some(StoredManifest {
-            digest,
-            media_type,
-            bytes,
-        })
+        (Digest::of(&bytes) == digest).then_some(StoredManifest { digest, media_type, bytes })
     });
     if parsed.is_none() {
         tracing::warn!(%digest, "stored manifest does not verify: dropped");
@@ -403,10 +348,7 @@ async fn keep(store: &Arc<DiskStore>, manifest: &StoredManifest) {
     }
 }
 
-async fn write_stored(
-    store: &Arc<DiskStore>,
-    manifest: &StoredManifest,
-) -> Result<(), ManifestError> {
+async fn write_stored(store: &Arc<DiskStore>, manifest: &StoredManifest) -> Result<(), ManifestError> {
     let key = EntryKey::manifest(manifest.digest);
     if store.contains(&key).is_some() {
         return Ok(());

@@ -6,13 +6,17 @@ pub mod fill;
 pub mod flight;
 pub mod index;
 pub mod manifests;
+pub mod memory;
+pub mod scrub;
 pub mod source;
+mod xattr;
 
 use berth_shared::Digest;
 
 pub use disk::{DiskError, DiskStore};
 pub use fill::{FillError, Fills};
 pub use manifests::{ManifestCache, ManifestError};
+pub use memory::{MemoryObject, MemoryTier};
 pub use source::{BlobSource, SourceKind};
 
 /// What a cached file holds. Blobs and manifests live in separate folders: a manifest file
@@ -48,16 +52,10 @@ pub struct EntryKey {
 
 impl EntryKey {
     pub fn blob(digest: Digest) -> Self {
-        EntryKey {
-            kind: Kind::Blob,
-            digest,
-        }
+        EntryKey { kind: Kind::Blob, digest }
     }
     pub fn manifest(digest: Digest) -> Self {
-        EntryKey {
-            kind: Kind::Manifest,
-            digest,
-        }
+        EntryKey { kind: Kind::Manifest, digest }
     }
 }
 

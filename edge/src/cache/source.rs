@@ -20,6 +20,7 @@ use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
 /// Where bytes were served from, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
+    Memory,
     Disk,
     Upstream,
 }
@@ -27,6 +28,7 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            SourceKind::Memory => "memory",
             SourceKind::Disk => "disk",
             SourceKind::Upstream => "upstream",
         }
@@ -35,15 +37,25 @@ impl SourceKind {
 
 /// The bytes of one blob, readable by offset.
 pub enum BlobSource {
+    Memory(Bytes),
     Disk { file: Arc<File>, size: u64 },
     Fill(FillReader),
     Direct(Box<DirectReader>),
+}
+
+/// What a reader of a fill needs to carry on alone if the fill's disk fails: the clients of a
+/// fill still get verified bytes, fetched from the upstream.
+pub struct Fallback {
+    pub upstream: Arc<Upstream>,
+    pub repository: RepositoryName,
+    pub metrics: Arc<Metrics>,
 }
 
 impl BlobSource {
     /// The blob's size, when known before the end (always, unless the upstream sent no length).
     pub fn size(&self) -> Option<u64> {
         match self {
+            BlobSource::Memory(bytes) => Some(bytes.len() as u64),
             BlobSource::Disk { size, .. } => Some(*size),
             BlobSource::Fill(r) => r.total,
             BlobSource::Direct(r) => r.total,
@@ -52,6 +64,7 @@ impl BlobSource {
 
     pub fn kind(&self) -> SourceKind {
         match self {
+            BlobSource::Memory(_) => SourceKind::Memory,
             BlobSource::Disk { .. } => SourceKind::Disk,
             _ => SourceKind::Upstream,
         }
@@ -60,23 +73,53 @@ impl BlobSource {
     /// Up to `max` bytes at `offset`; `None` at the end. Readers of a fill wait for the bytes
     /// to be written. Direct sources must be read in order.
     pub async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
-        match self {
-            BlobSource::Disk { file, size } => {
-                let len = (*size).saturating_sub(offset).min(max as u64) as usize;
-                read_at(file, offset, len).await
+        loop {
+            let result = match self {
+                BlobSource::Memory(bytes) => {
+                    let start = (offset as usize).min(bytes.len());
+                    let end = (start + max).min(bytes.len());
+                    return Ok((end > start).then(|| bytes.slice(start..end)));
+                }
+                BlobSource::Disk { file, size } => {
+                    let len = (*size).saturating_sub(offset).min(max as u64) as usize;
+                    return read_at(file, offset, len).await;
+                }
+                BlobSource::Fill(r) => r.read(offset, max).await,
+                BlobSource::Direct(r) => return r.read(offset, max).await,
+            };
+            match result {
+                Err(FillError::Disk(reason)) => self.fall_back(reason).await?,
+                other => return other,
             }
-            BlobSource::Fill(r) => r.read(offset, max).await,
-            BlobSource::Direct(r) => r.read(offset, max).await,
         }
     }
 
     /// Waits until the whole blob is verified. A response sends its last byte only after this.
     pub async fn finish(&mut self) -> Result<u64, FillError> {
-        match self {
-            BlobSource::Disk { size, .. } => Ok(*size),
-            BlobSource::Fill(r) => r.verified().await,
-            BlobSource::Direct(r) => r.finish().await,
+        loop {
+            let result = match self {
+                BlobSource::Memory(bytes) => return Ok(bytes.len() as u64),
+                BlobSource::Disk { size, .. } => return Ok(*size),
+                BlobSource::Fill(r) => r.verified().await,
+                BlobSource::Direct(r) => return r.finish().await,
+            };
+            match result {
+                Err(FillError::Disk(reason)) => self.fall_back(reason).await?,
+                other => return other,
+            }
         }
+    }
+
+    /// A fill lost its disk: continue from the upstream directly (re-reading from the start,
+    /// so the whole blob is hashed again).
+    async fn fall_back(&mut self, reason: String) -> Result<(), FillError> {
+        let BlobSource::Fill(reader) = self else { return Err(FillError::Disk(reason)) };
+        let Some(fallback) = reader.fallback.take() else { return Err(FillError::Disk(reason)) };
+        tracing::warn!(%reason, digest = %reader.fill.digest, "fill lost its disk: continuing from the upstream");
+        let direct =
+            DirectReader::open(&fallback.upstream, &fallback.repository, reader.fill.digest, fallback.metrics).await?;
+        *self = BlobSource::Direct(Box::new(direct));
+        Ok(())
     }
 }
 
@@ -116,29 +159,27 @@ pub struct FillReader {
     fill: Arc<Fill>,
     rx: watch::Receiver<FillState>,
     total: Option<u64>,
+    fallback: Option<Fallback>,
 }
 
 impl FillReader {
-    /// Waits for the upstream's answer to the fill.
-    pub async fn start(fill: Arc<Fill>) -> Result<FillStart, FillError> {
+    /// Waits for the upstream's answer to the fill. A fill that fails on its disk before it
+    /// streams sends its readers to the upstream directly (`Bypass`).
+    pub async fn start(fill: Arc<Fill>, fallback: Option<Fallback>) -> Result<FillStart, FillError> {
         let mut rx = fill.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
             let total = match state {
                 FillState::Connecting => None,
                 FillState::Streaming { total, .. } => {
-                    return Ok(FillStart::Reader(FillReader { fill, rx, total }))
+                    return Ok(FillStart::Reader(FillReader { fill, rx, total, fallback }));
                 }
                 FillState::Verified { size } => Some(size),
-                FillState::Bypass => return Ok(FillStart::Bypass),
+                FillState::Bypass | FillState::Failed(FillError::Disk(_)) => return Ok(FillStart::Bypass),
                 FillState::Failed(e) => return Err(e),
             };
             if let Some(size) = total {
-                return Ok(FillStart::Reader(FillReader {
-                    fill,
-                    rx,
-                    total: Some(size),
-                }));
+                return Ok(FillStart::Reader(FillReader { fill, rx, total: Some(size), fallback }));
             }
             wait_change(&mut rx).await?;
         }
@@ -149,14 +190,10 @@ impl FillReader {
         loop {
             let state = self.rx.borrow_and_update().clone();
             match state {
-                FillState::Streaming { written, .. } if written > offset => {
-                    return Ok(written - offset)
-                }
+                FillState::Streaming { written, .. } if written > offset => return Ok(written - offset),
                 FillState::Verified { size } => return Ok(size.saturating_sub(offset)),
                 FillState::Failed(e) => return Err(e),
-                FillState::Bypass => {
-                    return Err(FillError::Disk("fill switched to bypass mid-stream".into()))
-                }
+                FillState::Bypass => return Err(FillError::Disk("fill switched to bypass mid-stream".into())),
                 _ => {}
             }
             wait_change(&mut self.rx).await?;
@@ -181,9 +218,7 @@ impl FillReader {
 }
 
 async fn wait_change(rx: &mut watch::Receiver<FillState>) -> Result<(), FillError> {
-    rx.changed()
-        .await
-        .map_err(|_| FillError::Disk("fill ended without a result".into()))
+    rx.changed().await.map_err(|_| FillError::Disk("fill ended without a result".into()))
 }
 
 /// A blob streamed straight from the upstream (too large to cache), hashed on the way.
@@ -207,13 +242,8 @@ impl DirectReader {
         digest: Digest,
         metrics: Arc<Metrics>,
     ) -> Result<Self, FillError> {
-        metrics
-            .upstream_requests
-            .with_label_values(&[&upstream.name, "blob"])
-            .inc();
-        let response = upstream
-            .fetch(Method::GET, repository, &format!("blobs/{digest}"), None)
-            .await?;
+        metrics.upstream_requests.with_label_values(&[&upstream.name, "blob"]).inc();
+        let response = upstream.fetch(Method::GET, repository, &format!("blobs/{digest}"), None).await?;
         Ok(DirectReader {
             total: response.content_length(),
             response,
@@ -227,19 +257,14 @@ impl DirectReader {
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FillError> {
-        let chunk = self.response.body.chunk().await.map_err(|source| {
-            FillError::Upstream(UpstreamError::Client {
-                upstream: self.upstream.clone(),
-                source,
-            })
-        })?;
+        let chunk =
+            self.response.body.chunk().await.map_err(|source| {
+                FillError::Upstream(UpstreamError::Client { upstream: self.upstream.clone(), source })
+            })?;
         if let Some(c) = &chunk {
             self.hasher.update(c);
             self.received += c.len() as u64;
-            self.metrics
-                .upstream_bytes
-                .with_label_values(&[&self.upstream])
-                .inc_by(c.len() as u64);
+            self.metrics.upstream_bytes.with_label_values(&[&self.upstream]).inc_by(c.len() as u64);
             if let Some(total) = self.total.filter(|t| self.received > *t) {
                 return Err(FillError::TooLong { expected: total });
             }
@@ -276,18 +301,12 @@ impl DirectReader {
         self.pending = None;
         while self.next_chunk().await?.is_some() {}
         if let Some(expected) = self.total.filter(|t| *t != self.received) {
-            return Err(FillError::Truncated {
-                expected,
-                received: self.received,
-            });
+            return Err(FillError::Truncated { expected, received: self.received });
         }
         let actual = Digest::from_sha256(std::mem::take(&mut self.hasher));
         if actual != self.digest {
             self.metrics.digest_mismatches.inc();
-            return Err(FillError::DigestMismatch {
-                expected: self.digest,
-                actual,
-            });
+            return Err(FillError::DigestMismatch { expected: self.digest, actual });
         }
         Ok(self.received)
     }

@@ -15,11 +15,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "invalid configuration ({} problem(s)):",
-            self.problems.len()
-        )?;
+        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -29,23 +25,20 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     fn one(problem: String) -> Self {
-        ConfigError {
-            problems: vec![problem],
-        }
+        ConfigError { problems: vec![problem] }
     }
 }
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<EdgeConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
     parse(&text)
 }
 
 /// Parses and validates config text, reporting every unknown key and bad value together.
 pub fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
-    let mut value: toml::Value =
-        toml::from_str(text).map_err(|e| ConfigError::one(format!("TOML syntax: {e}")))?;
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::one(format!("TOML syntax: {e}")))?;
     let mut problems = Vec::new();
     let mut removed = BTreeSet::new();
     // A bad value stops serde at the first error. Record it, drop the key so the default takes
@@ -77,16 +70,9 @@ pub fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
         None => return Err(ConfigError { problems }),
     };
     // A key already reported as unparseable is not reported again for its default value.
-    let reported: BTreeSet<String> = problems
-        .iter()
-        .filter_map(|p| p.split(':').next())
-        .map(str::to_owned)
-        .collect();
-    problems.extend(
-        validate(&config)
-            .into_iter()
-            .filter(|p| !p.split(':').next().is_some_and(|k| reported.contains(k))),
-    );
+    let reported: BTreeSet<String> = problems.iter().filter_map(|p| p.split(':').next()).map(str::to_owned).collect();
+    problems
+        .extend(validate(&config).into_iter().filter(|p| !p.split(':').next().is_some_and(|k| reported.contains(k))));
     if problems.is_empty() {
         Ok(config)
     } else {
@@ -179,10 +165,7 @@ mod tests {
         assert_eq!(c.cache.dir, std::path::PathBuf::from("./berth-data"));
         assert_eq!(c.default_upstream().unwrap().name, "docker.io");
         let names: Vec<_> = c.upstream.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
-        );
+        assert_eq!(names, ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]);
     }
 
     #[test]
@@ -213,12 +196,7 @@ mod tests {
         "#;
         let err = parse(text).unwrap_err();
         let all = err.to_string();
-        for key in [
-            "regoin",
-            "cache.disk_max",
-            "cache.colour",
-            "upstream[0].tag_ttl",
-        ] {
+        for key in ["regoin", "cache.disk_max", "cache.colour", "upstream[0].tag_ttl"] {
             assert!(all.contains(key), "{key} missing from:\n{all}");
         }
         assert_eq!(err.problems.len(), 4, "{all}");

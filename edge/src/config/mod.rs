@@ -56,10 +56,7 @@ pub struct ListenConfig {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig {
-            http: SocketAddr::from(([0, 0, 0, 0], 5000)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 9400)),
-        }
+        ListenConfig { http: SocketAddr::from(([0, 0, 0, 0], 5000)), admin: SocketAddr::from(([127, 0, 0, 1], 9400)) }
     }
 }
 
@@ -71,8 +68,14 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Hard bound on the bytes of cached blobs and manifests on disk. Default: `"10GiB"`.
     pub disk_max: ByteSize,
-    /// Bound on the in-memory tier. Default: `"1GiB"`.
+    /// Bound on the memory tier (manifests and small blobs). `"0"` turns it off.
+    /// Default: `"1GiB"`.
     pub memory_max: ByteSize,
+    /// Largest blob kept in the memory tier. Default: `"4MiB"`.
+    pub memory_object_max: ByteSize,
+    /// Bytes per second the background scrub re-hashes cached files at. `"0"` turns it off.
+    /// Default: `"32MiB"`.
+    pub scrub_rate: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -81,6 +84,8 @@ impl Default for CacheConfig {
             dir: PathBuf::from("./berth-data"),
             disk_max: ByteSize::gib(10),
             memory_max: ByteSize::gib(1),
+            memory_object_max: ByteSize::mib(4),
+            scrub_rate: ByteSize::mib(32),
         }
     }
 }
@@ -97,10 +102,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            threads: 0,
-            grace_period: HumanDuration::secs(30),
-        }
+        ServerConfig { threads: 0, grace_period: HumanDuration::secs(30) }
     }
 }
 

@@ -19,29 +19,15 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
     if config.upstream.is_empty() {
         problems.push("upstream: at least one [[upstream]] is required".to_owned());
     }
-    let defaults: Vec<_> = config
-        .upstream
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| u.default)
-        .collect();
+    let defaults: Vec<_> = config.upstream.iter().enumerate().filter(|(_, u)| u.default).collect();
     if defaults.len() > 1 {
-        let keys: Vec<_> = defaults
-            .iter()
-            .map(|(i, _)| format!("upstream[{i}].default"))
-            .collect();
-        problems.push(format!(
-            "{}: only one upstream may be the default",
-            keys.join(", ")
-        ));
+        let keys: Vec<_> = defaults.iter().map(|(i, _)| format!("upstream[{i}].default")).collect();
+        problems.push(format!("{}: only one upstream may be the default", keys.join(", ")));
     }
     let mut names = HashSet::new();
     for (i, upstream) in config.upstream.iter().enumerate() {
         if !names.insert(upstream.name.as_str()) {
-            problems.push(format!(
-                "upstream[{i}].name: {:?} is configured twice",
-                upstream.name
-            ));
+            problems.push(format!("upstream[{i}].name: {:?} is configured twice", upstream.name));
         }
         problems.extend(validate_upstream(i, upstream));
     }
@@ -61,40 +47,22 @@ fn validate_upstream(i: usize, u: &UpstreamConfig) -> Vec<String> {
     match u.url.parse::<http::Uri>() {
         Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
             if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
-                problems.push(format!(
-                    "{}: {:?} must be a base URL without path or query",
-                    key("url"),
-                    u.url
-                ));
+                problems.push(format!("{}: {:?} must be a base URL without path or query", key("url"), u.url));
             }
         }
-        _ => problems.push(format!(
-            "{}: {:?} is not an http:// or https:// URL",
-            key("url"),
-            u.url
-        )),
+        _ => problems.push(format!("{}: {:?} is not an http:// or https:// URL", key("url"), u.url)),
     }
     if u.password_env.is_some() && u.username.is_none() {
-        problems.push(format!(
-            "{}: set together with username",
-            key("password_env")
-        ));
+        problems.push(format!("{}: set together with username", key("password_env")));
     }
     if let Some(var) = &u.password_env {
         if std::env::var_os(var).is_none() {
-            problems.push(format!(
-                "{}: environment variable {var} is not set",
-                key("password_env")
-            ));
+            problems.push(format!("{}: environment variable {var} is not set", key("password_env")));
         }
     }
     if let Some(ca) = &u.ca_file {
         if !ca.is_file() {
-            problems.push(format!(
-                "{}: {} is not a readable file",
-                key("ca_file"),
-                ca.display()
-            ));
+            problems.push(format!("{}: {} is not a readable file", key("ca_file"), ca.display()));
         }
     }
     for (name, d) in [
@@ -118,9 +86,7 @@ pub fn is_registry_host(name: &str) -> bool {
     let host_ok = !host.is_empty()
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -145,10 +111,7 @@ mod tests {
             default = true
         "#;
         let err = parse(text).unwrap_err().to_string();
-        assert!(
-            err.contains("upstream[0].default, upstream[1].default"),
-            "{err}"
-        );
+        assert!(err.contains("upstream[0].default, upstream[1].default"), "{err}");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use pingora::Result;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
 use crate::cache::fill::Lookup;
-use crate::cache::source::{DirectReader, FillReader, FillStart};
-use crate::cache::{BlobSource, EntryKey};
+use crate::cache::source::{DirectReader, Fallback, FillReader, FillStart};
+use crate::cache::{blocking, BlobSource, EntryKey, MemoryObject, SourceKind};
 use crate::registry::error::Subject;
 use crate::registry::range::RangeRequest;
 use crate::registry::ApiError;
@@ -30,11 +30,7 @@ pub(super) async fn serve(
     is_head: bool,
 ) -> Result<()> {
     ctx.kind = "blob";
-    let range_header = session
-        .req_header()
-        .headers
-        .get(http::header::RANGE)
-        .map(|v| v.as_bytes().to_vec());
+    let range_header = session.req_header().headers.get(http::header::RANGE).map(|v| v.as_bytes().to_vec());
     let range = match RangeRequest::parse(range_header.as_deref()) {
         Ok(r) => r,
         Err(e) => return respond::error(session, ctx, &e.into()).await,
@@ -46,15 +42,11 @@ pub(super) async fn serve(
         Ok(source) => source,
         Err(err) => return respond::error(session, ctx, &err).await,
     };
-    ctx.source = Some(if ctx.outcome == "hit" {
-        "disk"
-    } else {
-        source.kind().as_str()
-    });
     send(session, ctx, source, digest, range).await
 }
 
-/// The blob from disk, from a fill (started or joined), or straight from the upstream.
+/// The blob from memory, from disk, from a fill (started or joined), or straight from the
+/// upstream.
 async fn open_source(
     state: &Arc<EdgeState>,
     ctx: &mut RequestCtx,
@@ -62,17 +54,31 @@ async fn open_source(
     repository: &RepositoryName,
     digest: Digest,
 ) -> Result<BlobSource, ApiError> {
-    let lookup = state
-        .fills
-        .lookup(upstream, repository, digest)
-        .await
-        .map_err(|e| ApiError::from_fill(&e))?;
+    let key = EntryKey::blob(digest);
+    if let Some(object) = state.memory.get(&key) {
+        // Keep the disk copy as recent as the memory one: a hot blob must not age out on disk.
+        state.fills.store().index().touch(&key);
+        ctx.outcome = "hit";
+        ctx.tier = Some(SourceKind::Memory.as_str());
+        return Ok(BlobSource::Memory(object.bytes));
+    }
+    let direct = || async {
+        let direct = DirectReader::open(upstream, repository, digest, Arc::clone(&state.metrics)).await;
+        direct.map(|d| BlobSource::Direct(Box::new(d))).map_err(|e| ApiError::from_fill(&e))
+    };
+    let lookup = state.fills.lookup(upstream, repository, digest).await.map_err(|e| ApiError::from_fill(&e))?;
     let (fill, started) = match lookup {
         Lookup::Cached(file, size) => {
             ctx.outcome = "hit";
-            return Ok(BlobSource::Disk { file, size });
+            ctx.tier = Some(SourceKind::Disk.as_str());
+            return Ok(promote(state, key, file, size).await);
         }
         Lookup::Filling { fill, started } => (fill, started),
+        Lookup::Bypass => {
+            ctx.outcome = "bypass";
+            ctx.tier = Some(SourceKind::Upstream.as_str());
+            return direct().await;
+        }
     };
     // A request that finds the fill already verified is served from local, verified bytes.
     ctx.outcome = match (started, fill.is_verified()) {
@@ -80,19 +86,43 @@ async fn open_source(
         (false, true) => "hit",
         (false, false) => "coalesced",
     };
-    match FillReader::start(fill)
-        .await
-        .map_err(|e| ApiError::from_fill(&e))?
-    {
+    // A verified fill is local bytes; one still running is the upstream's.
+    ctx.tier = Some(if ctx.outcome == "hit" { SourceKind::Disk } else { SourceKind::Upstream }.as_str());
+    let fallback = Fallback {
+        upstream: Arc::clone(upstream),
+        repository: repository.clone(),
+        metrics: Arc::clone(&state.metrics),
+    };
+    match FillReader::start(fill, Some(fallback)).await.map_err(|e| ApiError::from_fill(&e))? {
         FillStart::Reader(reader) => Ok(BlobSource::Fill(reader)),
         FillStart::Bypass => {
             ctx.outcome = "bypass";
-            let direct =
-                DirectReader::open(upstream, repository, digest, Arc::clone(&state.metrics)).await;
-            direct
-                .map(|d| BlobSource::Direct(Box::new(d)))
-                .map_err(|e| ApiError::from_fill(&e))
+            ctx.tier = Some(SourceKind::Upstream.as_str());
+            direct().await
         }
+    }
+}
+
+/// A disk hit small enough for the memory tier is read whole and kept there; later requests
+/// are served from memory.
+async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>, size: u64) -> BlobSource {
+    if !state.memory.admits(size) {
+        return BlobSource::Disk { file, size };
+    }
+    let read = Arc::clone(&file);
+    let bytes = blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; size as usize];
+        read.read_exact_at(&mut buf, 0)?;
+        Ok(bytes::Bytes::from(buf))
+    })
+    .await;
+    match bytes {
+        Ok(bytes) => {
+            state.memory.insert(key, MemoryObject { bytes: bytes.clone(), media_type: None });
+            BlobSource::Memory(bytes)
+        }
+        Err(_) => BlobSource::Disk { file, size },
     }
 }
 
@@ -124,10 +154,7 @@ async fn send(
     }
     if status == 206 {
         let total = size.unwrap_or_default();
-        resp.insert_header(
-            "Content-Range",
-            format!("bytes {first}-{}/{total}", end.unwrap_or(total) - 1),
-        )?;
+        resp.insert_header("Content-Range", format!("bytes {first}-{}/{total}", end.unwrap_or(total) - 1))?;
     }
     resp.insert_header("X-Berth-Cache", ctx.outcome)?;
     send_header(session, ctx, resp, false).await?;
@@ -144,13 +171,10 @@ async fn head(
     repository: &RepositoryName,
     digest: Digest,
 ) -> Result<()> {
-    let cached = state.fills.store().contains(&EntryKey::blob(digest));
-    let filling = || {
-        state
-            .fills
-            .in_flight_for(&digest)
-            .and_then(|f| f.known_size())
-    };
+    let key = EntryKey::blob(digest);
+    let in_memory = state.memory.get(&key).map(|o| o.bytes.len() as u64);
+    let cached = in_memory.or_else(|| state.fills.store().contains(&key));
+    let filling = || state.fills.in_flight_for(&digest).and_then(|f| f.known_size());
     let size = match (cached, cached.is_none().then(filling).flatten()) {
         (Some(size), _) => {
             ctx.outcome = "hit";
@@ -161,11 +185,7 @@ async fn head(
             size
         }
         (None, None) => {
-            state
-                .metrics
-                .upstream_requests
-                .with_label_values(&[&upstream.name, "blob_head"])
-                .inc();
+            state.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob_head"]).inc();
             let path = format!("blobs/{digest}");
             match upstream.fetch(Method::HEAD, repository, &path, None).await {
                 Ok(r) => match r.content_length() {
@@ -182,14 +202,7 @@ async fn head(
                         return respond::error(session, ctx, &err).await;
                     }
                 },
-                Err(e) => {
-                    return respond::error(
-                        session,
-                        ctx,
-                        &ApiError::from_upstream(&e, Subject::Blob),
-                    )
-                    .await
-                }
+                Err(e) => return respond::error(session, ctx, &ApiError::from_upstream(&e, Subject::Blob)).await,
             }
         }
     };

@@ -25,20 +25,12 @@ pub(super) async fn serve(
 ) -> Result<()> {
     ctx.kind = "manifest";
     let accept = AcceptList::from_headers(
-        session
-            .req_header()
-            .headers
-            .get_all(http::header::ACCEPT)
-            .iter()
-            .map(|v| v.as_bytes()),
+        session.req_header().headers.get_all(http::header::ACCEPT).iter().map(|v| v.as_bytes()),
     );
     let manifests = &state.manifests;
     let (digest, freshness) = match reference {
         Reference::Digest(d) => (*d, None),
-        Reference::Tag(tag) => match manifests
-            .resolve_tag(upstream, repository, tag, &accept)
-            .await
-        {
+        Reference::Tag(tag) => match manifests.resolve_tag(upstream, repository, tag, &accept).await {
             Ok((entry, freshness)) => {
                 if freshness == Freshness::Stale {
                     state.metrics.stale_served.inc();
@@ -51,25 +43,15 @@ pub(super) async fn serve(
             Err(e) => return respond::error(session, ctx, &ApiError::from_manifest(&e)).await,
         },
     };
-    match manifests
-        .by_digest(upstream, repository, digest, &accept)
-        .await
-    {
+    match manifests.by_digest(upstream, repository, digest, &accept).await {
         Ok((manifest, found)) => {
             ctx.outcome = outcome(freshness, found);
-            ctx.source = Some(if found == Found::Disk {
-                "disk"
-            } else {
-                "upstream"
+            ctx.tier = Some(match found {
+                Found::Memory => "memory",
+                Found::Disk => "disk",
+                Found::Fetched | Found::Coalesced => "upstream",
             });
-            send(
-                session,
-                ctx,
-                manifest,
-                is_head,
-                freshness == Some(Freshness::Stale),
-            )
-            .await
+            send(session, ctx, manifest, is_head, freshness == Some(Freshness::Stale)).await
         }
         Err(e) => respond::error(session, ctx, &ApiError::from_manifest(&e)).await,
     }
@@ -80,8 +62,8 @@ fn outcome(freshness: Option<Freshness>, found: Found) -> &'static str {
         (Some(Freshness::Stale), _) => "stale",
         (_, Found::Fetched) => "miss",
         (_, Found::Coalesced) => "coalesced",
-        (Some(Freshness::Revalidated), Found::Disk) => "revalidated",
-        (_, Found::Disk) => "hit",
+        (Some(Freshness::Revalidated), Found::Disk | Found::Memory) => "revalidated",
+        (_, Found::Disk | Found::Memory) => "hit",
     }
 }
 
@@ -93,19 +75,12 @@ async fn send(
     stale: bool,
 ) -> Result<()> {
     let mut resp = header(200)?;
-    content_headers(
-        &mut resp,
-        &manifest.digest,
-        &manifest.media_type,
-        manifest.bytes.len() as u64,
-    )?;
+    content_headers(&mut resp, &manifest.digest, &manifest.media_type, manifest.bytes.len() as u64)?;
     mark(&mut resp, ctx.outcome, stale)?;
     send_header(session, ctx, resp, is_head).await?;
     if !is_head {
         ctx.body_bytes = manifest.bytes.len() as u64;
-        session
-            .write_response_body(Some(Bytes::clone(&manifest.bytes)), true)
-            .await?;
+        session.write_response_body(Some(Bytes::clone(&manifest.bytes)), true).await?;
     }
     Ok(())
 }

@@ -26,8 +26,8 @@ pub struct RequestCtx {
     kind: &'static str,
     /// `hit`, `miss`, `coalesced`, `revalidated`, `stale`, `bypass` or `error`.
     outcome: &'static str,
-    /// `disk` or `upstream`, for bytes served.
-    source: Option<&'static str>,
+    /// The tier that served the body: `memory`, `disk` or `upstream`.
+    tier: Option<&'static str>,
     status: u16,
     body_bytes: u64,
     headers_sent: bool,
@@ -40,7 +40,7 @@ impl RequestCtx {
             span: tracing::Span::none(),
             kind: "other",
             outcome: "error",
-            source: None,
+            tier: None,
             status: 0,
             body_bytes: 0,
             headers_sent: false,
@@ -67,15 +67,8 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx::new()
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "every request is answered in request_filter",
-        ))
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(ErrorType::InternalError, "every request is answered in request_filter"))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -89,59 +82,41 @@ impl ProxyHttp for EdgeProxy {
             reference = tracing::field::Empty,
             upstream = tracing::field::Empty,
             outcome = tracing::field::Empty,
-            source = tracing::field::Empty,
+            tier = tracing::field::Empty,
         );
         let span = ctx.span.clone();
         handle(&self.state, session, ctx).instrument(span).await?;
         Ok(true)
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         ctx.outcome = "error";
         if !ctx.headers_sent {
             // Nothing sent yet (an internal failure): answer with a proper error.
-            let err = ApiError::new(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                e.to_string(),
-            );
+            let err = ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string());
             let _ = respond::error(session, ctx, &err).await;
         }
         // Headers were sent: the body is cut short and the connection closed, so the client
         // sees an incomplete response, never a complete one with wrong bytes.
-        FailToProxy {
-            error_code: ctx.status,
-            can_reuse_downstream: false,
-        }
+        FailToProxy { error_code: ctx.status, can_reuse_downstream: false }
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let metrics = &self.state.metrics;
-        metrics
-            .requests
-            .with_label_values(&[ctx.kind, ctx.outcome])
-            .inc();
-        if let Some(source) = ctx.source {
-            metrics
-                .served_bytes
-                .with_label_values(&[source])
-                .inc_by(ctx.body_bytes);
+        metrics.requests.with_label_values(&[ctx.kind, ctx.outcome]).inc();
+        if let Some(tier) = ctx.tier {
+            metrics.served_bytes.with_label_values(&[tier]).inc_by(ctx.body_bytes);
+            if e.is_none() && ctx.status < 400 {
+                metrics.responses.with_label_values(&[ctx.kind, tier]).inc();
+            }
         }
         let elapsed = ctx.started.elapsed();
-        metrics
-            .request_seconds
-            .with_label_values(&[ctx.kind])
-            .observe(elapsed.as_secs_f64());
+        metrics.request_seconds.with_label_values(&[ctx.kind]).observe(elapsed.as_secs_f64());
         let _enter = ctx.span.enter();
         ctx.span.record("kind", ctx.kind);
         ctx.span.record("outcome", ctx.outcome);
-        if let Some(source) = ctx.source {
-            ctx.span.record("source", source);
+        if let Some(tier) = ctx.tier {
+            ctx.span.record("tier", tier);
         }
         match e {
             Some(e) => {
@@ -160,9 +135,7 @@ impl ProxyHttp for EdgeProxy {
 async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let req = session.req_header();
     let is_head = req.method == http::Method::HEAD;
-    let routed = state
-        .router
-        .route(req.method.as_str(), req.uri.path(), req.uri.query());
+    let routed = state.router.route(req.method.as_str(), req.uri.path(), req.uri.query());
     match routed {
         Err(e) => respond::error(session, ctx, &ApiError::from(e)).await,
         Ok(Request::Base) => {
@@ -172,43 +145,20 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
         }
         Ok(Request::Pull(route)) => {
             let Some(upstream) = state.upstreams.get(route.upstream).cloned() else {
-                let err = ApiError::new(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "UNKNOWN",
-                    "upstream table out of sync",
-                );
+                let err =
+                    ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upstream table out of sync");
                 return respond::error(session, ctx, &err).await;
             };
             ctx.span.record("repository", route.repository.as_str());
             ctx.span.record("upstream", upstream.name.as_str());
             match &route.target {
                 crate::registry::Target::Blob(digest) => {
-                    ctx.span
-                        .record("reference", tracing::field::display(digest));
-                    blob::serve(
-                        state,
-                        session,
-                        ctx,
-                        &upstream,
-                        &route.repository,
-                        *digest,
-                        is_head,
-                    )
-                    .await
+                    ctx.span.record("reference", tracing::field::display(digest));
+                    blob::serve(state, session, ctx, &upstream, &route.repository, *digest, is_head).await
                 }
                 crate::registry::Target::Manifest(reference) => {
-                    ctx.span
-                        .record("reference", tracing::field::display(reference));
-                    manifest::serve(
-                        state,
-                        session,
-                        ctx,
-                        &upstream,
-                        &route.repository,
-                        reference,
-                        is_head,
-                    )
-                    .await
+                    ctx.span.record("reference", tracing::field::display(reference));
+                    manifest::serve(state, session, ctx, &upstream, &route.repository, reference, is_head).await
                 }
             }
         }

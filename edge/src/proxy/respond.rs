@@ -49,11 +49,7 @@ pub(super) async fn send_header(
 }
 
 /// An OCI error response.
-pub(super) async fn error(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    err: &ApiError,
-) -> Result<()> {
+pub(super) async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) -> Result<()> {
     ctx.outcome = "error";
     let body = Bytes::from(err.body());
     let mut resp = header(err.status.as_u16())?;
@@ -122,9 +118,5 @@ pub(super) async fn stream(
 
 fn abort(e: FillError) -> Box<Error> {
     tracing::warn!(error = %e, "response aborted");
-    Error::because(
-        ErrorType::InternalError,
-        "blob source failed mid-response",
-        e,
-    )
+    Error::because(ErrorType::InternalError, "blob source failed mid-response", e)
 }

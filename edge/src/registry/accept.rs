@@ -17,18 +17,11 @@ impl AcceptList {
             .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(','))
             .filter_map(|item| {
-                let media = item
+                let media = item.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+                let q_zero = item
                     .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase();
-                let q_zero = item.split(';').skip(1).any(|p| {
-                    matches!(
-                        p.trim().replace(' ', "").as_str(),
-                        "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
-                    )
-                });
+                    .skip(1)
+                    .any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
                 (!media.is_empty() && !q_zero).then_some(media)
             })
             .collect();
@@ -49,9 +42,7 @@ impl AcceptList {
         }
         let media_type = media_type.to_ascii_lowercase();
         let major = media_type.split('/').next().unwrap_or_default();
-        self.types.iter().any(|t| {
-            t == &media_type || t == "*/*" || t.strip_suffix("/*").is_some_and(|m| m == major)
-        })
+        self.types.iter().any(|t| t == &media_type || t == "*/*" || t.strip_suffix("/*").is_some_and(|m| m == major))
     }
 
     /// The `Accept` value to send upstream: the client's own types, or every manifest type
@@ -83,10 +74,7 @@ mod tests {
         let v = format!("{OCI_INDEX}; q=0.9, {OCI_MANIFEST}");
         let list = AcceptList::from_headers([v.as_bytes()]);
         assert!(list.accepts(OCI_INDEX) && list.accepts(OCI_MANIFEST));
-        assert_eq!(
-            list.upstream_header(),
-            format!("{OCI_INDEX}, {OCI_MANIFEST}")
-        );
+        assert_eq!(list.upstream_header(), format!("{OCI_INDEX}, {OCI_MANIFEST}"));
     }
 
     #[test]

@@ -27,12 +27,7 @@ pub enum Subject {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
+        ApiError { status, code, message: message.into(), headers: Vec::new() }
     }
 
     fn with_header(mut self, name: &'static str, value: String) -> Self {
@@ -48,21 +43,14 @@ impl ApiError {
     pub fn from_upstream(e: &UpstreamError, subject: Subject) -> Self {
         let message = e.to_string();
         match e {
-            UpstreamError::Status {
-                status,
-                retry_after,
-                ..
-            } => match status.as_u16() {
+            UpstreamError::Status { status, retry_after, .. } => match status.as_u16() {
                 404 => match subject {
                     Subject::Blob => ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message),
-                    Subject::Manifest => {
-                        ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message)
-                    }
+                    Subject::Manifest => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
                 },
                 401 | 403 => ApiError::new(StatusCode::FORBIDDEN, "DENIED", message),
                 429 => {
-                    let e =
-                        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
                     match retry_after {
                         Some(r) => e.with_header("Retry-After", r.clone()),
                         None => e,
@@ -88,16 +76,10 @@ impl ApiError {
     pub fn from_fill(e: &FillError) -> Self {
         match e {
             FillError::Upstream(u) => ApiError::from_upstream(u, Subject::Blob),
-            FillError::DigestMismatch { .. }
-            | FillError::Truncated { .. }
-            | FillError::TooLong { .. } => {
+            FillError::DigestMismatch { .. } | FillError::Truncated { .. } | FillError::TooLong { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
             }
-            FillError::Disk(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                e.to_string(),
-            ),
+            FillError::Disk(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
         }
     }
 
@@ -105,28 +87,18 @@ impl ApiError {
         let message = e.to_string();
         match e {
             ManifestError::Upstream(u) => ApiError::from_upstream(u, Subject::Manifest),
-            ManifestError::NotAcceptable { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message)
-            }
+            ManifestError::NotAcceptable { .. } => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
             ManifestError::TooLarge { .. } | ManifestError::Invalid(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", message)
             }
-            ManifestError::DigestMismatch { .. } => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
-            }
-            ManifestError::Disk(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
-            }
+            ManifestError::DigestMismatch { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
+            ManifestError::Disk(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message),
         }
     }
 
     pub fn unsatisfiable(e: Unsatisfiable) -> Self {
-        ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "RANGE_INVALID",
-            e.to_string(),
-        )
-        .with_header("Content-Range", format!("bytes */{}", e.size))
+        ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", e.to_string())
+            .with_header("Content-Range", format!("bytes */{}", e.size))
     }
 }
 
@@ -134,21 +106,16 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         let message = e.to_string();
         match e {
-            RouteError::MethodNotAllowed(_) => {
-                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", message)
-                    .with_header("Allow", "GET, HEAD".into())
-            }
+            RouteError::MethodNotAllowed(_) => ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", message)
+                .with_header("Allow", "GET, HEAD".into()),
             RouteError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", message),
             RouteError::PathTrick | RouteError::Name(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", message)
             }
-            RouteError::Reference(berth_shared::ReferenceError::Digest(_))
-            | RouteError::Digest(_) => {
+            RouteError::Reference(berth_shared::ReferenceError::Digest(_)) | RouteError::Digest(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", message)
             }
-            RouteError::Reference(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "TAG_INVALID", message)
-            }
+            RouteError::Reference(_) => ApiError::new(StatusCode::BAD_REQUEST, "TAG_INVALID", message),
             RouteError::UnknownUpstream(_) | RouteError::NoDefaultUpstream => {
                 ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
             }
@@ -158,11 +125,7 @@ impl From<RouteError> for ApiError {
 
 impl From<RangeSyntaxError> for ApiError {
     fn from(e: RangeSyntaxError) -> Self {
-        ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "RANGE_INVALID",
-            e.to_string(),
-        )
+        ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", e.to_string())
     }
 }
 
@@ -196,20 +159,9 @@ mod tests {
             status: StatusCode::from_u16(s).unwrap(),
             retry_after: Some("7".into()),
         };
-        assert_eq!(
-            ApiError::from_upstream(&status(404), Subject::Blob).code,
-            "BLOB_UNKNOWN"
-        );
-        assert_eq!(
-            ApiError::from_upstream(&status(404), Subject::Manifest).code,
-            "MANIFEST_UNKNOWN"
-        );
-        assert_eq!(
-            ApiError::from_upstream(&status(500), Subject::Blob)
-                .status
-                .as_u16(),
-            502
-        );
+        assert_eq!(ApiError::from_upstream(&status(404), Subject::Blob).code, "BLOB_UNKNOWN");
+        assert_eq!(ApiError::from_upstream(&status(404), Subject::Manifest).code, "MANIFEST_UNKNOWN");
+        assert_eq!(ApiError::from_upstream(&status(500), Subject::Blob).status.as_u16(), 502);
         let limited = ApiError::from_upstream(&status(429), Subject::Blob);
         assert_eq!(limited.headers, vec![("Retry-After", "7".to_string())]);
     }

@@ -34,8 +34,7 @@ impl RangeRequest {
         let Some(raw) = header else {
             return Ok(RangeRequest::Full);
         };
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| RangeSyntaxError(String::from_utf8_lossy(raw).into()))?;
+        let text = std::str::from_utf8(raw).map_err(|_| RangeSyntaxError(String::from_utf8_lossy(raw).into()))?;
         let bad = || RangeSyntaxError(text.to_owned());
         let Some((unit, set)) = text.trim().split_once('=') else {
             return Err(bad());
@@ -50,9 +49,7 @@ impl RangeRequest {
             }
             return Ok(RangeRequest::Full);
         }
-        ByteRange::parse_spec(set.trim())
-            .map(RangeRequest::Single)
-            .ok_or_else(bad)
+        ByteRange::parse_spec(set.trim()).map(RangeRequest::Single).ok_or_else(bad)
     }
 }
 
@@ -67,16 +64,10 @@ impl ByteRange {
         };
         match (first.is_empty(), last.is_empty()) {
             (true, false) => Some(ByteRange::Suffix(num(last)?)),
-            (false, true) => Some(ByteRange::From {
-                first: num(first)?,
-                last: None,
-            }),
+            (false, true) => Some(ByteRange::From { first: num(first)?, last: None }),
             (false, false) => {
                 let (first, last) = (num(first)?, num(last)?);
-                (last >= first).then_some(ByteRange::From {
-                    first,
-                    last: Some(last),
-                })
+                (last >= first).then_some(ByteRange::From { first, last: Some(last) })
             }
             (true, true) => None,
         }
@@ -119,28 +110,10 @@ mod tests {
 
     #[test]
     fn should_parse_the_three_single_range_forms() {
-        assert_eq!(
-            single("bytes=0-99"),
-            ByteRange::From {
-                first: 0,
-                last: Some(99)
-            }
-        );
-        assert_eq!(
-            single("bytes=100-"),
-            ByteRange::From {
-                first: 100,
-                last: None
-            }
-        );
+        assert_eq!(single("bytes=0-99"), ByteRange::From { first: 0, last: Some(99) });
+        assert_eq!(single("bytes=100-"), ByteRange::From { first: 100, last: None });
         assert_eq!(single("bytes=-5"), ByteRange::Suffix(5));
-        assert_eq!(
-            single(" bytes = 1-2 "),
-            ByteRange::From {
-                first: 1,
-                last: Some(2)
-            }
-        );
+        assert_eq!(single(" bytes = 1-2 "), ByteRange::From { first: 1, last: Some(2) });
     }
 
     #[test]
@@ -152,16 +125,8 @@ mod tests {
 
     #[test]
     fn should_reject_malformed_ranges() {
-        for bad in [
-            "bytes",
-            "bytes=",
-            "bytes=-",
-            "bytes=a-b",
-            "bytes=5-1",
-            "bytes=1-2-3",
-            "bytes=+1-2",
-            "bytes=0-1,x",
-        ] {
+        for bad in ["bytes", "bytes=", "bytes=-", "bytes=a-b", "bytes=5-1", "bytes=1-2-3", "bytes=+1-2", "bytes=0-1,x"]
+        {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -58,11 +58,7 @@ pub struct Router {
 impl Router {
     /// `upstreams`: (name, library_prefix, is_default) for each configured upstream.
     pub fn new<'a>(upstreams: impl IntoIterator<Item = (&'a str, bool, bool)>) -> Self {
-        let mut router = Router {
-            names: Vec::new(),
-            library_prefix: Vec::new(),
-            default: None,
-        };
+        let mut router = Router { names: Vec::new(), library_prefix: Vec::new(), default: None };
         for (i, (name, library, default)) in upstreams.into_iter().enumerate() {
             router.names.push(name.to_owned());
             router.library_prefix.push(library);
@@ -78,12 +74,7 @@ impl Router {
     }
 
     /// Routes a request. `path` is the raw (still percent-encoded) path, `query` the raw query.
-    pub fn route(
-        &self,
-        method: &str,
-        path: &str,
-        query: Option<&str>,
-    ) -> Result<Request, RouteError> {
+    pub fn route(&self, method: &str, path: &str, query: Option<&str>) -> Result<Request, RouteError> {
         let rest = match path.strip_prefix("/v2") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
             _ => return Err(RouteError::NotFound(path.to_owned())),
@@ -106,38 +97,23 @@ impl Router {
             repository = repository.with_library_prefix();
         }
         let target = match kind {
-            PathKind::Manifests => {
-                Target::Manifest(Reference::parse(reference).map_err(RouteError::Reference)?)
-            }
+            PathKind::Manifests => Target::Manifest(Reference::parse(reference).map_err(RouteError::Reference)?),
             PathKind::Blobs => Target::Blob(reference.parse()?),
         };
-        Ok(Request::Pull(Route {
-            upstream,
-            repository,
-            target,
-        }))
+        Ok(Request::Pull(Route { upstream, repository, target }))
     }
 
     /// `?ns=` first, then a path prefix naming an upstream, then the default.
-    fn pick_upstream<'p>(
-        &self,
-        name: &'p str,
-        ns: Option<&str>,
-    ) -> Result<(usize, &'p str), RouteError> {
+    fn pick_upstream<'p>(&self, name: &'p str, ns: Option<&str>) -> Result<(usize, &'p str), RouteError> {
         if let Some(ns) = ns {
-            return self
-                .find(ns)
-                .map(|i| (i, name))
-                .ok_or_else(|| RouteError::UnknownUpstream(ns.to_owned()));
+            return self.find(ns).map(|i| (i, name)).ok_or_else(|| RouteError::UnknownUpstream(ns.to_owned()));
         }
         if let Some((first, rest)) = name.split_once('/') {
             if let Some(i) = self.find(first) {
                 return Ok((i, rest));
             }
         }
-        self.default
-            .map(|i| (i, name))
-            .ok_or(RouteError::NoDefaultUpstream)
+        self.default.map(|i| (i, name)).ok_or(RouteError::NoDefaultUpstream)
     }
 }
 
@@ -149,12 +125,8 @@ enum PathKind {
 /// Splits `<name>/manifests/<ref>` or `<name>/blobs/<digest>`; the last such marker wins, so a
 /// repository may itself contain a `blobs` or `manifests` component.
 fn split_pull_path(rest: &str) -> Result<(&str, PathKind, &str), RouteError> {
-    let (head, last) = rest
-        .rsplit_once('/')
-        .ok_or_else(|| RouteError::NotFound(format!("/v2/{rest}")))?;
-    let (name, marker) = head
-        .rsplit_once('/')
-        .ok_or_else(|| RouteError::NotFound(format!("/v2/{rest}")))?;
+    let (head, last) = rest.rsplit_once('/').ok_or_else(|| RouteError::NotFound(format!("/v2/{rest}")))?;
+    let (name, marker) = head.rsplit_once('/').ok_or_else(|| RouteError::NotFound(format!("/v2/{rest}")))?;
     match marker {
         "manifests" => Ok((name, PathKind::Manifests, last)),
         "blobs" => Ok((name, PathKind::Blobs, last)),
@@ -164,10 +136,7 @@ fn split_pull_path(rest: &str) -> Result<(&str, PathKind, &str), RouteError> {
 
 /// The value of containerd's `ns` query parameter.
 fn ns_param(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("ns="))
-        .filter(|v| !v.is_empty())
+    query?.split('&').find_map(|pair| pair.strip_prefix("ns=")).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -175,11 +144,7 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        Router::new([
-            ("docker.io", true, true),
-            ("ghcr.io", false, false),
-            ("10.0.0.5:5000", false, false),
-        ])
+        Router::new([("docker.io", true, true), ("ghcr.io", false, false), ("10.0.0.5:5000", false, false)])
     }
 
     fn pull(method: &str, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
@@ -226,10 +191,7 @@ mod tests {
     #[test]
     fn should_refuse_without_default_upstream() {
         let r = Router::new([("ghcr.io", false, false)]);
-        assert_eq!(
-            r.route("GET", "/v2/x/manifests/1", None),
-            Err(RouteError::NoDefaultUpstream)
-        );
+        assert_eq!(r.route("GET", "/v2/x/manifests/1", None), Err(RouteError::NoDefaultUpstream));
     }
 
     #[test]
@@ -243,54 +205,24 @@ mod tests {
 
     #[test]
     fn should_reject_bad_names_and_digests_before_io() {
-        assert!(matches!(
-            pull("GET", "/v2/UPPER/manifests/x", None),
-            Err(RouteError::Name(_))
-        ));
-        assert!(matches!(
-            pull("GET", "/v2/a/../b/manifests/x", None),
-            Err(RouteError::Name(_))
-        ));
-        assert_eq!(
-            pull("GET", "/v2/a/%2e%2e/b/blobs/x", None),
-            Err(RouteError::PathTrick)
-        );
-        assert_eq!(
-            pull("GET", "/v2/a//b/blobs/x", None),
-            Err(RouteError::PathTrick)
-        );
-        assert!(matches!(
-            pull("GET", "/v2/a/blobs/sha256:abc", None),
-            Err(RouteError::Digest(_))
-        ));
-        assert!(matches!(
-            pull("GET", "/v2/a/blobs/md5:abc", None),
-            Err(RouteError::Digest(_))
-        ));
-        assert!(matches!(
-            pull("GET", "/v2/a/blobs/latest", None),
-            Err(RouteError::Digest(_))
-        ));
-        assert!(matches!(
-            pull("GET", "/v2/a/manifests/-bad", None),
-            Err(RouteError::Reference(_))
-        ));
+        assert!(matches!(pull("GET", "/v2/UPPER/manifests/x", None), Err(RouteError::Name(_))));
+        assert!(matches!(pull("GET", "/v2/a/../b/manifests/x", None), Err(RouteError::Name(_))));
+        assert_eq!(pull("GET", "/v2/a/%2e%2e/b/blobs/x", None), Err(RouteError::PathTrick));
+        assert_eq!(pull("GET", "/v2/a//b/blobs/x", None), Err(RouteError::PathTrick));
+        assert!(matches!(pull("GET", "/v2/a/blobs/sha256:abc", None), Err(RouteError::Digest(_))));
+        assert!(matches!(pull("GET", "/v2/a/blobs/md5:abc", None), Err(RouteError::Digest(_))));
+        assert!(matches!(pull("GET", "/v2/a/blobs/latest", None), Err(RouteError::Digest(_))));
+        assert!(matches!(pull("GET", "/v2/a/manifests/-bad", None), Err(RouteError::Reference(_))));
     }
 
     #[test]
     fn should_refuse_writes() {
-        assert_eq!(
-            pull("PUT", "/v2/a/manifests/v1", None),
-            Err(RouteError::MethodNotAllowed("PUT".into()))
-        );
+        assert_eq!(pull("PUT", "/v2/a/manifests/v1", None), Err(RouteError::MethodNotAllowed("PUT".into())));
         let post = RouteError::MethodNotAllowed("POST".into());
         assert_eq!(pull("POST", "/v2/a/blobs/uploads/", None), Err(post));
         let patch = RouteError::MethodNotAllowed("PATCH".into());
         assert_eq!(pull("PATCH", "/v2/a/blobs/uploads/123", None), Err(patch));
-        assert!(matches!(
-            pull("GET", "/v2/a/blobs/uploads/123", None),
-            Err(RouteError::NotFound(_))
-        ));
+        assert!(matches!(pull("GET", "/v2/a/blobs/uploads/123", None), Err(RouteError::NotFound(_))));
         assert_eq!(
             pull("DELETE", &format!("/v2/a/blobs/{D}"), None),
             Err(RouteError::MethodNotAllowed("DELETE".into()))
@@ -299,17 +231,8 @@ mod tests {
 
     #[test]
     fn should_not_route_other_paths() {
-        assert!(matches!(
-            router().route("GET", "/", None),
-            Err(RouteError::NotFound(_))
-        ));
-        assert!(matches!(
-            router().route("GET", "/v2/a/tags/list", None),
-            Err(RouteError::NotFound(_))
-        ));
-        assert!(matches!(
-            router().route("GET", "/v2x", None),
-            Err(RouteError::NotFound(_))
-        ));
+        assert!(matches!(router().route("GET", "/", None), Err(RouteError::NotFound(_))));
+        assert!(matches!(router().route("GET", "/v2/a/tags/list", None), Err(RouteError::NotFound(_))));
+        assert!(matches!(router().route("GET", "/v2x", None), Err(RouteError::NotFound(_))));
     }
 }

@@ -28,10 +28,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
     }
 }
 
@@ -94,16 +91,9 @@ pub(super) struct Authenticator {
 
 impl Authenticator {
     pub(super) fn new(client: HttpClient, credentials: Option<Credentials>) -> Self {
-        let tokens = moka::future::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_secs(3600))
-            .build();
-        Authenticator {
-            client,
-            credentials,
-            scheme: RwLock::new(Scheme::Anonymous),
-            tokens,
-        }
+        let tokens =
+            moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build();
+        Authenticator { client, credentials, scheme: RwLock::new(Scheme::Anonymous), tokens }
     }
 
     /// The `Authorization` header for a request needing `scope`, fetching a token if the
@@ -112,41 +102,24 @@ impl Authenticator {
         let scheme = self.scheme.read().clone();
         match scheme {
             Scheme::Anonymous => Ok(None),
-            Scheme::Basic => Ok(self
-                .credentials
-                .as_ref()
-                .and_then(Credentials::basic_header)),
-            Scheme::Bearer { realm, service } => self
-                .token(&realm, service.as_deref(), scope)
-                .await
-                .map(Some),
+            Scheme::Basic => Ok(self.credentials.as_ref().and_then(Credentials::basic_header)),
+            Scheme::Bearer { realm, service } => self.token(&realm, service.as_deref(), scope).await.map(Some),
         }
     }
 
     /// Learns from a 401's `WWW-Authenticate`; returns whether a retry may now succeed.
-    pub(super) async fn on_challenge(
-        &self,
-        scope: &str,
-        challenge: Option<&HeaderValue>,
-    ) -> Result<bool, AuthError> {
+    pub(super) async fn on_challenge(&self, scope: &str, challenge: Option<&HeaderValue>) -> Result<bool, AuthError> {
         let Some(challenge) = challenge.and_then(|c| c.to_str().ok()) else {
             return Ok(false);
         };
         let (kind, params) = parse_challenge(challenge);
         match kind.to_ascii_lowercase().as_str() {
             "bearer" => {
-                let realm = params
-                    .iter()
-                    .find(|(k, _)| k == "realm")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
+                let realm = params.iter().find(|(k, _)| k == "realm").map(|(_, v)| v.clone()).unwrap_or_default();
                 if !(realm.starts_with("https://") || realm.starts_with("http://")) {
                     return Err(AuthError::BadRealm(realm));
                 }
-                let service = params
-                    .iter()
-                    .find(|(k, _)| k == "service")
-                    .map(|(_, v)| v.clone());
+                let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone());
                 *self.scheme.write() = Scheme::Bearer { realm, service };
                 self.tokens.invalidate(scope).await;
                 Ok(true)
@@ -160,12 +133,7 @@ impl Authenticator {
         }
     }
 
-    async fn token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<HeaderValue, AuthError> {
+    async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<HeaderValue, AuthError> {
         for _ in 0..2 {
             let token = self
                 .tokens
@@ -177,29 +145,15 @@ impl Authenticator {
             }
             self.tokens.invalidate(scope).await;
         }
-        Err(AuthError::BadTokenResponse(
-            "token expired as soon as it was issued".into(),
-        ))
+        Err(AuthError::BadTokenResponse("token expired as soon as it was issued".into()))
     }
 
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<Arc<Token>, AuthError> {
-        let mut url = format!(
-            "{realm}{}scope={}",
-            if realm.contains('?') { '&' } else { '?' },
-            encode(scope)
-        );
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Arc<Token>, AuthError> {
+        let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, encode(scope));
         if let Some(service) = service {
             url.push_str(&format!("&service={}", encode(service)));
         }
-        let basic = self
-            .credentials
-            .as_ref()
-            .and_then(Credentials::basic_header);
+        let basic = self.credentials.as_ref().and_then(Credentials::basic_header);
         let started = Instant::now();
         let mut response = self
             .client
@@ -227,8 +181,8 @@ struct TokenResponse {
 }
 
 fn parse_token(body: &[u8], started: Instant) -> Result<Arc<Token>, AuthError> {
-    let parsed: TokenResponse = serde_json::from_slice(body)
-        .map_err(|e| AuthError::BadTokenResponse(format!("not JSON: {e}")))?;
+    let parsed: TokenResponse =
+        serde_json::from_slice(body).map_err(|e| AuthError::BadTokenResponse(format!("not JSON: {e}")))?;
     let token = parsed
         .token
         .or(parsed.access_token)
@@ -237,9 +191,7 @@ fn parse_token(body: &[u8], started: Instant) -> Result<Arc<Token>, AuthError> {
     let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| AuthError::BadTokenResponse("token is not a valid header value".into()))?;
     header.set_sensitive(true);
-    let lifetime = parsed
-        .expires_in
-        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+    let lifetime = parsed.expires_in.map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
     let refresh_at = started + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN.min(lifetime / 2));
     Ok(Arc::new(Token { header, refresh_at }))
 }
@@ -254,11 +206,7 @@ fn parse_challenge(value: &str) -> (String, Vec<(String, String)>) {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let after = after.trim_start();
         let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.find('"') {
@@ -291,28 +239,16 @@ mod tests {
             r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
         );
         assert_eq!(scheme, "Bearer");
-        assert_eq!(
-            params[0],
-            ("realm".into(), "https://auth.docker.io/token".into())
-        );
+        assert_eq!(params[0], ("realm".into(), "https://auth.docker.io/token".into()));
         assert_eq!(params[1], ("service".into(), "registry.docker.io".into()));
-        assert_eq!(
-            params[2],
-            ("scope".into(), "repository:library/nginx:pull".into())
-        );
+        assert_eq!(params[2], ("scope".into(), "repository:library/nginx:pull".into()));
     }
 
     #[test]
     fn should_parse_unquoted_and_spaced_parameters() {
         let (scheme, params) = parse_challenge(r#"Basic realm=basic-realm , charset="UTF-8""#);
         assert_eq!(scheme, "Basic");
-        assert_eq!(
-            params,
-            vec![
-                ("realm".into(), "basic-realm".into()),
-                ("charset".into(), "UTF-8".into())
-            ]
-        );
+        assert_eq!(params, vec![("realm".into(), "basic-realm".into()), ("charset".into(), "UTF-8".into())]);
     }
 
     #[test]
@@ -329,10 +265,7 @@ mod tests {
 
     #[test]
     fn should_never_print_a_password() {
-        let c = Credentials {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
+        let c = Credentials { username: "u".into(), password: "hunter2".into() };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -82,17 +82,12 @@ impl HttpClient {
         accept: Option<&str>,
         authorization: Option<&HeaderValue>,
     ) -> Result<UpstreamResponse, ClientError> {
-        let origin: Uri = uri
-            .parse()
-            .map_err(|_| ClientError::BadUrl(uri.to_owned()))?;
+        let origin: Uri = uri.parse().map_err(|_| ClientError::BadUrl(uri.to_owned()))?;
         let mut current = origin.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let same_origin =
-                current.scheme() == origin.scheme() && current.authority() == origin.authority();
+            let same_origin = current.scheme() == origin.scheme() && current.authority() == origin.authority();
             let auth = authorization.filter(|_| same_origin);
-            let response = self
-                .send_once(method.clone(), current.clone(), accept, auth)
-                .await?;
+            let response = self.send_once(method.clone(), current.clone(), accept, auth).await?;
             if !is_redirect(response.status) {
                 return Ok(response);
             }
@@ -113,19 +108,14 @@ impl HttpClient {
         accept: Option<&str>,
         authorization: Option<&HeaderValue>,
     ) -> Result<UpstreamResponse, ClientError> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(USER_AGENT, USER_AGENT_VALUE);
+        let mut builder = Request::builder().method(method).uri(uri).header(USER_AGENT, USER_AGENT_VALUE);
         if let Some(accept) = accept {
             builder = builder.header(ACCEPT, accept);
         }
         if let Some(auth) = authorization {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
-        let request = builder
-            .body(Empty::new())
-            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let request = builder.body(Empty::new()).map_err(|e| ClientError::Request(e.to_string()))?;
         let response = tokio::time::timeout(self.timeouts.first_byte, self.inner.request(request))
             .await
             .map_err(|_| ClientError::FirstByteTimeout(self.timeouts.first_byte))?
@@ -158,10 +148,7 @@ fn resolve_location(current: &Uri, location: &str) -> Result<Uri, ClientError> {
         format!("{}://{rest}", current.scheme_str().unwrap_or("https"))
     } else if location.starts_with('/') {
         let authority = current.authority().ok_or_else(bad)?;
-        format!(
-            "{}://{authority}{location}",
-            current.scheme_str().unwrap_or("https")
-        )
+        format!("{}://{authority}{location}", current.scheme_str().unwrap_or("https"))
     } else {
         return Err(bad());
     };
@@ -190,13 +177,11 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientErro
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
+        let certs =
+            CertificateDer::pem_file_iter(path).map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
         for cert in certs {
             let cert = cert.map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -216,18 +201,9 @@ mod tests {
     fn should_resolve_redirect_locations() {
         let cur: Uri = "https://registry.example.com/v2/a/blobs/x".parse().unwrap();
         let r = |l: &str| resolve_location(&cur, l).map(|u| u.to_string());
-        assert_eq!(
-            r("https://s3.example.com/b?sig=1").unwrap(),
-            "https://s3.example.com/b?sig=1"
-        );
-        assert_eq!(
-            r("//cdn.example.com/b").unwrap(),
-            "https://cdn.example.com/b"
-        );
-        assert_eq!(
-            r("/other/path").unwrap(),
-            "https://registry.example.com/other/path"
-        );
+        assert_eq!(r("https://s3.example.com/b?sig=1").unwrap(), "https://s3.example.com/b?sig=1");
+        assert_eq!(r("//cdn.example.com/b").unwrap(), "https://cdn.example.com/b");
+        assert_eq!(r("/other/path").unwrap(), "https://registry.example.com/other/path");
         assert!(r("relative/path").is_err());
         assert!(r("ftp://x/y").is_err());
     }

@@ -21,18 +21,11 @@ use crate::config::UpstreamConfig;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream {upstream}: {source}")]
-    Client {
-        upstream: String,
-        source: ClientError,
-    },
+    Client { upstream: String, source: ClientError },
     #[error("upstream {upstream}: authentication failed: {source}")]
     Auth { upstream: String, source: AuthError },
     #[error("upstream {upstream} answered {status}")]
-    Status {
-        upstream: String,
-        status: StatusCode,
-        retry_after: Option<String>,
-    },
+    Status { upstream: String, status: StatusCode, retry_after: Option<String> },
 }
 
 impl UpstreamError {
@@ -74,9 +67,7 @@ pub struct UpstreamResponse {
 
 impl UpstreamResponse {
     pub fn content_length(&self) -> Option<u64> {
-        header_str(&self.headers, http::header::CONTENT_LENGTH)?
-            .parse()
-            .ok()
+        header_str(&self.headers, http::header::CONTENT_LENGTH)?.parse().ok()
     }
 
     pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
@@ -99,20 +90,14 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .field("base", &self.base)
-            .finish()
+        f.debug_struct("Upstream").field("name", &self.name).field("base", &self.base).finish()
     }
 }
 
 impl Upstream {
     /// Builds the client for one upstream; credentials are read from the environment here.
     pub fn new(config: &UpstreamConfig) -> Result<Self, ClientError> {
-        let base: http::Uri = config
-            .url
-            .parse()
-            .map_err(|_| ClientError::BadUrl(config.url.clone()))?;
+        let base: http::Uri = config.url.parse().map_err(|_| ClientError::BadUrl(config.url.clone()))?;
         let timeouts = Timeouts {
             connect: config.connect_timeout.get(),
             first_byte: config.first_byte_timeout.get(),
@@ -120,14 +105,10 @@ impl Upstream {
         };
         let client = HttpClient::new(timeouts, config.ca_file.as_deref())?;
         let credentials = match (&config.username, &config.password_env) {
-            (Some(user), Some(var)) => Some(Credentials {
-                username: user.clone(),
-                password: std::env::var(var).unwrap_or_default(),
-            }),
-            (Some(user), None) => Some(Credentials {
-                username: user.clone(),
-                password: String::new(),
-            }),
+            (Some(user), Some(var)) => {
+                Some(Credentials { username: user.clone(), password: std::env::var(var).unwrap_or_default() })
+            }
+            (Some(user), None) => Some(Credentials { username: user.clone(), password: String::new() }),
             _ => None,
         };
         Ok(Upstream {
@@ -152,37 +133,21 @@ impl Upstream {
         let scope = format!("repository:{repository}:pull");
         let mut retried = false;
         loop {
-            let authorization = self
-                .auth
-                .header_for(&scope)
-                .await
-                .map_err(|source| self.auth_error(source))?;
+            let authorization = self.auth.header_for(&scope).await.map_err(|source| self.auth_error(source))?;
             let response = self
                 .client
                 .send(method.clone(), &uri, accept, authorization.as_ref())
                 .await
-                .map_err(|source| UpstreamError::Client {
-                    upstream: self.name.clone(),
-                    source,
-                })?;
+                .map_err(|source| UpstreamError::Client { upstream: self.name.clone(), source })?;
             if response.status == StatusCode::UNAUTHORIZED && !retried {
                 retried = true;
-                let challenge = response
-                    .headers
-                    .get(http::header::WWW_AUTHENTICATE)
-                    .cloned();
-                if self
-                    .auth
-                    .on_challenge(&scope, challenge.as_ref())
-                    .await
-                    .map_err(|s| self.auth_error(s))?
-                {
+                let challenge = response.headers.get(http::header::WWW_AUTHENTICATE).cloned();
+                if self.auth.on_challenge(&scope, challenge.as_ref()).await.map_err(|s| self.auth_error(s))? {
                     continue;
                 }
             }
             if !response.status.is_success() {
-                let retry_after =
-                    header_str(&response.headers, http::header::RETRY_AFTER).map(str::to_owned);
+                let retry_after = header_str(&response.headers, http::header::RETRY_AFTER).map(str::to_owned);
                 return Err(UpstreamError::Status {
                     upstream: self.name.clone(),
                     status: response.status,
@@ -195,19 +160,12 @@ impl Upstream {
 
     fn base_str(&self) -> String {
         let scheme = self.base.scheme_str().unwrap_or("https");
-        let authority = self
-            .base
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_default();
+        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or_default();
         format!("{scheme}://{authority}")
     }
 
     fn auth_error(&self, source: AuthError) -> UpstreamError {
-        UpstreamError::Auth {
-            upstream: self.name.clone(),
-            source,
-        }
+        UpstreamError::Auth { upstream: self.name.clone(), source }
     }
 }
 
@@ -217,10 +175,7 @@ pub struct Upstreams(Arc<Vec<Arc<Upstream>>>);
 
 impl Upstreams {
     pub fn new(configs: &[UpstreamConfig]) -> Result<Self, ClientError> {
-        let list = configs
-            .iter()
-            .map(|c| Upstream::new(c).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let list = configs.iter().map(|c| Upstream::new(c).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams(Arc::new(list)))
     }
 

@@ -12,10 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 fn require_tools() {
     for tool in ["docker-registry", "skopeo"] {
-        assert!(
-            have(tool),
-            "{tool} is required for the end-to-end tests (apt-get install {tool})"
-        );
+        assert!(have(tool), "{tool} is required for the end-to-end tests (apt-get install {tool})");
     }
 }
 
@@ -49,10 +46,7 @@ fn blob_set(layout: &Path) -> Vec<(String, String)> {
         .flatten()
         .map(|e| {
             let bytes = std::fs::read(e.path()).unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                hex::encode(Sha256::digest(&bytes)),
-            )
+            (e.file_name().to_string_lossy().into_owned(), hex::encode(Sha256::digest(&bytes)))
         })
         .collect();
     out.sort();
@@ -60,24 +54,15 @@ fn blob_set(layout: &Path) -> Vec<(String, String)> {
 }
 
 fn pull(src: &str, dest: &Path) {
-    skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        src,
-        &format!("oci:{}:pulled", dest.display()),
-    ]);
+    skopeo(&["copy", "--src-tls-verify=false", src, &format!("oci:{}:pulled", dest.display())]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn skopeo_pulls_a_multi_layer_image_cold_then_warm_byte_exact_with_one_origin_fetch_per_blob()
-{
+async fn skopeo_pulls_a_multi_layer_image_cold_then_warm_byte_exact_with_one_origin_fetch_per_blob() {
     require_tools();
     let work = tempfile::tempdir().unwrap();
     let mut registry = DockerRegistry::start(&work.path().join("registry"));
-    let layers: Vec<Vec<u8>> = [1usize, 3, 2]
-        .iter()
-        .map(|mib| random_bytes(mib << 20))
-        .collect();
+    let layers: Vec<Vec<u8>> = [1usize, 3, 2].iter().map(|mib| random_bytes(mib << 20)).collect();
     push_image(work.path(), &registry, "demo/app", "v1", &layers);
 
     let direct = work.path().join("direct");
@@ -88,54 +73,29 @@ async fn skopeo_pulls_a_multi_layer_image_cold_then_warm_byte_exact_with_one_ori
     let edge = start_edge(work.path(), &registry.url(), "edge");
     let cold = work.path().join("cold");
     pull(&format!("docker://{}/demo/app:v1", edge.http), &cold);
-    assert_eq!(
-        blob_set(&cold),
-        blob_set(&direct),
-        "byte-exact through the edge"
-    );
-    assert_eq!(
-        registry.blob_gets("demo/app"),
-        2 * per_pull,
-        "the cold pull fetched each blob once"
-    );
+    assert_eq!(blob_set(&cold), blob_set(&direct), "byte-exact through the edge");
+    assert_eq!(registry.blob_gets("demo/app"), 2 * per_pull, "the cold pull fetched each blob once");
 
     let warm = work.path().join("warm");
     pull(&format!("docker://{}/demo/app:v1", edge.http), &warm);
     assert_eq!(blob_set(&warm), blob_set(&direct));
-    assert_eq!(
-        registry.blob_gets("demo/app"),
-        2 * per_pull,
-        "the warm pull made no blob GET at the origin"
-    );
+    assert_eq!(registry.blob_gets("demo/app"), 2 * per_pull, "the warm pull made no blob GET at the origin");
 
     // A restarted edge still serves what it cached, with the origin gone (by digest: the tag
     // mapping needs the origin).
     let head = client::request(
         http::Method::HEAD,
         &format!("{}/v2/demo/app/manifests/v1", edge.url()),
-        &[
-            ("Accept", berth_shared::manifest::OCI_MANIFEST),
-            ("Accept", berth_shared::manifest::DOCKER_MANIFEST),
-        ],
+        &[("Accept", berth_shared::manifest::OCI_MANIFEST), ("Accept", berth_shared::manifest::DOCKER_MANIFEST)],
     )
     .await;
-    let digest = head
-        .header("docker-content-digest")
-        .expect("manifest digest")
-        .to_owned();
+    let digest = head.header("docker-content-digest").expect("manifest digest").to_owned();
     drop(edge);
     registry.stop();
     let edge = start_edge(work.path(), &registry.url(), "restarted");
     let offline = work.path().join("offline");
-    pull(
-        &format!("docker://{}/demo/app@{digest}", edge.http),
-        &offline,
-    );
-    assert_eq!(
-        blob_set(&offline),
-        blob_set(&direct),
-        "served from the cache without the origin"
-    );
+    pull(&format!("docker://{}/demo/app@{digest}", edge.http), &offline);
+    assert_eq!(blob_set(&offline), blob_set(&direct), "served from the cache without the origin");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,19 +103,8 @@ async fn sixteen_concurrent_cold_gets_of_a_50_mib_blob_reach_the_origin_once() {
     require_tools();
     let work = tempfile::tempdir().unwrap();
     let registry = DockerRegistry::start(&work.path().join("registry"));
-    push_image(
-        work.path(),
-        &registry,
-        "big/blob",
-        "v1",
-        &[random_bytes(50 << 20)],
-    );
-    let raw = skopeo(&[
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{}/big/blob:v1", registry.addr),
-    ]);
+    push_image(work.path(), &registry, "big/blob", "v1", &[random_bytes(50 << 20)]);
+    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/big/blob:v1", registry.addr)]);
     let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
     let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
     let size = manifest["layers"][0]["size"].as_u64().unwrap();
@@ -175,11 +124,7 @@ async fn sixteen_concurrent_cold_gets_of_a_50_mib_blob_reach_the_origin_once() {
         let got = format!("sha256:{}", hex::encode(Sha256::digest(r.bytes())));
         assert_eq!(got, digest, "every client gets the right bytes");
     }
-    assert_eq!(
-        registry.gets_of("big/blob", &digest),
-        1,
-        "the origin served the blob once"
-    );
+    assert_eq!(registry.gets_of("big/blob", &digest), 1, "the origin served the blob once");
 }
 
 #[test]
@@ -199,25 +144,13 @@ fn the_binary_refuses_a_bad_config_naming_every_bad_key() {
         .unwrap();
     assert!(!out.status.success(), "a bad config must not start");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for key in [
-        "regoin",
-        "cache.disk_max",
-        "upstream[0].tag_ttl",
-        "upstream[0].default, upstream[1].default",
-    ] {
+    for key in ["regoin", "cache.disk_max", "upstream[0].tag_ttl", "upstream[0].default, upstream[1].default"] {
         assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
     }
 }
 
 #[test]
 fn the_binary_runs_its_embedded_default_config_check() {
-    let out = std::process::Command::new(berth_tests::edge::binary("berth-edge"))
-        .arg("--check")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(berth_tests::edge::binary("berth-edge")).arg("--check").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

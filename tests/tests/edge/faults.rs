@@ -24,18 +24,10 @@ async fn setup(size: usize) -> (Origin, TestEdge, Vec<u8>, String, String) {
 }
 
 /// After a failed fill: nothing on disk, nothing in tmp, and the next GET refetches and succeeds.
-async fn assert_nothing_cached_then_refetch(
-    origin: &Origin,
-    edge: &TestEdge,
-    body: &[u8],
-    url: &str,
-    path: &str,
-) {
+async fn assert_nothing_cached_then_refetch(origin: &Origin, edge: &TestEdge, body: &[u8], url: &str, path: &str) {
     let cache = edge.dir.path().join("cache");
     berth_tests::eventually("temp file removed", Duration::from_secs(10), || {
-        std::fs::read_dir(cache.join("tmp"))
-            .map(|d| d.count() == 0)
-            .unwrap_or(false)
+        std::fs::read_dir(cache.join("tmp")).map(|d| d.count() == 0).unwrap_or(false)
     })
     .await;
     let blobs: usize = walk_files(&cache.join("blobs"));
@@ -43,32 +35,15 @@ async fn assert_nothing_cached_then_refetch(
     let before = origin.count("GET", path);
     let again = client::get(url).await;
     assert_eq!(again.status, 200);
-    assert_eq!(
-        again.bytes().as_ref(),
-        body,
-        "the refetch serves the right bytes"
-    );
-    assert_eq!(
-        origin.count("GET", path),
-        before + 1,
-        "the next request fetched again"
-    );
+    assert_eq!(again.bytes().as_ref(), body, "the refetch serves the right bytes");
+    assert_eq!(origin.count("GET", path), before + 1, "the next request fetched again");
 }
 
 fn walk_files(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
-    entries
-        .flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                walk_files(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
+    entries.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum()
 }
 
 #[tokio::test]
@@ -76,20 +51,10 @@ async fn wrong_bytes_for_the_digest_abort_the_response_and_count_a_mismatch() {
     let (origin, edge, body, url, path) = setup(3 << 20).await;
     origin.fault(&path, Fault::WrongBytes);
     let r = client::get(&url).await;
-    assert_eq!(
-        r.status, 200,
-        "headers go out before the bytes can be verified"
-    );
-    assert!(
-        r.body.is_err(),
-        "the body must be cut short, never complete with wrong bytes"
-    );
+    assert_eq!(r.status, 200, "headers go out before the bytes can be verified");
+    assert!(r.body.is_err(), "the body must be cut short, never complete with wrong bytes");
     assert_eq!(edge.metric("berth_edge_digest_mismatches_total").await, 1.0);
-    assert_eq!(
-        edge.metric("berth_edge_fill_failures_total{reason=\"digest_mismatch\"")
-            .await,
-        1.0
-    );
+    assert_eq!(edge.metric("berth_edge_fill_failures_total{reason=\"digest_mismatch\"").await, 1.0);
     assert_nothing_cached_then_refetch(&origin, &edge, &body, &url, &path).await;
 }
 
@@ -97,20 +62,11 @@ async fn wrong_bytes_for_the_digest_abort_the_response_and_count_a_mismatch() {
 async fn wrong_bytes_abort_every_concurrent_reader() {
     let (origin, edge, _body, url, path) = setup(2 << 20).await;
     let gate = Arc::new(Notify::new());
-    origin.fault(
-        &path,
-        Fault::Gate {
-            after: 1 << 20,
-            gate: gate.clone(),
-            corrupt: true,
-        },
-    );
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: true });
     let mut readers = Vec::new();
     for _ in 0..4 {
         let mut s = client::open(&url, &[]).await;
-        s.read_at_least(1)
-            .await
-            .expect("first bytes arrive while the fill runs");
+        s.read_at_least(1).await.expect("first bytes arrive while the fill runs");
         readers.push(s);
     }
     gate.notify_one();
@@ -127,15 +83,8 @@ async fn a_body_cut_short_aborts_the_response_and_caches_nothing() {
     origin.fault(&path, Fault::CutShort { after: 1 << 20 });
     let r = client::get(&url).await;
     assert_eq!(r.status, 200);
-    assert!(
-        r.body.is_err(),
-        "truncated upstream body → truncated response"
-    );
-    assert_eq!(
-        edge.metric("berth_edge_fill_failures_total{reason=\"upstream\"")
-            .await,
-        1.0
-    );
+    assert!(r.body.is_err(), "truncated upstream body → truncated response");
+    assert_eq!(edge.metric("berth_edge_fill_failures_total{reason=\"upstream\"").await, 1.0);
     assert_nothing_cached_then_refetch(&origin, &edge, &body, &url, &path).await;
 }
 
@@ -144,10 +93,7 @@ async fn a_connection_reset_mid_body_aborts_the_response_and_caches_nothing() {
     let (origin, edge, body, url, path) = setup(2 << 20).await;
     origin.fault(&path, Fault::Reset { after: 512 << 10 });
     let r = client::get(&url).await;
-    assert!(
-        r.status == 200 && r.body.is_err(),
-        "reset upstream → aborted response"
-    );
+    assert!(r.status == 200 && r.body.is_err(), "reset upstream → aborted response");
     assert_nothing_cached_then_refetch(&origin, &edge, &body, &url, &path).await;
 }
 
@@ -176,10 +122,7 @@ async fn a_stalled_body_times_out_and_aborts_the_response() {
     let (origin, edge, body, url, path) = setup(1 << 20).await;
     origin.fault(&path, Fault::StallBody { after: 100 << 10 });
     let r = client::get(&url).await;
-    assert!(
-        r.status == 200 && r.body.is_err(),
-        "a stall past body_stall_timeout aborts"
-    );
+    assert!(r.status == 200 && r.body.is_err(), "a stall past body_stall_timeout aborts");
     assert_nothing_cached_then_refetch(&origin, &edge, &body, &url, &path).await;
 }
 
@@ -213,42 +156,23 @@ async fn a_redirect_to_a_second_host_is_followed_without_authorization() {
     let digest = origin.put_blob(REPO, body.clone());
     let path = format!("/v2/{REPO}/blobs/{digest}");
     storage.put_raw(&path, body.clone());
-    origin.fault(
-        &path,
-        Fault::Redirect {
-            base: storage.url(),
-        },
-    );
+    origin.fault(&path, Fault::Redirect { base: storage.url() });
     let edge = edge::start(&origin.url());
     let r = client::get(&format!("{}{path}", edge.url())).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.bytes().as_ref(), body.as_slice());
-    let to_origin = origin
-        .log()
-        .into_iter()
-        .filter(|l| l.path == path)
-        .collect::<Vec<_>>();
-    assert!(to_origin.iter().any(|l| l
-        .header("Authorization")
-        .is_some_and(|a| a.starts_with("Bearer"))));
+    let to_origin = origin.log().into_iter().filter(|l| l.path == path).collect::<Vec<_>>();
+    assert!(to_origin.iter().any(|l| l.header("Authorization").is_some_and(|a| a.starts_with("Bearer"))));
     let to_storage = storage.log();
     assert_eq!(to_storage.len(), 1, "the redirect was followed once");
-    assert_eq!(
-        to_storage[0].header("Authorization"),
-        None,
-        "no credentials to another host"
-    );
+    assert_eq!(to_storage[0].header("Authorization"), None, "no credentials to another host");
 }
 
 #[tokio::test]
 async fn a_token_challenge_is_answered_and_the_token_reused() {
     let origin = Origin::start().await;
-    origin.set_auth(Auth::Bearer {
-        credentials: Some(("alice".into(), "s3cret".into())),
-    });
-    let blobs: Vec<_> = (0..3)
-        .map(|i| origin.put_blob(REPO, vec![i as u8; 1000]))
-        .collect();
+    origin.set_auth(Auth::Bearer { credentials: Some(("alice".into(), "s3cret".into())) });
+    let blobs: Vec<_> = (0..3).map(|i| origin.put_blob(REPO, vec![i as u8; 1000])).collect();
     std::env::set_var("BERTH_TEST_TOKEN_PASSWORD", "s3cret");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("alice".into());
@@ -258,34 +182,16 @@ async fn a_token_challenge_is_answered_and_the_token_reused() {
         let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
         assert_eq!(r.status, 200);
     }
-    assert_eq!(
-        origin.tokens_issued(),
-        1,
-        "one token for the repository, reused"
-    );
-    let token_requests: Vec<_> = origin
-        .log()
-        .into_iter()
-        .filter(|l| l.path == "/token")
-        .collect();
-    assert!(
-        token_requests[0]
-            .query
-            .contains("scope=repository%3Aorg%2Fapp%3Apull"),
-        "{:?}",
-        token_requests[0]
-    );
-    assert!(token_requests[0]
-        .header("Authorization")
-        .is_some_and(|a| a.starts_with("Basic ")));
+    assert_eq!(origin.tokens_issued(), 1, "one token for the repository, reused");
+    let token_requests: Vec<_> = origin.log().into_iter().filter(|l| l.path == "/token").collect();
+    assert!(token_requests[0].query.contains("scope=repository%3Aorg%2Fapp%3Apull"), "{:?}", token_requests[0]);
+    assert!(token_requests[0].header("Authorization").is_some_and(|a| a.starts_with("Basic ")));
 }
 
 #[tokio::test]
 async fn wrong_credentials_at_the_token_endpoint_give_403() {
     let origin = Origin::start().await;
-    origin.set_auth(Auth::Bearer {
-        credentials: Some(("alice".into(), "right".into())),
-    });
+    origin.set_auth(Auth::Bearer { credentials: Some(("alice".into(), "right".into())) });
     let d = origin.put_blob(REPO, vec![1u8; 10]);
     std::env::set_var("BERTH_TEST_WRONG_PASSWORD", "wrong");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
@@ -295,19 +201,13 @@ async fn wrong_credentials_at_the_token_endpoint_give_403() {
     let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "DENIED");
-    assert!(
-        !String::from_utf8_lossy(r.bytes()).contains("wrong"),
-        "the password never appears in a response"
-    );
+    assert!(!String::from_utf8_lossy(r.bytes()).contains("wrong"), "the password never appears in a response");
 }
 
 #[tokio::test]
 async fn a_basic_auth_upstream_gets_the_configured_credentials() {
     let origin = Origin::start().await;
-    origin.set_auth(Auth::Basic {
-        username: "bob".into(),
-        password: "pw".into(),
-    });
+    origin.set_auth(Auth::Basic { username: "bob".into(), password: "pw".into() });
     let d = origin.put_blob(REPO, vec![7u8; 100]);
     std::env::set_var("BERTH_TEST_BASIC_PASSWORD", "pw");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {

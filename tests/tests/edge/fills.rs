@@ -19,14 +19,7 @@ async fn concurrent_requests_share_one_fill_and_are_served_while_it_is_written()
     let digest = origin.put_blob(REPO, body.clone());
     let path = format!("/v2/{REPO}/blobs/{digest}");
     let gate = Arc::new(Notify::new());
-    origin.fault(
-        &path,
-        Fault::Gate {
-            after: 1 << 20,
-            gate: gate.clone(),
-            corrupt: false,
-        },
-    );
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
     let edge = edge::start(&origin.url());
     let url = format!("{}{path}", edge.url());
 
@@ -35,37 +28,17 @@ async fn concurrent_requests_share_one_fill_and_are_served_while_it_is_written()
     for _ in 0..8 {
         let mut s = client::open(&url, &[]).await;
         assert_eq!(s.status, 200);
-        assert_eq!(
-            s.headers.get("content-length").unwrap(),
-            &body.len().to_string()
-        );
-        s.read_at_least(512 << 10)
-            .await
-            .expect("bytes before the fill completes");
+        assert_eq!(s.headers.get("content-length").unwrap(), &body.len().to_string());
+        s.read_at_least(512 << 10).await.expect("bytes before the fill completes");
         clients.push(s);
     }
     gate.notify_one();
     for s in clients {
-        assert_eq!(
-            s.finish().await.expect("complete body").as_ref(),
-            body.as_slice()
-        );
+        assert_eq!(s.finish().await.expect("complete body").as_ref(), body.as_slice());
     }
-    assert_eq!(
-        origin.count("GET", &path),
-        1,
-        "the origin sent the blob once"
-    );
-    assert_eq!(
-        edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"miss\"")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"coalesced\"")
-            .await,
-        7.0
-    );
+    assert_eq!(origin.count("GET", &path), 1, "the origin sent the blob once");
+    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"miss\"").await, 1.0);
+    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"blob\",outcome=\"coalesced\"").await, 7.0);
     let hit = client::get(&url).await;
     assert_eq!(hit.header("x-berth-cache"), Some("hit"));
     assert_eq!(hit.bytes().as_ref(), body.as_slice());
@@ -79,14 +52,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     let digest = origin.put_blob(REPO, body.clone());
     let path = format!("/v2/{REPO}/blobs/{digest}");
     let gate = Arc::new(Notify::new());
-    origin.fault(
-        &path,
-        Fault::Gate {
-            after: 1 << 20,
-            gate: gate.clone(),
-            corrupt: false,
-        },
-    );
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
     let edge = edge::start(&origin.url());
     let url = format!("{}{path}", edge.url());
 
@@ -95,12 +61,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     drop(first); // the client that started the fill goes away
     gate.notify_one();
     berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running()
-            .state
-            .fills
-            .store()
-            .contains(&berth_edge::cache::EntryKey::blob(digest))
-            .is_some()
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
     })
     .await;
     let r = client::get(&url).await;
@@ -121,30 +82,13 @@ async fn a_client_that_stops_reading_does_not_slow_the_fill_or_other_clients() {
     let mut stalled = client::open(&url, &[]).await; // reads a little, then nothing
     stalled.read_at_least(1).await.unwrap();
     let other = client::get(&url).await;
-    assert_eq!(
-        other.bytes().as_ref(),
-        body.as_slice(),
-        "another client gets everything"
-    );
-    berth_tests::eventually(
-        "fill published while a client stalls",
-        Duration::from_secs(20),
-        || {
-            edge.running()
-                .state
-                .fills
-                .store()
-                .contains(&berth_edge::cache::EntryKey::blob(digest))
-                .is_some()
-        },
-    )
+    assert_eq!(other.bytes().as_ref(), body.as_slice(), "another client gets everything");
+    berth_tests::eventually("fill published while a client stalls", Duration::from_secs(20), || {
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
+    })
     .await;
     assert_eq!(origin.count("GET", &path), 1);
-    assert_eq!(
-        stalled.finish().await.unwrap().as_ref(),
-        body.as_slice(),
-        "the slow client still gets it all"
-    );
+    assert_eq!(stalled.finish().await.unwrap().as_ref(), body.as_slice(), "the slow client still gets it all");
 }
 
 #[tokio::test]
@@ -158,23 +102,12 @@ async fn a_range_on_a_miss_is_answered_and_the_whole_blob_fetched_once() {
 
     let r = client::request(http::Method::GET, &url, &[("Range", "bytes=1000-1999")]).await;
     assert_eq!(r.status, 206);
-    assert_eq!(
-        r.header("content-range"),
-        Some(format!("bytes 1000-1999/{}", body.len()).as_str())
-    );
+    assert_eq!(r.header("content-range"), Some(format!("bytes 1000-1999/{}", body.len()).as_str()));
     assert_eq!(r.bytes().as_ref(), &body[1000..2000]);
     let origin_requests = origin.log();
-    assert!(
-        origin_requests.iter().all(|l| l.header("Range").is_none()),
-        "the fill fetches the whole blob"
-    );
+    assert!(origin_requests.iter().all(|l| l.header("Range").is_none()), "the fill fetches the whole blob");
     berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running()
-            .state
-            .fills
-            .store()
-            .contains(&berth_edge::cache::EntryKey::blob(digest))
-            .is_some()
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
     })
     .await;
     let full = client::get(&url).await;
@@ -190,20 +123,9 @@ async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
     let digest = origin.put_blob(REPO, body.clone());
     let edge = edge::start(&origin.url());
     let path = format!("/v2/{REPO}/blobs/{digest}");
-    assert_eq!(
-        client::get(&format!("{}{path}", edge.url()))
-            .await
-            .bytes()
-            .len(),
-        body.len()
-    );
+    assert_eq!(client::get(&format!("{}{path}", edge.url())).await.bytes().len(), body.len());
     berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running()
-            .state
-            .fills
-            .store()
-            .contains(&berth_edge::cache::EntryKey::blob(digest))
-            .is_some()
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
     })
     .await;
     let config = edge.running().state.config.clone();
@@ -219,29 +141,20 @@ async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
     assert_eq!(r.header("x-berth-cache"), Some("hit"));
     assert_eq!(r.bytes().as_ref(), body.as_slice());
     let head = client::head(&format!("{}{path}", edge.url())).await;
-    assert_eq!(
-        head.header("content-length"),
-        Some(body.len().to_string().as_str())
-    );
+    assert_eq!(head.header("content-length"), Some(body.len().to_string().as_str()));
 }
 
 #[tokio::test]
 async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
     let origin = Origin::start().await;
-    let blobs: Vec<_> = (0..3u8)
-        .map(|i| origin.put_blob(REPO, vec![i; 400 << 10]))
-        .collect();
+    let blobs: Vec<_> = (0..3u8).map(|i| origin.put_blob(REPO, vec![i; 400 << 10])).collect();
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.cache.disk_max = berth_shared::ByteSize::kib(1000);
     });
     let url = |d: &berth_shared::Digest| format!("{}/v2/{REPO}/blobs/{d}", edge.url());
     let published = |d: berth_shared::Digest| {
         let store = edge.running().state.fills.store().clone();
-        move || {
-            store
-                .contains(&berth_edge::cache::EntryKey::blob(d))
-                .is_some()
-        }
+        move || store.contains(&berth_edge::cache::EntryKey::blob(d)).is_some()
     };
     for d in &blobs[..2] {
         client::get(&url(d)).await.bytes();
@@ -253,30 +166,14 @@ async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
     berth_tests::eventually("published", Duration::from_secs(20), published(blobs[2])).await;
 
     let store = edge.running().state.fills.store();
-    assert!(
-        store
-            .contains(&berth_edge::cache::EntryKey::blob(blobs[1]))
-            .is_none(),
-        "LRU blob evicted"
-    );
-    assert!(
-        store
-            .contains(&berth_edge::cache::EntryKey::blob(blobs[0]))
-            .is_some(),
-        "recently used blob kept"
-    );
+    assert!(store.contains(&berth_edge::cache::EntryKey::blob(blobs[1])).is_none(), "LRU blob evicted");
+    assert!(store.contains(&berth_edge::cache::EntryKey::blob(blobs[0])).is_some(), "recently used blob kept");
     assert!(store.index().usage().0 <= 1000 << 10, "under the budget");
     assert_eq!(edge.metric("berth_edge_evictions_total").await, 1.0);
     berth_tests::eventually("evicted file deleted", Duration::from_secs(10), || {
-        !store
-            .entry_path(&berth_edge::cache::EntryKey::blob(blobs[1]))
-            .exists()
+        !store.entry_path(&berth_edge::cache::EntryKey::blob(blobs[1])).exists()
     })
     .await;
     let again = client::get(&url(&blobs[1])).await;
-    assert_eq!(
-        again.header("x-berth-cache"),
-        Some("miss"),
-        "an evicted blob is fetched again"
-    );
+    assert_eq!(again.header("x-berth-cache"), Some("miss"), "an evicted blob is fetched again");
 }

@@ -29,12 +29,7 @@ fn edge_with_ttl(origin: &Origin, tag_ttl: u64, stale_if_error: u64) -> TestEdge
 
 async fn get_manifest(edge: &TestEdge, reference: &str, accept: &[&str]) -> client::Response {
     let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("Accept", *a)).collect();
-    client::request(
-        Method::GET,
-        &format!("{}/v2/{REPO}/manifests/{reference}", edge.url()),
-        &headers,
-    )
-    .await
+    client::request(Method::GET, &format!("{}/v2/{REPO}/manifests/{reference}", edge.url()), &headers).await
 }
 
 #[tokio::test]
@@ -48,10 +43,7 @@ async fn a_manifest_by_digest_is_fetched_once_verified_and_cached() {
         assert_eq!(r.status, 200);
         assert_eq!(r.bytes().as_ref(), body.as_slice());
         assert_eq!(r.header("content-type"), Some(OCI_MANIFEST));
-        assert_eq!(
-            r.header("docker-content-digest"),
-            Some(digest.to_string().as_str())
-        );
+        assert_eq!(r.header("docker-content-digest"), Some(digest.to_string().as_str()));
         assert_eq!(r.header("x-berth-cache"), Some(expected));
     }
     assert_eq!(origin.count("GET", "/v2/lib/web/manifests/"), 1);
@@ -68,11 +60,7 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused_and_not_cached() {
     assert_eq!(edge.metric("berth_edge_digest_mismatches_total").await, 1.0);
     let r = get_manifest(&edge, &digest.to_string(), &[]).await;
     assert_eq!(r.status, 502);
-    assert_eq!(
-        origin.count("GET", "/v2/lib/web/manifests/"),
-        2,
-        "nothing was cached"
-    );
+    assert_eq!(origin.count("GET", "/v2/lib/web/manifests/"), 2, "nothing was cached");
 }
 
 #[tokio::test]
@@ -87,11 +75,7 @@ async fn a_tag_within_its_ttl_is_served_without_asking_the_upstream() {
     let second = get_manifest(&edge, "v1", &[OCI_MANIFEST]).await;
     assert_eq!(second.bytes().as_ref(), body.as_slice());
     assert_eq!(second.header("x-berth-cache"), Some("hit"));
-    assert_eq!(
-        origin.log().len(),
-        requests,
-        "no upstream request within tag_ttl"
-    );
+    assert_eq!(origin.log().len(), requests, "no upstream request within tag_ttl");
 }
 
 #[tokio::test]
@@ -100,35 +84,18 @@ async fn a_tag_past_its_ttl_is_revalidated_with_a_head_and_follows_a_retag() {
     let v1 = image_manifest(1);
     origin.put_manifest(REPO, Some("latest"), OCI_MANIFEST, v1.clone());
     let edge = edge_with_ttl(&origin, 0, 3600);
-    assert_eq!(
-        get_manifest(&edge, "latest", &[OCI_MANIFEST])
-            .await
-            .bytes()
-            .as_ref(),
-        v1.as_slice()
-    );
+    assert_eq!(get_manifest(&edge, "latest", &[OCI_MANIFEST]).await.bytes().as_ref(), v1.as_slice());
     let gets = origin.count("GET", "/v2/lib/web/manifests/");
     let r = get_manifest(&edge, "latest", &[OCI_MANIFEST]).await;
     assert_eq!(r.header("x-berth-cache"), Some("revalidated"));
-    assert_eq!(
-        origin.count("GET", "/v2/lib/web/manifests/"),
-        gets,
-        "unchanged: no GET"
-    );
+    assert_eq!(origin.count("GET", "/v2/lib/web/manifests/"), gets, "unchanged: no GET");
     assert_eq!(origin.count("HEAD", "/v2/lib/web/manifests/latest"), 2);
 
     let v2 = image_manifest(2);
     let d2 = origin.put_manifest(REPO, Some("latest"), OCI_MANIFEST, v2.clone());
     let r = get_manifest(&edge, "latest", &[OCI_MANIFEST]).await;
-    assert_eq!(
-        r.bytes().as_ref(),
-        v2.as_slice(),
-        "the retag is seen at revalidation"
-    );
-    assert_eq!(
-        r.header("docker-content-digest"),
-        Some(d2.to_string().as_str())
-    );
+    assert_eq!(r.bytes().as_ref(), v2.as_slice(), "the retag is seen at revalidation");
+    assert_eq!(r.header("docker-content-digest"), Some(d2.to_string().as_str()));
 }
 
 #[tokio::test]
@@ -145,11 +112,7 @@ async fn a_failing_upstream_gets_the_last_known_tag_served_stale() {
     assert_eq!(r.header("x-berth-cache"), Some("stale"));
     assert!(r.header("warning").is_some_and(|w| w.starts_with("110")));
     assert_eq!(edge.metric("berth_edge_stale_served_total").await, 1.0);
-    assert_eq!(
-        edge.metric("berth_edge_requests_total{kind=\"manifest\",outcome=\"stale\"")
-            .await,
-        1.0
-    );
+    assert_eq!(edge.metric("berth_edge_requests_total{kind=\"manifest\",outcome=\"stale\"").await, 1.0);
 }
 
 #[tokio::test]
@@ -171,10 +134,7 @@ async fn a_deleted_tag_is_forgotten() {
     get_manifest(&edge, "v1", &[OCI_MANIFEST]).await.bytes();
     origin.fault(&format!("/v2/{REPO}/manifests/v1"), Fault::Status(404));
     let r = get_manifest(&edge, "v1", &[OCI_MANIFEST]).await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "MANIFEST_UNKNOWN")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
 }
 
 #[tokio::test]
@@ -184,11 +144,7 @@ async fn every_accept_line_goes_upstream() {
     let edge = edge_with_ttl(&origin, 60, 3600);
     let r = get_manifest(&edge, "v1", &[DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX]).await;
     assert_eq!(r.status, 200);
-    let head = origin
-        .log()
-        .into_iter()
-        .find(|l| l.method == "HEAD")
-        .expect("tag HEAD upstream");
+    let head = origin.log().into_iter().find(|l| l.method == "HEAD").expect("tag HEAD upstream");
     let accept = head.all("Accept").join(",");
     for t in [DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX] {
         assert!(accept.contains(t), "{t} not sent upstream: {accept}");
@@ -200,19 +156,11 @@ async fn a_client_never_gets_a_media_type_it_did_not_accept() {
     let origin = Origin::start().await;
     let digest = origin.put_manifest(REPO, Some("v1"), OCI_MANIFEST, image_manifest(1));
     let edge = edge_with_ttl(&origin, 60, 3600);
-    get_manifest(&edge, &digest.to_string(), &[OCI_MANIFEST])
-        .await
-        .bytes();
+    get_manifest(&edge, &digest.to_string(), &[OCI_MANIFEST]).await.bytes();
     let r = get_manifest(&edge, &digest.to_string(), &[DOCKER_MANIFEST]).await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "MANIFEST_UNKNOWN")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
     let r = get_manifest(&edge, "v1", &[DOCKER_MANIFEST]).await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "MANIFEST_UNKNOWN")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
     let r = get_manifest(&edge, "v1", &[]).await;
     assert_eq!(r.status, 200, "no Accept header: any manifest type");
 }
@@ -230,10 +178,7 @@ async fn an_image_index_is_cached_as_the_index() {
         let r = get_manifest(&edge, "multi", &[OCI_INDEX, OCI_MANIFEST]).await;
         assert_eq!(r.header("content-type"), Some(OCI_INDEX));
         assert_eq!(r.bytes().as_ref(), index.as_bytes());
-        assert_eq!(
-            r.header("docker-content-digest"),
-            Some(index_digest.to_string().as_str())
-        );
+        assert_eq!(r.header("docker-content-digest"), Some(index_digest.to_string().as_str()));
     }
     let r = get_manifest(&edge, &index_digest.to_string(), &[OCI_INDEX]).await;
     assert_eq!(r.header("x-berth-cache"), Some("hit"));
@@ -245,21 +190,12 @@ async fn head_by_tag_answers_from_the_upstream_head_without_a_body_fetch() {
     let body = image_manifest(3);
     let digest = origin.put_manifest(REPO, Some("v3"), OCI_MANIFEST, body.clone());
     let edge = edge_with_ttl(&origin, 60, 3600);
-    let h = client::request(
-        Method::HEAD,
-        &format!("{}/v2/{REPO}/manifests/v3", edge.url()),
-        &[("Accept", OCI_MANIFEST)],
-    )
-    .await;
+    let h =
+        client::request(Method::HEAD, &format!("{}/v2/{REPO}/manifests/v3", edge.url()), &[("Accept", OCI_MANIFEST)])
+            .await;
     assert_eq!(h.status, 200);
-    assert_eq!(
-        h.header("docker-content-digest"),
-        Some(digest.to_string().as_str())
-    );
-    assert_eq!(
-        h.header("content-length"),
-        Some(body.len().to_string().as_str())
-    );
+    assert_eq!(h.header("docker-content-digest"), Some(digest.to_string().as_str()));
+    assert_eq!(h.header("content-length"), Some(body.len().to_string().as_str()));
     assert_eq!(origin.count("GET", "/v2/"), 0);
 }
 
@@ -268,16 +204,11 @@ async fn manifests_over_4_mib_are_refused() {
     let origin = Origin::start().await;
     let mut big = image_manifest(1);
     big.pop();
-    big.extend_from_slice(
-        format!(r#","annotations":{{"pad":"{}"}}}}"#, "x".repeat(4 << 20)).as_bytes(),
-    );
+    big.extend_from_slice(format!(r#","annotations":{{"pad":"{}"}}}}"#, "x".repeat(4 << 20)).as_bytes());
     let digest = origin.put_manifest(REPO, Some("huge"), OCI_MANIFEST, big);
     let edge = edge_with_ttl(&origin, 60, 3600);
     let r = get_manifest(&edge, &digest.to_string(), &[OCI_MANIFEST]).await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (502, "MANIFEST_INVALID")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (502, "MANIFEST_INVALID"));
     let r = get_manifest(&edge, "huge", &[OCI_MANIFEST]).await;
     assert_eq!(r.status, 502);
 }

@@ -15,10 +15,7 @@ async fn the_base_endpoint_answers_with_the_api_version() {
     let edge = edge::start(&origin.url());
     let r = client::get(&format!("{}/v2/", edge.url())).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("docker-distribution-api-version"),
-        Some("registry/2.0")
-    );
+    assert_eq!(r.header("docker-distribution-api-version"), Some("registry/2.0"));
     assert_eq!(origin.log().len(), 0, "answered locally");
 }
 
@@ -31,10 +28,7 @@ async fn a_blob_carries_its_identity_headers_and_head_is_answered_from_the_index
     let url = format!("{}/v2/a/b/blobs/{digest}", edge.url());
     let r = client::get(&url).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("docker-content-digest"),
-        Some(digest.to_string().as_str())
-    );
+    assert_eq!(r.header("docker-content-digest"), Some(digest.to_string().as_str()));
     assert_eq!(r.header("content-length"), Some("5000"));
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
     assert_eq!(r.header("etag"), Some(format!("\"{digest}\"").as_str()));
@@ -43,16 +37,9 @@ async fn a_blob_carries_its_identity_headers_and_head_is_answered_from_the_index
     let h = client::head(&url).await;
     assert_eq!(h.status, 200);
     assert_eq!(h.header("content-length"), Some("5000"));
-    assert_eq!(
-        h.header("docker-content-digest"),
-        Some(digest.to_string().as_str())
-    );
+    assert_eq!(h.header("docker-content-digest"), Some(digest.to_string().as_str()));
     assert_eq!(h.bytes().len(), 0);
-    assert_eq!(
-        origin.log().len(),
-        before,
-        "HEAD of a cached blob does not go upstream"
-    );
+    assert_eq!(origin.log().len(), before, "HEAD of a cached blob does not go upstream");
 }
 
 #[tokio::test]
@@ -81,34 +68,21 @@ async fn single_ranges_are_served_and_unsatisfiable_ones_refused() {
     };
 
     let r = range("bytes=0-9").await;
-    assert_eq!(
-        (r.status, r.header("content-range")),
-        (206, Some("bytes 0-9/10000"))
-    );
+    assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 0-9/10000")));
     assert_eq!(r.bytes().as_ref(), &body[..10]);
     let r = range("bytes=-100").await;
-    assert_eq!(
-        (r.status, r.header("content-range")),
-        (206, Some("bytes 9900-9999/10000"))
-    );
+    assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 9900-9999/10000")));
     assert_eq!(r.bytes().as_ref(), &body[9900..]);
     let r = range("bytes=9990-").await;
     assert_eq!(r.bytes().as_ref(), &body[9990..]);
     let r = range("bytes=9999-20000").await;
     assert_eq!((r.status, r.bytes().len()), (206, 1));
     let r = range("bytes=10000-").await;
-    assert_eq!(
-        (r.status, r.header("content-range")),
-        (416, Some("bytes */10000"))
-    );
+    assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */10000")));
     let r = range("bytes=abc").await;
     assert_eq!(r.status, 416, "a malformed byte range is refused");
     let r = range("bytes=0-1,5-6").await;
-    assert_eq!(
-        (r.status, r.bytes().len()),
-        (200, 10_000),
-        "multiple ranges: the whole blob"
-    );
+    assert_eq!((r.status, r.bytes().len()), (200, 10_000), "multiple ranges: the whole blob");
     let r = range("items=0-1").await;
     assert_eq!(r.status, 200, "another range unit is ignored");
 }
@@ -124,10 +98,7 @@ async fn bad_names_and_digests_get_400_before_any_upstream_access() {
         (format!("/v2/a/%2e%2e/b/blobs/{good}"), "NAME_INVALID"),
         (format!("/v2/a/%2fetc/blobs/{good}"), "NAME_INVALID"),
         ("/v2/a/b/blobs/sha256:1234".to_owned(), "DIGEST_INVALID"),
-        (
-            format!("/v2/a/b/blobs/sha512:{}", "a".repeat(128)),
-            "DIGEST_INVALID",
-        ),
+        (format!("/v2/a/b/blobs/sha512:{}", "a".repeat(128)), "DIGEST_INVALID"),
         ("/v2/a/b/blobs/latest".to_owned(), "DIGEST_INVALID"),
         ("/v2/a/b/manifests/sha256:zz".to_owned(), "DIGEST_INVALID"),
         ("/v2/a/b/manifests/-tag".to_owned(), "TAG_INVALID"),
@@ -138,9 +109,7 @@ async fn bad_names_and_digests_get_400_before_any_upstream_access() {
         assert_eq!(r.error_code(), code, "{path}");
     }
     assert_eq!(origin.log().len(), 0, "no upstream access for bad input");
-    let blobs = std::fs::read_dir(edge.dir.path().join("cache/blobs/sha256"))
-        .unwrap()
-        .count();
+    let blobs = std::fs::read_dir(edge.dir.path().join("cache/blobs/sha256")).unwrap().count();
     assert_eq!(blobs, 0, "no disk access for bad input");
 }
 
@@ -168,39 +137,16 @@ async fn the_upstream_is_picked_by_ns_then_path_prefix_then_default() {
     let ghcr = Origin::start().await;
     let hub_blob = hub.put_blob("library/nginx", b"hub".to_vec());
     let ghcr_blob = ghcr.put_blob("org/app", b"ghcr".to_vec());
-    let edge = edge::start_custom(
-        &[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())],
-        "",
-        |_| {},
-    );
+    let edge = edge::start_custom(&[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())], "", |_| {});
 
-    let r = client::get(&format!(
-        "{}/v2/org/app/blobs/{ghcr_blob}?ns=ghcr.io",
-        edge.url()
-    ))
-    .await;
+    let r = client::get(&format!("{}/v2/org/app/blobs/{ghcr_blob}?ns=ghcr.io", edge.url())).await;
     assert_eq!(r.bytes().as_ref(), b"ghcr");
-    let r = client::get(&format!(
-        "{}/v2/ghcr.io/org/app/blobs/{ghcr_blob}",
-        edge.url()
-    ))
-    .await;
+    let r = client::get(&format!("{}/v2/ghcr.io/org/app/blobs/{ghcr_blob}", edge.url())).await;
     assert_eq!(r.status, 200, "path prefix");
     let r = client::get(&format!("{}/v2/nginx/blobs/{hub_blob}", edge.url())).await;
-    assert_eq!(
-        r.bytes().as_ref(),
-        b"hub",
-        "default upstream, library/ added"
-    );
-    assert_eq!(
-        hub.log()[0].path,
-        format!("/v2/library/nginx/blobs/{hub_blob}")
-    );
-    let r = client::get(&format!(
-        "{}/v2/nginx/blobs/{hub_blob}?ns=docker.io",
-        edge.url()
-    ))
-    .await;
+    assert_eq!(r.bytes().as_ref(), b"hub", "default upstream, library/ added");
+    assert_eq!(hub.log()[0].path, format!("/v2/library/nginx/blobs/{hub_blob}"));
+    let r = client::get(&format!("{}/v2/nginx/blobs/{hub_blob}?ns=docker.io", edge.url())).await;
     assert_eq!(r.status, 200);
 }
 
@@ -209,11 +155,7 @@ async fn an_ns_naming_no_configured_upstream_gets_404_and_no_connection() {
     let origin = Origin::start().await;
     let edge = edge::start(&origin.url());
     let d = berth_shared::Digest::of(b"x");
-    let r = client::get(&format!(
-        "{}/v2/a/b/blobs/{d}?ns=evil.example.com",
-        edge.url()
-    ))
-    .await;
+    let r = client::get(&format!("{}/v2/a/b/blobs/{d}?ns=evil.example.com", edge.url())).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "NAME_UNKNOWN");
     assert_eq!(origin.log().len(), 0);
@@ -221,19 +163,16 @@ async fn an_ns_naming_no_configured_upstream_gets_404_and_no_connection() {
 
 /// A real TLS ClientHello, as docker/podman/skopeo send first to an "insecure" registry.
 const CLIENT_HELLO: &[u8] = &[
-    0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
-    0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
-    0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x00, 0x00, 0x02, 0x13, 0x01,
-    0x01, 0x00, 0x00, 0x00,
+    0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
+    0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
+    0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00,
 ];
 
 #[tokio::test]
 async fn a_tls_handshake_on_the_plain_port_is_refused_at_once() {
     let origin = Origin::start().await;
     let edge = edge::start(&origin.url());
-    let mut socket = tokio::net::TcpStream::connect(edge.running().http_addr)
-        .await
-        .unwrap();
+    let mut socket = tokio::net::TcpStream::connect(edge.running().http_addr).await.unwrap();
     socket.write_all(CLIENT_HELLO).await.unwrap();
     let mut buf = Vec::new();
     // The edge must close the connection on its own; a peer that waits for an idle timeout
@@ -248,31 +187,17 @@ async fn the_admin_listener_serves_health_readiness_and_metrics() {
     let origin = Origin::start().await;
     let d = origin.put_blob("m/n", vec![9u8; 1234]);
     let edge = edge::start(&origin.url());
-    client::get(&format!("{}/v2/m/n/blobs/{d}", edge.url()))
-        .await
-        .bytes();
-    client::get(&format!("{}/v2/m/n/blobs/{d}", edge.url()))
-        .await
-        .bytes();
-    assert_eq!(
-        client::get(&format!("{}/healthz", edge.admin_url()))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        client::get(&format!("{}/readyz", edge.admin_url()))
-            .await
-            .status,
-        200
-    );
+    client::get(&format!("{}/v2/m/n/blobs/{d}", edge.url())).await.bytes();
+    client::get(&format!("{}/v2/m/n/blobs/{d}", edge.url())).await.bytes();
+    assert_eq!(client::get(&format!("{}/healthz", edge.admin_url())).await.status, 200);
+    assert_eq!(client::get(&format!("{}/readyz", edge.admin_url())).await.status, 200);
     let m = client::get(&format!("{}/metrics", edge.admin_url())).await;
     let text = String::from_utf8_lossy(m.bytes()).to_string();
     for series in [
         "berth_edge_requests_total{kind=\"blob\",outcome=\"miss\"",
         "berth_edge_requests_total{kind=\"blob\",outcome=\"hit\"",
-        "berth_edge_served_bytes_total{source=\"disk\"",
-        "berth_edge_served_bytes_total{source=\"upstream\"",
+        "berth_edge_served_bytes_total{tier=\"disk\"",
+        "berth_edge_served_bytes_total{tier=\"upstream\"",
         "berth_edge_upstream_bytes_total",
         "berth_edge_cache_bytes{state=\"used\"",
         "berth_edge_evictions_total",
@@ -281,22 +206,10 @@ async fn the_admin_listener_serves_health_readiness_and_metrics() {
     ] {
         assert!(text.contains(series), "{series} missing from /metrics");
     }
-    assert_eq!(
-        edge.metric("berth_edge_served_bytes_total{source=\"disk\"")
-            .await,
-        1234.0
-    );
+    assert_eq!(edge.metric("berth_edge_served_bytes_total{tier=\"disk\"").await, 1234.0);
     assert_eq!(edge.metric("berth_edge_upstream_bytes_total").await, 1234.0);
-    assert_eq!(
-        edge.metric("berth_edge_cache_bytes{state=\"used\"").await,
-        1234.0
-    );
-    assert_eq!(
-        client::get(&format!("{}/nope", edge.admin_url()))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(edge.metric("berth_edge_cache_bytes{state=\"used\"").await, 1234.0);
+    assert_eq!(client::get(&format!("{}/nope", edge.admin_url())).await.status, 404);
 }
 
 #[tokio::test]
