@@ -31,7 +31,10 @@ impl AdminApp {
                     (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n").into_bytes())
                 }
             },
-            "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render().into_bytes()),
+            "/metrics" => {
+                self.state.refresh_gauges();
+                (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render().into_bytes())
+            }
             _ => json(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
     }

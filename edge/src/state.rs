@@ -60,10 +60,21 @@ impl EdgeState {
         if self.draining.load(Ordering::SeqCst) {
             return Some("draining: shutting down".into());
         }
+        if let Some(reason) = self.fills.store().degraded() {
+            return Some(format!("cache disk degraded: {reason}"));
+        }
         let tmp = self.fills.store().root().join("tmp");
         match std::fs::metadata(&tmp) {
             Ok(m) if m.is_dir() => None,
             _ => Some(format!("cache folder unusable: {} is missing", tmp.display())),
         }
+    }
+
+    /// Brings the gauges that are read rather than counted up to date (before `/metrics`).
+    pub fn refresh_gauges(&self) {
+        self.metrics.memory_bytes.set(self.memory.usage() as i64);
+        self.metrics.memory_entries.set(self.memory.entries() as i64);
+        self.metrics.fills_in_flight.set(self.fills.in_flight() as i64);
+        let _ = self.fills.store().degraded();
     }
 }

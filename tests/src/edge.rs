@@ -66,8 +66,12 @@ pub fn test_config(dir: &Path, upstreams: &[(&str, &str)], extra: &str) -> EdgeC
     config::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"))
 }
 
-/// Starts an in-process edge with `config` (its cache dir must be inside `dir`).
+/// Starts an in-process edge with `config` (its cache dir must be inside `dir`). Set
+/// `BERTH_TEST_LOG=debug` to see the edge's log.
 pub fn start_with(config: EdgeConfig, dir: tempfile::TempDir) -> TestEdge {
+    if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
+        berth_edge::telemetry::init(&filter, false);
+    }
     let edge = EdgeServer::build(config).expect("edge starts").spawn();
     TestEdge { edge: Some(edge), dir }
 }

@@ -222,8 +222,17 @@ impl DiskStore {
     /// Creates a new temp file for a fill: (path, file opened for writing).
     pub fn create_temp(&self) -> io::Result<(PathBuf, File)> {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let path = self.root.join("tmp").join(format!("{}-{seq}.part", std::process::id()));
-        let file = File::options().write(true).read(true).create_new(true).open(&path)?;
+        let dir = self.root.join("tmp");
+        let path = dir.join(format!("{}-{seq}.part", std::process::id()));
+        let open = || File::options().write(true).read(true).create_new(true).open(&path);
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %dir.display(), "cache folder missing: recreating it");
+                fs::create_dir_all(&dir)?;
+                open()?
+            }
+            other => other?,
+        };
         Ok((path, file))
     }
 

@@ -167,8 +167,20 @@ impl Fills {
                 // Published between our disk check and taking the lock.
                 continue;
             }
-            let (temp, writer) = self.store.create_temp().map_err(|e| FillError::Disk(e.to_string()))?;
-            let reader = writer.try_clone().map_err(|e| FillError::Disk(e.to_string()))?;
+            if self.store.degraded().is_some() {
+                return Ok(Lookup::Bypass);
+            }
+            let files = self.store.create_temp().and_then(|(temp, writer)| {
+                let reader = writer.try_clone()?;
+                Ok((temp, writer, reader))
+            });
+            let (temp, writer, reader) = match files {
+                Ok(files) => files,
+                Err(e) => {
+                    self.store.set_degraded(format!("cannot create a temp file: {e}"));
+                    return Ok(Lookup::Bypass);
+                }
+            };
             let (tx, rx) = watch::channel(FillState::Connecting);
             let fill = Arc::new(Fill { digest, file: Arc::new(reader), state: rx });
             inflight.insert(digest, Arc::clone(&fill));

@@ -27,10 +27,12 @@ pub struct MemoryTier {
 impl MemoryTier {
     /// `capacity`: bytes (0 disables the tier); `object_max`: largest object kept.
     pub fn new(capacity: u64, object_max: u64) -> Self {
+        // Each shard holds capacity/shards: keep shards large enough for many objects.
+        let shards = (capacity / object_max.max(1) / 64).clamp(1, 8) as usize;
         let cache = (capacity > 0).then(|| {
             CacheBuilder::new(capacity as usize)
                 .with_name("berth-memory")
-                .with_shards(8)
+                .with_shards(shards)
                 .with_weighter(|_: &EntryKey, v: &MemoryObject| v.bytes.len() + ENTRY_OVERHEAD)
                 .build()
         });
