@@ -154,6 +154,11 @@ impl Origin {
         self.state.lock().faults.entry(path.into()).or_default().push_back(fault);
     }
 
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.state.lock().faults.clear();
+    }
+
     pub fn set_auth(&self, auth: Auth) {
         self.state.lock().auth = auth;
     }

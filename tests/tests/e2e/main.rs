@@ -2,6 +2,8 @@
 //! `skopeo` as the client. Needs docker-registry and skopeo (the README's test command installs
 //! them).
 
+mod crash;
+
 use std::path::Path;
 
 use berth_tests::client;
