@@ -7,6 +7,10 @@ use berth_edge::config::{self, EdgeConfig};
 use berth_edge::EdgeServer;
 use clap::Parser;
 
+/// mimalloc: the request path allocates many small, short-lived objects (headers, strings).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A regional pull-through cache for container images.
 #[derive(Parser)]
 #[command(version, about)]

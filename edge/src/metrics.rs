@@ -6,9 +6,64 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Kinds, outcomes and tiers of requests: the label values `per_request` knows.
+pub const KINDS: &[&str] = &["blob", "manifest", "base", "other"];
+pub const OUTCOMES: &[&str] = &["hit", "miss", "coalesced", "revalidated", "stale", "bypass", "error"];
+pub const TIERS: &[&str] = &["memory", "disk", "upstream"];
+
+/// The per-request series, resolved once: no label hashing on the request path.
+pub struct PerRequest {
+    requests: Vec<IntCounter>,
+    responses: Vec<IntCounter>,
+    served_bytes: Vec<IntCounter>,
+    seconds: Vec<Histogram>,
+}
+
+fn position(values: &[&str], value: &str) -> usize {
+    values.iter().position(|v| *v == value).unwrap_or(values.len() - 1)
+}
+
+impl PerRequest {
+    fn empty() -> Self {
+        PerRequest { requests: Vec::new(), responses: Vec::new(), served_bytes: Vec::new(), seconds: Vec::new() }
+    }
+
+    fn new(m: &Metrics) -> Self {
+        let mut per = PerRequest::empty();
+        for kind in KINDS {
+            per.seconds.push(m.request_seconds.with_label_values(&[kind]));
+            for outcome in OUTCOMES {
+                per.requests.push(m.requests.with_label_values(&[kind, outcome]));
+            }
+            for tier in TIERS {
+                per.responses.push(m.responses.with_label_values(&[kind, tier]));
+            }
+        }
+        per.served_bytes = TIERS.iter().map(|t| m.served_bytes.with_label_values(&[t])).collect();
+        per
+    }
+
+    /// Counts one request: its kind and outcome; the tier that served it with the body bytes
+    /// and whether it succeeded; its duration.
+    pub fn record(&self, kind: &str, outcome: &str, served: Option<(&str, u64, bool)>, elapsed: std::time::Duration) {
+        let k = position(KINDS, kind);
+        self.requests[k * OUTCOMES.len() + position(OUTCOMES, outcome)].inc();
+        if let Some((tier, bytes, ok)) = served {
+            let t = position(TIERS, tier);
+            self.served_bytes[t].inc_by(bytes);
+            if ok {
+                self.responses[k * TIERS.len() + t].inc();
+            }
+        }
+        self.seconds[k].observe(elapsed.as_secs_f64());
+    }
+}
+
 /// The edge's metrics and the registry they are exported from.
 pub struct Metrics {
     registry: Registry,
+    /// Pre-resolved series for the request path.
+    pub per_request: PerRequest,
     /// Requests by kind (`blob`, `manifest`, `base`, `other`) and outcome (`hit`, `miss`,
     /// `coalesced`, `stale`, `error`, `bypass`).
     pub requests: IntCounterVec,
@@ -95,7 +150,8 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(fill_seconds.clone())).expect("unique metric");
-        Metrics {
+        let mut metrics = Metrics {
+            per_request: PerRequest::empty(),
             requests: counter_vec(r, "berth_edge_requests_total", "Requests by kind and outcome", &["kind", "outcome"]),
             served_bytes: counter_vec(r, "berth_edge_served_bytes_total", "Bytes sent to clients by tier", &["tier"]),
             responses: counter_vec(
@@ -150,7 +206,9 @@ impl Metrics {
             request_seconds,
             fill_seconds,
             registry,
-        }
+        };
+        metrics.per_request = PerRequest::new(&metrics);
+        metrics
     }
 
     /// The Prometheus text exposition of every metric.

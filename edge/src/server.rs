@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service as ListeningService;
@@ -17,6 +18,9 @@ use crate::config::EdgeConfig;
 use crate::listener::{bind, PreBound};
 use crate::proxy::EdgeProxy;
 use crate::state::{EdgeState, StartError};
+
+/// Bytes buffered per connection before a write to the socket.
+const RESPONSE_WRITE_BUFFER: usize = 16 << 10;
 
 /// An edge ready to run: state built, sockets bound.
 pub struct EdgeServer {
@@ -38,7 +42,10 @@ impl EdgeServer {
 
         let mut proxy =
             pingora::proxy::http_proxy_service_with_name(&conf, EdgeProxy::new(Arc::clone(&state)), "berth-edge");
-        proxy.add_tcp(&http_addr.to_string());
+        // A write buffer that holds a response head and a small body, so a manifest or a small
+        // blob leaves in one write; large bodies bypass it.
+        let buffers = L4BufferSettings { read: None, write: Some(RESPONSE_WRITE_BUFFER) };
+        proxy.add_listener(ListenerConfig::tcp(http_addr.to_string()).l4_buffer(buffers));
         server.add_service(PreBound::new(proxy, vec![(http_addr.to_string(), http_socket)]));
 
         let mut admin = ListeningService::new("berth-admin".to_owned(), AdminApp::new(Arc::clone(&state)));

@@ -53,7 +53,19 @@ impl Digest {
 
     /// The 64-character lowercase hex encoding.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        self.text().as_str()[7..].to_owned()
+    }
+
+    /// `sha256:<hex>` without allocating.
+    pub fn text(&self) -> DigestText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 71];
+        buf[..7].copy_from_slice(b"sha256:");
+        for (i, b) in self.0.iter().enumerate() {
+            buf[7 + 2 * i] = HEX[(b >> 4) as usize];
+            buf[8 + 2 * i] = HEX[(b & 0xf) as usize];
+        }
+        DigestText(buf)
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
@@ -89,9 +101,20 @@ fn is_encoded(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
 }
 
+/// The text form of a digest, on the stack.
+#[derive(Clone, Copy)]
+pub struct DigestText([u8; 71]);
+
+impl DigestText {
+    pub fn as_str(&self) -> &str {
+        // The buffer holds only ASCII written by `Digest::text`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
+        f.write_str(self.text().as_str())
     }
 }
 

@@ -5,13 +5,16 @@
 
 pub mod digest;
 pub mod duration;
+pub mod image_ref;
 pub mod manifest;
 pub mod name;
+pub mod protocol;
 pub mod reference;
 pub mod size;
 
 pub use digest::{Digest, DigestError};
 pub use duration::{DurationError, HumanDuration};
+pub use image_ref::{ImageReference, ImageReferenceError};
 pub use name::{NameError, RepositoryName};
 pub use reference::{Reference, ReferenceError, Tag};
 pub use size::{ByteSize, SizeError};

@@ -41,7 +41,7 @@ pub enum ManifestError {
 #[derive(Debug, Clone)]
 pub struct StoredManifest {
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: Arc<str>,
     pub bytes: Bytes,
 }
 
@@ -116,10 +116,10 @@ impl ManifestCache {
         accept: &AcceptList,
     ) -> Result<(StoredManifest, Found), ManifestError> {
         let key = EntryKey::manifest(digest);
-        let in_memory = self.memory.get(&key).and_then(|o| {
-            let media_type = o.media_type?.to_string();
-            Some(StoredManifest { digest, media_type, bytes: o.bytes })
-        });
+        let in_memory = self
+            .memory
+            .get(&key)
+            .and_then(|o| Some(StoredManifest { digest, media_type: o.media_type?, bytes: o.bytes }));
         let stored = match in_memory {
             Some(m) => Some((m, Found::Memory)),
             None => read_stored(&self.store, digest).await.map(|m| (m, Found::Disk)),
@@ -140,11 +140,11 @@ impl ManifestCache {
             }
         };
         if found != Found::Memory {
-            let media_type = Some(manifest.media_type.as_str().into());
+            let media_type = Some(Arc::clone(&manifest.media_type));
             self.memory.insert(key, MemoryObject { bytes: manifest.bytes.clone(), media_type });
         }
         if !accept.accepts(&manifest.media_type) {
-            return Err(ManifestError::NotAcceptable { media_type: manifest.media_type });
+            return Err(ManifestError::NotAcceptable { media_type: manifest.media_type.to_string() });
         }
         Ok((manifest, found))
     }
@@ -224,7 +224,7 @@ async fn revalidate(job: RevalidateJob) -> Result<(TagEntry, Freshness), Manifes
                 let manifest = receive(&mut response, None, &upstream.name, &metrics).await?;
                 let entry = TagEntry {
                     digest: manifest.digest,
-                    media_type: manifest.media_type.clone(),
+                    media_type: manifest.media_type.to_string(),
                     size: manifest.bytes.len() as u64,
                     confirmed: Instant::now(),
                 };
@@ -313,7 +313,7 @@ async fn receive(
     let media_type = media_type_header(response)
         .or_else(|| detect_media_type(&bytes))
         .ok_or_else(|| ManifestError::Invalid("no media type in the header or the document".into()))?;
-    Ok(StoredManifest { digest: actual, media_type, bytes: Bytes::from(bytes) })
+    Ok(StoredManifest { digest: actual, media_type: media_type.into(), bytes: Bytes::from(bytes) })
 }
 
 /// Reads and verifies a stored manifest; a damaged file is dropped.
@@ -330,7 +330,7 @@ async fn read_stored(store: &Arc<DiskStore>, digest: Digest) -> Option<StoredMan
     .ok();
     let parsed = content.and_then(|c| {
         let newline = c.iter().position(|b| *b == b'\n')?;
-        let media_type = std::str::from_utf8(&c[..newline]).ok()?.to_owned();
+        let media_type: Arc<str> = std::str::from_utf8(&c[..newline]).ok()?.into();
         let bytes = Bytes::copy_from_slice(&c[newline + 1..]);
         (Digest::of(&bytes) == digest).then_some(StoredManifest { digest, media_type, bytes })
     });

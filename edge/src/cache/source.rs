@@ -3,11 +3,10 @@
 //! before the last byte: `finish` must succeed before a response may complete.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use berth_shared::{Digest, RepositoryName};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::Method;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -38,7 +37,7 @@ impl SourceKind {
 /// The bytes of one blob, readable by offset.
 pub enum BlobSource {
     Memory(Bytes),
-    Disk { file: Arc<File>, size: u64 },
+    Disk(DiskReader),
     Fill(FillReader),
     Direct(Box<DirectReader>),
 }
@@ -56,7 +55,7 @@ impl BlobSource {
     pub fn size(&self) -> Option<u64> {
         match self {
             BlobSource::Memory(bytes) => Some(bytes.len() as u64),
-            BlobSource::Disk { size, .. } => Some(*size),
+            BlobSource::Disk(r) => Some(r.size),
             BlobSource::Fill(r) => r.total,
             BlobSource::Direct(r) => r.total,
         }
@@ -65,7 +64,7 @@ impl BlobSource {
     pub fn kind(&self) -> SourceKind {
         match self {
             BlobSource::Memory(_) => SourceKind::Memory,
-            BlobSource::Disk { .. } => SourceKind::Disk,
+            BlobSource::Disk(_) => SourceKind::Disk,
             _ => SourceKind::Upstream,
         }
     }
@@ -80,10 +79,7 @@ impl BlobSource {
                     let end = (start + max).min(bytes.len());
                     return Ok((end > start).then(|| bytes.slice(start..end)));
                 }
-                BlobSource::Disk { file, size } => {
-                    let len = (*size).saturating_sub(offset).min(max as u64) as usize;
-                    return read_at(file, offset, len).await;
-                }
+                BlobSource::Disk(r) => return r.read(offset, max).await,
                 BlobSource::Fill(r) => r.read(offset, max).await,
                 BlobSource::Direct(r) => return r.read(offset, max).await,
             };
@@ -99,7 +95,7 @@ impl BlobSource {
         loop {
             let result = match self {
                 BlobSource::Memory(bytes) => return Ok(bytes.len() as u64),
-                BlobSource::Disk { size, .. } => return Ok(*size),
+                BlobSource::Disk(r) => return Ok(r.size),
                 BlobSource::Fill(r) => r.verified().await,
                 BlobSource::Direct(r) => return r.finish().await,
             };
@@ -128,24 +124,86 @@ async fn read_at(file: &Arc<File>, offset: u64, len: usize) -> Result<Option<Byt
         return Ok(None);
     }
     let file = Arc::clone(file);
-    let bytes = blocking(move || {
-        let mut buf = BytesMut::zeroed(len);
-        let mut filled = 0;
-        while filled < len {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "cached file shorter than its size",
-                ));
+    let bytes = blocking(move || pread_exact(&file, offset, len)).await;
+    bytes.map(Some).map_err(|e| FillError::Disk(format!("reading: {e}")))
+}
+
+/// Reads exactly `len` bytes at `offset` into a fresh buffer, without zeroing it first.
+fn pread_exact(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        // SAFETY: the pointer and length describe the buffer's uninitialised spare capacity;
+        // pread writes at most that many bytes, and only the bytes it reports are marked
+        // initialised below.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(filled).cast(),
+                len - filled,
+                (offset + filled as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => unsafe { buf.set_len(filled + n as usize) },
+            0 => {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cached file shorter than its size"))
             }
-            filled += n;
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
-        Ok(buf.freeze())
-    })
-    .await
-    .map_err(|e| FillError::Disk(format!("reading: {e}")))?;
-    Ok(Some(bytes))
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A disk file read in order with one read ahead: the next piece is read from the page cache
+/// while the current one is written to the client.
+pub struct DiskReader {
+    file: Arc<File>,
+    size: u64,
+    ahead: Option<(u64, usize, tokio::task::JoinHandle<std::io::Result<Bytes>>)>,
+}
+
+impl DiskReader {
+    pub fn new(file: Arc<File>, size: u64) -> Self {
+        DiskReader { file, size, ahead: None }
+    }
+
+    fn spawn(&self, offset: u64, len: usize) -> tokio::task::JoinHandle<std::io::Result<Bytes>> {
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || pread_exact(&file, offset, len))
+    }
+
+    async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
+        let len = self.size.saturating_sub(offset).min(max as u64) as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        let pending = match self.ahead.take() {
+            Some((o, l, handle)) if o == offset && l == len => handle,
+            _ => self.spawn(offset, len),
+        };
+        let next = offset + len as u64;
+        let next_len = self.size.saturating_sub(next).min(max as u64) as usize;
+        if next_len > 0 {
+            self.ahead = Some((next, next_len, self.spawn(next, next_len)));
+        }
+        let bytes = pending.await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        bytes.map(Some).map_err(|e| FillError::Disk(format!("reading: {e}")))
+    }
+}
+
+impl Drop for DiskReader {
+    fn drop(&mut self) {
+        if let Some((_, _, handle)) = self.ahead.take() {
+            handle.abort();
+        }
+    }
 }
 
 /// Whether a fill's reader should fetch directly, or what it learned from the upstream.

@@ -10,7 +10,7 @@ use pingora::Result;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
 use crate::cache::fill::Lookup;
-use crate::cache::source::{DirectReader, Fallback, FillReader, FillStart};
+use crate::cache::source::{DirectReader, DiskReader, Fallback, FillReader, FillStart};
 use crate::cache::{blocking, BlobSource, EntryKey, MemoryObject, SourceKind};
 use crate::registry::error::Subject;
 use crate::registry::range::RangeRequest;
@@ -107,7 +107,7 @@ async fn open_source(
 /// are served from memory.
 async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>, size: u64) -> BlobSource {
     if !state.memory.admits(size) {
-        return BlobSource::Disk { file, size };
+        return BlobSource::Disk(DiskReader::new(file, size));
     }
     let read = Arc::clone(&file);
     let bytes = blocking(move || {
@@ -122,7 +122,7 @@ async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>
             state.memory.insert(key, MemoryObject { bytes: bytes.clone(), media_type: None });
             BlobSource::Memory(bytes)
         }
-        Err(_) => BlobSource::Disk { file, size },
+        Err(_) => BlobSource::Disk(DiskReader::new(file, size)),
     }
 }
 
@@ -143,20 +143,19 @@ async fn send(
         (_, size) => (200, 0, size),
     };
     let mut resp = header(status)?;
-    resp.insert_header("Accept-Ranges", "bytes")?;
+    resp.insert_header(http::header::ACCEPT_RANGES, http::HeaderValue::from_static("bytes"))?;
     match end {
         Some(end) => content_headers(&mut resp, &digest, BLOB_TYPE, end - first)?,
         None => {
-            resp.insert_header("Content-Type", BLOB_TYPE)?;
-            resp.insert_header("Docker-Content-Digest", digest.to_string())?;
-            resp.insert_header("ETag", format!("\"{digest}\""))?;
+            resp.insert_header(http::header::CONTENT_TYPE, BLOB_TYPE)?;
+            respond::digest_headers(&mut resp, &digest)?;
         }
     }
     if status == 206 {
         let total = size.unwrap_or_default();
-        resp.insert_header("Content-Range", format!("bytes {first}-{}/{total}", end.unwrap_or(total) - 1))?;
+        resp.insert_header(http::header::CONTENT_RANGE, format!("bytes {first}-{}/{total}", end.unwrap_or(total) - 1))?;
     }
-    resp.insert_header("X-Berth-Cache", ctx.outcome)?;
+    resp.insert_header(respond::BERTH_CACHE, ctx.outcome)?;
     send_header(session, ctx, resp, false).await?;
     respond::stream(session, ctx, &mut source, first, end).await
 }
@@ -207,8 +206,8 @@ async fn head(
         }
     };
     let mut resp = header(200)?;
-    resp.insert_header("Accept-Ranges", "bytes")?;
+    resp.insert_header(http::header::ACCEPT_RANGES, http::HeaderValue::from_static("bytes"))?;
     content_headers(&mut resp, &digest, BLOB_TYPE, size)?;
-    resp.insert_header("X-Berth-Cache", ctx.outcome)?;
+    resp.insert_header(respond::BERTH_CACHE, ctx.outcome)?;
     send_header(session, ctx, resp, true).await
 }

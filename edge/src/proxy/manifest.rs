@@ -104,9 +104,9 @@ async fn head_from_tag(
 }
 
 fn mark(resp: &mut pingora::http::ResponseHeader, outcome: &str, stale: bool) -> Result<()> {
-    resp.insert_header("X-Berth-Cache", outcome)?;
+    resp.insert_header(super::respond::BERTH_CACHE, outcome)?;
     if stale {
-        resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
+        resp.insert_header(http::header::WARNING, "110 - \"Response is Stale\"")?;
     }
     Ok(())
 }

@@ -102,16 +102,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let metrics = &self.state.metrics;
-        metrics.requests.with_label_values(&[ctx.kind, ctx.outcome]).inc();
-        if let Some(tier) = ctx.tier {
-            metrics.served_bytes.with_label_values(&[tier]).inc_by(ctx.body_bytes);
-            if e.is_none() && ctx.status < 400 {
-                metrics.responses.with_label_values(&[ctx.kind, tier]).inc();
-            }
-        }
         let elapsed = ctx.started.elapsed();
-        metrics.request_seconds.with_label_values(&[ctx.kind]).observe(elapsed.as_secs_f64());
+        let served = ctx.tier.map(|tier| (tier, ctx.body_bytes, e.is_none() && ctx.status < 400));
+        self.state.metrics.per_request.record(ctx.kind, ctx.outcome, served, elapsed);
         let _enter = ctx.span.enter();
         ctx.span.record("kind", ctx.kind);
         ctx.span.record("outcome", ctx.outcome);

@@ -3,6 +3,7 @@
 
 use berth_shared::Digest;
 use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::Session;
 use pingora::{Error, ErrorType, Result};
@@ -14,12 +15,14 @@ use crate::registry::ApiError;
 /// Largest piece written to the client at once.
 const CHUNK: usize = 1 << 20;
 
-pub(super) const API_VERSION: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
+pub(super) const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+pub(super) const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub(super) const BERTH_CACHE: HeaderName = HeaderName::from_static("x-berth-cache");
 
 /// Starts a response with the headers every registry response carries.
 pub(super) fn header(status: u16) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(8))?;
-    resp.insert_header(API_VERSION.0, API_VERSION.1)?;
+    resp.insert_header(API_VERSION, HeaderValue::from_static("registry/2.0"))?;
     Ok(resp)
 }
 
@@ -30,11 +33,20 @@ pub(super) fn content_headers(
     content_type: &str,
     length: u64,
 ) -> Result<()> {
-    resp.insert_header("Content-Type", content_type)?;
-    resp.insert_header("Content-Length", length.to_string())?;
-    resp.insert_header("Docker-Content-Digest", digest.to_string())?;
-    resp.insert_header("ETag", format!("\"{digest}\""))?;
-    Ok(())
+    resp.insert_header(header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(header::CONTENT_LENGTH, length)?;
+    digest_headers(resp, digest)
+}
+
+/// `Docker-Content-Digest` and `ETag` (the quoted digest).
+pub(super) fn digest_headers(resp: &mut ResponseHeader, digest: &Digest) -> Result<()> {
+    let text = digest.text();
+    resp.insert_header(DOCKER_CONTENT_DIGEST.clone(), text.as_str())?;
+    let mut etag = String::with_capacity(73);
+    etag.push('"');
+    etag.push_str(text.as_str());
+    etag.push('"');
+    resp.insert_header(header::ETAG, etag)
 }
 
 pub(super) async fn send_header(
@@ -53,8 +65,8 @@ pub(super) async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &Api
     ctx.outcome = "error";
     let body = Bytes::from(err.body());
     let mut resp = header(err.status.as_u16())?;
-    resp.insert_header("Content-Type", "application/json")?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     for (name, value) in &err.headers {
         resp.insert_header(*name, value.as_str())?;
     }
@@ -71,8 +83,8 @@ pub(super) async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &Api
 pub(super) async fn base(session: &mut Session, ctx: &mut RequestCtx, is_head: bool) -> Result<()> {
     let body = Bytes::from_static(b"{}");
     let mut resp = header(200)?;
-    resp.insert_header("Content-Type", "application/json")?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     send_header(session, ctx, resp, is_head).await?;
     if !is_head {
         session.write_response_body(Some(body), true).await?;

@@ -40,9 +40,12 @@ impl AcceptList {
         if self.is_unspecified() {
             return true;
         }
-        let media_type = media_type.to_ascii_lowercase();
         let major = media_type.split('/').next().unwrap_or_default();
-        self.types.iter().any(|t| t == &media_type || t == "*/*" || t.strip_suffix("/*").is_some_and(|m| m == major))
+        self.types.iter().any(|t| {
+            t.eq_ignore_ascii_case(media_type)
+                || t == "*/*"
+                || t.strip_suffix("/*").is_some_and(|m| m.eq_ignore_ascii_case(major))
+        })
     }
 
     /// The `Accept` value to send upstream: the client's own types, or every manifest type

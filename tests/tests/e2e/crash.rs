@@ -71,7 +71,7 @@ async fn kill_9_during_fills_never_leaves_a_partial_or_unverified_entry() {
         let gate = Arc::new(Notify::new());
         for (i, (d, body)) in blobs.iter().enumerate() {
             if (i + round) % 3 == 0 {
-                let after = (round * 333 << 10) % body.len();
+                let after = ((round * 333) << 10) % body.len();
                 origin
                     .fault(&format!("/v2/{REPO}/blobs/{d}"), Fault::Gate { after, gate: gate.clone(), corrupt: false });
             }

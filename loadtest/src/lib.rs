@@ -1,0 +1,12 @@
+//! Berth's benchmarks: a real origin (`docker-registry`), the peers a platform team would run
+//! instead (nginx `proxy_cache`, Varnish, the distribution registry in proxy mode) and the Berth
+//! edge, started side by side and measured interleaved in one run.
+
+pub mod compare;
+pub mod index_bench;
+pub mod load;
+pub mod peers;
+pub mod procstat;
+pub mod push;
+pub mod report;
+pub mod zipf;

@@ -1,0 +1,63 @@
+//! `berth-loadtest`: benchmarks. Parses arguments and calls the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Berth benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Berth, nginx, Varnish and the distribution proxy side by side against one origin.
+    Compare {
+        /// The berth-edge binary to measure.
+        #[arg(long, default_value = "target/release/berth-edge")]
+        edge: PathBuf,
+        /// Working folder (servers' data and logs).
+        #[arg(long, default_value = "/var/tmp/berth-bench")]
+        work: PathBuf,
+        /// Size of the large blobs in MiB.
+        #[arg(long, default_value_t = 100)]
+        blob_mib: u64,
+        /// Seconds per small-request measurement.
+        #[arg(long, default_value_t = 5)]
+        small_seconds: u64,
+        /// Image pulls in the Zipf workload.
+        #[arg(long, default_value_t = 800)]
+        zipf_pulls: usize,
+        /// Only these scenarios (hot, small, cold, skopeo, zipf), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Time the disk-index rebuild at start for many cached blobs.
+    IndexRebuild {
+        #[arg(long, default_value_t = 100_000)]
+        blobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Command::Compare { edge, work, blob_mib, small_seconds, zipf_pulls, only } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let opts =
+                berth_loadtest::compare::Options { edge_binary: edge, work, blob_mib, small_seconds, zipf_pulls, only };
+            print!("{}", berth_loadtest::compare::run(&opts).await?);
+        }
+        Command::IndexRebuild { blobs, runs } => {
+            let times = tokio::task::spawn_blocking(move || berth_loadtest::index_bench::run(blobs, runs)).await??;
+            for (i, t) in times.iter().enumerate() {
+                println!("run {}: {blobs} blobs indexed in {:.0} ms", i + 1, t.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The edge ↔ distributor protocol: the versioned policy log streamed to edges, and the reports
+//! edges send back. JSON, one message per line on the watch stream.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::image_ref::ImageReference;
+
+/// A policy change, with its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEvent {
+    pub version: u64,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What a policy event asks of edges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Prefetch(PrefetchOrder),
+    Invalidate(Invalidation),
+}
+
+impl Action {
+    /// The regions an action targets (empty: every region).
+    pub fn regions(&self) -> &[String] {
+        match self {
+            Action::Prefetch(p) => &p.regions,
+            Action::Invalidate(i) => &i.regions,
+        }
+    }
+
+    /// Whether an edge in `region` must apply it.
+    pub fn targets(&self, region: &str) -> bool {
+        self.regions().is_empty() || self.regions().iter().any(|r| r == region)
+    }
+}
+
+/// Warm these images, in these regions, for these platforms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchOrder {
+    pub job: String,
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub platforms: Vec<String>,
+}
+
+/// Forget a tag mapping, or purge a digest from every tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub id: String,
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+/// One line of the watch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchLine {
+    /// The next event in the log.
+    Event(PolicyEvent),
+    /// For an edge behind the compacted log: the state to start from instead of the events.
+    Snapshot(Snapshot),
+    /// Everything up to `version` has been sent; what follows is live.
+    Synced { version: u64 },
+    /// Nothing new; the log is at `version`.
+    Keepalive { version: u64 },
+}
+
+/// The state of the policy at `version`, for an edge whose `since` predates the compacted log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    /// Prefetch orders an edge must still carry out.
+    pub prefetch: Vec<PrefetchOrder>,
+    /// Digests purged in the compacted part of the log.
+    pub purged: Vec<Invalidation>,
+    /// The edge must forget every tag mapping (tag invalidations were compacted away).
+    pub reset_tags: bool,
+}
+
+/// Where an edge is with one prefetch order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// One edge's progress on one prefetch order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchProgress {
+    pub job: String,
+    pub state: JobState,
+    pub blobs_total: u64,
+    pub blobs_done: u64,
+    pub bytes: u64,
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// What an edge reports every `report_interval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeReport {
+    pub id: String,
+    pub region: String,
+    /// The edge's software version.
+    pub version: String,
+    /// The last policy version applied.
+    pub applied_version: u64,
+    /// Requests by `kind/outcome` (e.g. `blob/hit`).
+    #[serde(default)]
+    pub requests: BTreeMap<String, u64>,
+    /// Bytes served by tier (`memory`, `disk`, `upstream`).
+    #[serde(default)]
+    pub served_bytes: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub upstream_bytes: u64,
+    #[serde(default)]
+    pub cache_used_bytes: u64,
+    #[serde(default)]
+    pub cache_max_bytes: u64,
+    #[serde(default)]
+    pub prefetch: Vec<PrefetchProgress>,
+}
+
+/// Validation of a policy document before it enters the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+/// A platform filter: `os/arch` or `os/arch/variant`, lowercase.
+pub fn check_platform(p: &str) -> bool {
+    let parts: Vec<&str> = p.split('/').collect();
+    (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+}
+
+fn check_regions(regions: &[String]) -> Result<(), FieldError> {
+    for (i, r) in regions.iter().enumerate() {
+        if r.trim().is_empty() || r.len() > 64 {
+            return Err(field_error(format!("regions[{i}]"), "must be a non-empty region name"));
+        }
+    }
+    Ok(())
+}
+
+impl PrefetchOrder {
+    /// Checks every field; the first bad one is named.
+    pub fn validate(&self) -> Result<Vec<ImageReference>, FieldError> {
+        if self.images.is_empty() {
+            return Err(field_error("images", "at least one image reference is required"));
+        }
+        let refs = self
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.parse::<ImageReference>().map_err(|e| field_error(format!("images[{i}]"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_regions(&self.regions)?;
+        for (i, p) in self.platforms.iter().enumerate() {
+            if !check_platform(p) {
+                return Err(field_error(format!("platforms[{i}]"), format!("{p:?} is not os/arch[/variant]")));
+            }
+        }
+        Ok(refs)
+    }
+}
+
+impl Invalidation {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        crate::name::RepositoryName::parse(&self.repository).map_err(|e| field_error("repository", e.to_string()))?;
+        if let Some(tag) = &self.tag {
+            crate::reference::Tag::parse(tag).map_err(|e| field_error("tag", e.to_string()))?;
+        }
+        if let Some(u) = &self.upstream {
+            if u.is_empty() || u.contains('/') {
+                return Err(field_error("upstream", "must be a registry host name"));
+            }
+        }
+        check_regions(&self.regions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_round_trip_watch_lines_as_json() {
+        let line = WatchLine::Event(PolicyEvent {
+            version: 7,
+            action: Action::Invalidate(Invalidation {
+                id: "inv-1".into(),
+                repository: "org/app".into(),
+                tag: Some("v1".into()),
+                digest: None,
+                upstream: None,
+                regions: vec!["eu-west".into()],
+            }),
+        });
+        let json = serde_json::to_string(&line).unwrap();
+        assert!(json.contains(r#""type":"event""#) && json.contains(r#""action":"invalidate""#), "{json}");
+        assert_eq!(serde_json::from_str::<WatchLine>(&json).unwrap(), line);
+        let k = serde_json::to_string(&WatchLine::Keepalive { version: 3 }).unwrap();
+        assert_eq!(k, r#"{"type":"keepalive","version":3}"#);
+    }
+
+    #[test]
+    fn should_target_regions() {
+        let order = PrefetchOrder { job: "j".into(), images: vec!["nginx".into()], regions: vec![], platforms: vec![] };
+        assert!(Action::Prefetch(order.clone()).targets("anywhere"));
+        let order = PrefetchOrder { regions: vec!["a".into()], ..order };
+        assert!(Action::Prefetch(order.clone()).targets("a"));
+        assert!(!Action::Prefetch(order).targets("b"));
+    }
+
+    #[test]
+    fn should_name_the_bad_field() {
+        let order = PrefetchOrder {
+            job: "j".into(),
+            images: vec!["nginx:1".into(), "BAD:ref".into()],
+            regions: vec![],
+            platforms: vec![],
+        };
+        assert_eq!(order.validate().unwrap_err().field, "images[1]");
+        let order = PrefetchOrder { images: vec!["nginx".into()], platforms: vec!["linux".into()], ..order };
+        assert_eq!(order.validate().unwrap_err().field, "platforms[0]");
+        let order = PrefetchOrder { images: vec![], ..order };
+        assert_eq!(order.validate().unwrap_err().field, "images");
+        let inv = Invalidation {
+            id: "i".into(),
+            repository: "..".into(),
+            tag: None,
+            digest: None,
+            upstream: None,
+            regions: vec![],
+        };
+        assert_eq!(inv.validate().unwrap_err().field, "repository");
+    }
+
+    #[test]
+    fn should_check_platforms() {
+        assert!(check_platform("linux/amd64") && check_platform("linux/arm64/v8"));
+        assert!(!check_platform("linux") && !check_platform("Linux/amd64") && !check_platform("a/b/c/d"));
+    }
+}
