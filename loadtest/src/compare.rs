@@ -15,6 +15,8 @@ use crate::report::{f1, f2, ms, Table};
 use crate::{procstat, zipf};
 
 const MIB: u64 = 1 << 20;
+/// Rounds of the throughput and request-rate measurements (the median is reported).
+const ROUNDS: usize = 3;
 /// User-Agent of the benchmark's own direct requests to the origin (not counted as fetches).
 const DIRECT_AGENT: &str = "berth-loadtest-direct";
 const GIB: f64 = (1u64 << 30) as f64;
@@ -42,10 +44,17 @@ impl Options {
 }
 
 /// The caches under test, started against `origin`.
-fn start_peers(work: &Path, opts: &Options, origin: &Peer, cache_bytes: u64, tag: &str) -> Result<Vec<Peer>> {
+fn start_peers(
+    work: &Path,
+    opts: &Options,
+    origin: &Peer,
+    cache_bytes: u64,
+    memory: u64,
+    tag: &str,
+) -> Result<Vec<Peer>> {
     let o = origin.addr;
     Ok(vec![
-        peers::berth(&work.join(format!("berth-{tag}")), &opts.edge_binary, o, cache_bytes, 256 * MIB)?,
+        peers::berth(&work.join(format!("berth-{tag}")), &opts.edge_binary, o, cache_bytes, memory)?,
         peers::nginx(&work.join(format!("nginx-{tag}")), o, cache_bytes)?,
         peers::varnish(&work.join(format!("varnish-{tag}")), o, cache_bytes)?,
         peers::distribution_proxy(&work.join(format!("distribution-{tag}")), o)?,
@@ -71,7 +80,7 @@ pub async fn run(opts: &Options) -> Result<String> {
     let small_image = pusher.image("bench/small", "v1", vec![random(4096)]).await?;
     let image = pusher.image("bench/image", "v1", (0..4).map(|_| random(16 * MIB as usize)).collect()).await?;
 
-    let mut peers = start_peers(&opts.work, opts, &origin, 8 << 30, "main")?;
+    let mut peers = start_peers(&opts.work, opts, &origin, 8 << 30, 256 * MIB, "main")?;
     for p in &mut peers {
         peers::wait_ready(p).await?;
     }
@@ -104,12 +113,12 @@ pub async fn run(opts: &Options) -> Result<String> {
 async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     let mut seq = Table::new(
         "Hot blob, one client",
-        "The blob is cached first; then one keep-alive connection downloads it 5 times. CPU is the server's (all its processes), user + system.",
+        "The blob is cached first; then one keep-alive connection downloads it 5 times; 3 rounds, the caches taking turns, median shown. CPU is the server's (all its processes), user + system.",
         &["cache", "MiB/s", "CPU s per GiB"],
     );
     let mut par = Table::new(
         "Hot blob, 8 clients",
-        "8 connections, 3 downloads each, at once.",
+        "8 connections, 3 downloads each, at once; 3 rounds, median shown.",
         &["cache", "MiB/s (total)", "CPU s per GiB"],
     );
     let mut mem = Table::new(
@@ -122,27 +131,34 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
         tokio::time::sleep(Duration::from_millis(500)).await; // let the cache commit its copy
         load::get_verified(p.addr, path, hex).await.with_context(|| format!("verifying {}", p.name))?;
     }
-    for p in peers {
-        let cpu = p.cpu_seconds();
-        let mut conn = Conn::connect(p.addr).await?;
-        let started = Instant::now();
-        let mut bytes = 0;
-        for _ in 0..5 {
-            bytes += conn.get(path, None, None).await?.bytes;
+    // (MiB/s, CPU s per GiB) per round, the caches taking turns; the median round is reported.
+    let mut seq_rounds = vec![Vec::new(); peers.len()];
+    let mut par_rounds = vec![Vec::new(); peers.len()];
+    for _ in 0..ROUNDS {
+        for (i, p) in peers.iter().enumerate() {
+            let cpu = p.cpu_seconds();
+            let mut conn = Conn::connect(p.addr).await?;
+            let started = Instant::now();
+            let mut bytes = 0;
+            for _ in 0..5 {
+                bytes += conn.get(path, None, None).await?.bytes;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = p.cpu_seconds() - cpu;
+            seq_rounds[i].push((bytes as f64 / MIB as f64 / secs, cpu / (bytes as f64 / GIB)));
         }
-        let secs = started.elapsed().as_secs_f64();
-        let cpu = p.cpu_seconds() - cpu;
-        seq.row(vec![p.name.into(), f1(bytes as f64 / MIB as f64 / secs), f2(cpu / (bytes as f64 / GIB))]);
+        for (i, p) in peers.iter().enumerate() {
+            let cpu = p.cpu_seconds();
+            let (bytes, elapsed, _) = load::parallel_downloads(p.addr, path, 8, 3).await?;
+            let cpu = p.cpu_seconds() - cpu;
+            par_rounds[i].push((bytes as f64 / MIB as f64 / elapsed.as_secs_f64(), cpu / (bytes as f64 / GIB)));
+        }
     }
-    for p in peers {
-        let cpu = p.cpu_seconds();
-        let (bytes, elapsed, _) = load::parallel_downloads(p.addr, path, 8, 3).await?;
-        let cpu = p.cpu_seconds() - cpu;
-        par.row(vec![
-            p.name.into(),
-            f1(bytes as f64 / MIB as f64 / elapsed.as_secs_f64()),
-            f2(cpu / (bytes as f64 / GIB)),
-        ]);
+    for (i, p) in peers.iter().enumerate() {
+        let (rate, cpu) = median(&seq_rounds[i]);
+        seq.row(vec![p.name.into(), f1(rate), f2(cpu)]);
+        let (rate, cpu) = median(&par_rounds[i]);
+        par.row(vec![p.name.into(), f1(rate), f2(cpu)]);
     }
     for p in peers {
         let sampler = procstat::RssSampler::start(p.pid());
@@ -157,25 +173,45 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     Ok(vec![seq, par, mem])
 }
 
+/// The round with the median rate.
+fn median(rounds: &[(f64, f64)]) -> (f64, f64) {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sorted[sorted.len() / 2]
+}
+
 /// Small requests: a manifest by digest and a 4 KiB blob, 64 connections.
 async fn small_requests(peers: &[Peer], image: &Image, blob: Digest, seconds: u64) -> Result<Table> {
     let mut t = Table::new(
         "Small requests, 64 connections",
-        &format!("Each measured for {seconds} s after one warming request. Latency in microseconds."),
+        &format!(
+            "{ROUNDS} rounds, the caches taking turns, {seconds} s per measurement after one warming request; the median round is shown. Latency in microseconds."
+        ),
         &["cache", "manifest req/s", "manifest p50", "manifest p99", "4 KiB blob req/s", "blob p50", "blob p99"],
     );
     let manifest = format!("/v2/bench/small/manifests/{}", image.manifest);
     let blob = format!("/v2/bench/small/blobs/{blob}");
-    for p in peers {
-        let mut conn = Conn::connect(p.addr).await?;
-        conn.get(&manifest, Some(OCI_MANIFEST), None).await?;
-        conn.get(&blob, None, None).await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let d = Duration::from_secs(seconds);
-        let (m_rps, m50, m99, m_err) = load::hammer(p.addr, &manifest, Some(OCI_MANIFEST), 64, d).await?;
-        let (b_rps, b50, b99, b_err) = load::hammer(p.addr, &blob, None, 64, d).await?;
-        let errors = if m_err + b_err > 0 { format!(" ({} errors)", m_err + b_err) } else { String::new() };
-        t.row(vec![format!("{}{errors}", p.name), f1(m_rps), f1(m50), f1(m99), f1(b_rps), f1(b50), f1(b99)]);
+    let mut rounds: Vec<Vec<[f64; 6]>> = vec![Vec::new(); peers.len()];
+    let mut errors = vec![0usize; peers.len()];
+    for _ in 0..ROUNDS {
+        for (i, p) in peers.iter().enumerate() {
+            let mut conn = Conn::connect(p.addr).await?;
+            conn.get(&manifest, Some(OCI_MANIFEST), None).await?;
+            conn.get(&blob, None, None).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let d = Duration::from_secs(seconds);
+            let (m_rps, m50, m99, m_err) = load::hammer(p.addr, &manifest, Some(OCI_MANIFEST), 64, d).await?;
+            let (b_rps, b50, b99, b_err) = load::hammer(p.addr, &blob, None, 64, d).await?;
+            errors[i] += m_err + b_err;
+            rounds[i].push([m_rps, m50, m99, b_rps, b50, b99]);
+        }
+    }
+    for (i, p) in peers.iter().enumerate() {
+        let mut r = rounds[i].clone();
+        r.sort_by(|a, b| (a[0] + a[3]).total_cmp(&(b[0] + b[3])));
+        let m = r[r.len() / 2];
+        let name = if errors[i] > 0 { format!("{} ({} errors)", p.name, errors[i]) } else { p.name.to_string() };
+        t.row(vec![name, f1(m[0]), f1(m[1]), f1(m[2]), f1(m[3]), f1(m[4]), f1(m[5])]);
     }
     Ok(t)
 }
@@ -265,9 +301,10 @@ async fn zipf_workload(opts: &Options, origin: &Peer, pusher: &Pusher) -> Result
             working_set as f64 / MIB as f64,
             cache as f64 / MIB as f64
         ),
-        &["cache", "requests", "origin requests", "hit ratio", "served MiB", "origin MiB", "origin offload", "failures"],
+        &["cache", "requests", "origin requests", "hit ratio", "served MiB", "origin MiB", "origin offload", "disk used after, MiB", "failures"],
     );
-    let mut peers = start_peers(&opts.work, opts, origin, cache, "zipf")?;
+    // Berth's memory tier counts against the same bound: disk + memory = the cache size.
+    let mut peers = start_peers(&opts.work, opts, origin, cache * 7 / 8, cache / 8, "zipf")?;
     for p in &mut peers {
         peers::wait_ready(p).await?;
     }
@@ -284,6 +321,7 @@ async fn zipf_workload(opts: &Options, origin: &Peer, pusher: &Pusher) -> Result
             f1(bytes as f64 / MIB as f64),
             f1(origin_bytes as f64 / MIB as f64),
             format!("{:.1}%", 100.0 * (1.0 - origin_bytes as f64 / bytes as f64)),
+            f1(peers::disk_usage(&p.dir) as f64 / MIB as f64),
             failures.to_string(),
         ]);
     }

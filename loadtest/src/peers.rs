@@ -226,6 +226,19 @@ pub fn origin_gets(origin: &Peer, from_line: usize, needle: &str) -> (usize, u64
     (requests, bytes)
 }
 
+/// Bytes of the files under `dir` (a cache's disk use).
+pub fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Lines in the origin's access log now (a mark for `origin_gets`).
 pub fn origin_mark(origin: &Peer) -> usize {
     std::fs::read_to_string(origin.dir.join("origin.log")).map(|l| l.lines().count()).unwrap_or(0)
