@@ -1,55 +1,162 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (it should get traffic:
-//! what GeoDNS health checks and anycast route withdrawal key on) and `/metrics`.
+//! what GeoDNS health checks and anycast route withdrawal key on), `/metrics`, and the local
+//! admin API for an edge run without a distributor: prefetch and purge.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use berth_shared::protocol::{Invalidation, PrefetchOrder};
+use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
 
+use crate::policy::Policy;
 use crate::state::EdgeState;
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 1 << 20;
 
 pub struct AdminApp {
     state: Arc<EdgeState>,
+    policy: Arc<Policy>,
+}
+
+type Answer = (StatusCode, &'static str, Vec<u8>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefetchRequest {
+    images: Vec<String>,
+    #[serde(default)]
+    platforms: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    repository: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    digest: Option<berth_shared::Digest>,
+    #[serde(default)]
+    upstream: Option<String>,
 }
 
 impl AdminApp {
-    pub fn new(state: Arc<EdgeState>) -> Self {
-        AdminApp { state }
+    pub fn new(state: Arc<EdgeState>, policy: Arc<Policy>) -> Self {
+        AdminApp { state, policy }
     }
 
-    fn route(&self, method: &http::Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
-        if method != http::Method::GET && method != http::Method::HEAD {
-            return json(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
-        }
-        match path {
-            "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            "/readyz" => match self.state.not_ready_reason() {
+    async fn route(&self, method: &Method, path: &str, body: &[u8]) -> Answer {
+        match (method.as_str(), path) {
+            ("GET" | "HEAD", "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            ("GET" | "HEAD", "/readyz") => match self.state.not_ready_reason() {
                 None => (StatusCode::OK, "text/plain", b"ready\n".to_vec()),
                 Some(reason) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n").into_bytes())
                 }
             },
-            "/metrics" => {
+            ("GET" | "HEAD", "/metrics") => {
                 self.state.refresh_gauges();
                 (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render().into_bytes())
             }
-            _ => json(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+            ("POST", "/api/v1/prefetch") => self.prefetch(body),
+            ("GET", p) if p.starts_with("/api/v1/prefetch/") => {
+                match self.policy.prefetch.get(&p["/api/v1/prefetch/".len()..]) {
+                    Some(progress) => ok_json(&progress),
+                    None => error(StatusCode::NOT_FOUND, "not_found", "no such prefetch job"),
+                }
+            }
+            ("POST", "/api/v1/purge") => self.purge(body).await,
+            (_, "/healthz" | "/readyz" | "/metrics") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+
+    fn prefetch(&self, body: &[u8]) -> Answer {
+        let request: PrefetchRequest = match document(body) {
+            Ok(r) => r,
+            Err(answer) => return answer,
+        };
+        let id = format!("local-{:016x}", rand::random::<u64>());
+        let order =
+            PrefetchOrder { job: id.clone(), images: request.images, regions: vec![], platforms: request.platforms };
+        if let Err(e) = order.validate() {
+            return error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string());
+        }
+        self.policy.prefetch.enqueue(order);
+        (StatusCode::ACCEPTED, "application/json", serde_json::json!({"id": id}).to_string().into_bytes())
+    }
+
+    async fn purge(&self, body: &[u8]) -> Answer {
+        let r: PurgeRequest = match document(body) {
+            Ok(r) => r,
+            Err(answer) => return answer,
+        };
+        let inv = Invalidation {
+            id: "local".into(),
+            repository: r.repository,
+            tag: r.tag,
+            digest: r.digest,
+            upstream: r.upstream,
+            regions: vec![],
+        };
+        if let Err(e) = inv.validate() {
+            return error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string());
+        }
+        match self.policy.invalidate(&inv).await {
+            Ok(()) => ok_json(&serde_json::json!({"applied": true})),
+            Err(e) => error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),
         }
     }
 }
 
-fn json(status: StatusCode, code: &str, message: &str) -> (StatusCode, &'static str, Vec<u8>) {
+/// Parses a JSON document; a bad or unknown field is named.
+fn document<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        error(StatusCode::BAD_REQUEST, "invalid_field", &format!("{path}: {}", e.into_inner()))
+    })
+}
+
+fn ok_json(value: &impl serde::Serialize) -> Answer {
+    (StatusCode::OK, "application/json", serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Answer {
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     (status, "application/json", body.into_bytes())
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Answer> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body over 1 MiB"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string())),
+        }
+    }
 }
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        let (status, content_type, body) = self.route(&req.method, req.uri.path());
+        let (method, path) = (session.req_header().method.clone(), session.req_header().uri.path().to_owned());
+        let (status, content_type, body) = match read_body(session).await {
+            Ok(body) => self.route(&method, &path, &body).await,
+            Err(answer) => answer,
+        };
         Response::builder()
             .status(status)
             .header("Content-Type", content_type)

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod server;

@@ -10,12 +10,15 @@ use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service as ListeningService;
 use tokio::sync::mpsc;
 
 use crate::admin::AdminApp;
 use crate::config::EdgeConfig;
 use crate::listener::{bind, PreBound};
+use crate::policy::link::Link;
+use crate::policy::Policy;
 use crate::proxy::EdgeProxy;
 use crate::state::{EdgeState, StartError};
 
@@ -48,12 +51,22 @@ impl EdgeServer {
         proxy.add_listener(ListenerConfig::tcp(http_addr.to_string()).l4_buffer(buffers));
         server.add_service(PreBound::new(proxy, vec![(http_addr.to_string(), http_socket)]));
 
-        let mut admin = ListeningService::new("berth-admin".to_owned(), AdminApp::new(Arc::clone(&state)));
+        let policy = Policy::new(Arc::clone(&state));
+        let link = state.config.distributor.as_ref().map(|c| Arc::new(Link::new(c)));
+        if let Some(config) = &state.config.distributor {
+            initial_sync(&policy, config);
+        }
+        let mut admin =
+            ListeningService::new("berth-admin".to_owned(), AdminApp::new(Arc::clone(&state), Arc::clone(&policy)));
         admin.add_tcp(&admin_addr.to_string());
         server.add_service(PreBound::new(admin, vec![(admin_addr.to_string(), admin_socket)]));
 
+        let mut policy_service = background_service("policy", PolicyService { policy, link });
+        policy_service.threads = Some(1);
+        server.add_service(policy_service);
+
         let scrub = Scrub { state: Arc::clone(&state) };
-        let mut scrub = pingora::services::background::background_service("scrub", scrub);
+        let mut scrub = background_service("scrub", scrub);
         scrub.threads = Some(1);
         server.add_service(scrub);
 
@@ -147,6 +160,63 @@ struct ChannelSignal(tokio::sync::Mutex<mpsc::UnboundedReceiver<ShutdownSignal>>
 impl ShutdownSignalWatch for ChannelSignal {
     async fn recv(&self) -> ShutdownSignal {
         self.0.lock().await.recv().await.unwrap_or(ShutdownSignal::FastShutdown)
+    }
+}
+
+/// Catches up with the distributor's policy log before the edge serves (an edge that was down
+/// applies what it missed first), giving up after `startup_sync_timeout`: a distributor that is
+/// away must not keep an edge down.
+fn initial_sync(policy: &Arc<Policy>, config: &crate::config::DistributorLink) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let link = Link::new(config);
+    let timeout = config.startup_sync_timeout.get();
+    let caught_up = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut synced = Some(tx);
+        let follow = async {
+            loop {
+                if let Err(e) = crate::policy::watch::session(policy, &link, &mut synced).await {
+                    tracing::warn!(error = %e, "distributor not reachable at start");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, async {
+            tokio::select! {
+                _ = follow => {}
+                _ = rx => {}
+            }
+        })
+        .await
+        .is_ok()
+    });
+    if caught_up {
+        tracing::info!(applied = policy.applied(), "policy caught up before serving");
+    } else {
+        tracing::warn!(applied = policy.applied(), "serving without catching up with the distributor");
+    }
+}
+
+/// Follows the distributor (when configured), reports to it, and runs prefetch jobs.
+struct PolicyService {
+    policy: Arc<Policy>,
+    link: Option<Arc<Link>>,
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for PolicyService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let jobs = tokio::spawn(Arc::clone(&self.policy.prefetch).run());
+        if let Some(link) = &self.link {
+            let follow =
+                crate::policy::watch::follow(Arc::clone(&self.policy), Arc::clone(link), shutdown.clone(), None);
+            let report = crate::policy::report::run(Arc::clone(&self.policy), Arc::clone(link), shutdown.clone());
+            tokio::join!(follow, report);
+        } else {
+            let mut shutdown = shutdown;
+            let _ = shutdown.changed().await;
+        }
+        jobs.abort();
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Pure types and parsing: no I/O, no async runtime.
 
+pub mod config_file;
 pub mod digest;
 pub mod duration;
 pub mod image_ref;

@@ -94,8 +94,11 @@ pub struct ManifestCache {
 
 impl ManifestCache {
     pub fn new(store: Arc<DiskStore>, memory: Arc<MemoryTier>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let tags =
-            moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(7 * 24 * 3600)).build();
+        let tags = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_idle(Duration::from_secs(7 * 24 * 3600))
+            .support_invalidation_closures()
+            .build();
         Arc::new(ManifestCache {
             store,
             memory,
@@ -193,9 +196,27 @@ impl ManifestCache {
     /// Forgets every mapping of a tag (all Accept variants), so the next pull revalidates.
     pub fn invalidate_tag(&self, upstream: &str, repository: &RepositoryName, tag: &Tag) {
         let (upstream, repository, tag) = (upstream.to_owned(), repository.clone(), tag.clone());
-        let _ = self
-            .tags
-            .invalidate_entries_if(move |k, _| k.upstream == upstream && k.repository == repository && k.tag == tag);
+        self.invalidate_where(move |k| k.upstream == upstream && k.repository == repository && k.tag == tag);
+    }
+
+    /// Forgets every tag mapping of a repository.
+    pub fn invalidate_repository(&self, upstream: &str, repository: &RepositoryName) {
+        let (upstream, repository) = (upstream.to_owned(), repository.clone());
+        self.invalidate_where(move |k| k.upstream == upstream && k.repository == repository);
+    }
+
+    /// Forgets every tag mapping.
+    pub fn invalidate_all_tags(&self) {
+        self.tags.invalidate_all();
+    }
+
+    /// Mappings matching `predicate` are no longer returned from now on.
+    fn invalidate_where(&self, predicate: impl Fn(&TagKey) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.tags.invalidate_entries_if(move |k, _| predicate(k)) {
+            // Only possible without `support_invalidation_closures`: drop everything instead.
+            tracing::warn!(error = %e, "selective tag invalidation unavailable: dropping all tag mappings");
+            self.tags.invalidate_all();
+        }
     }
 }
 

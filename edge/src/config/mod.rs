@@ -22,6 +22,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 pub struct EdgeConfig {
     /// Region this edge serves, reported to the distributor and in metrics. Default: `"default"`.
     pub region: String,
+    /// This edge's name in the fleet. Default: the host name.
+    pub node_id: Option<String>,
+    /// The distributor to take policy from and report to. Default: none (the edge runs alone).
+    pub distributor: Option<DistributorLink>,
     /// Listening addresses.
     pub listen: ListenConfig,
     /// The on-disk and in-memory cache.
@@ -36,11 +40,46 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             region: "default".into(),
+            node_id: None,
+            distributor: None,
             listen: ListenConfig::default(),
             cache: CacheConfig::default(),
             server: ServerConfig::default(),
             upstream: Vec::new(),
         }
+    }
+}
+
+/// `[distributor]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DistributorLink {
+    /// Base URL of the distributor, e.g. `"http://distributor:7000"`. Required.
+    pub url: String,
+    /// Environment variable holding this edge's bearer token. Default: `"BERTH_EDGE_TOKEN"`.
+    pub token_env: String,
+    /// How often the edge reports its counters and prefetch progress. Default: `"5s"`.
+    pub report_interval: HumanDuration,
+    /// How long a starting edge waits to catch up with the policy log before it serves anyway
+    /// (a distributor that is away must not keep an edge down). Default: `"10s"`.
+    pub startup_sync_timeout: HumanDuration,
+}
+
+impl Default for DistributorLink {
+    fn default() -> Self {
+        DistributorLink {
+            url: String::new(),
+            token_env: "BERTH_EDGE_TOKEN".into(),
+            report_interval: HumanDuration::secs(5),
+            startup_sync_timeout: HumanDuration::secs(10),
+        }
+    }
+}
+
+impl DistributorLink {
+    /// The bearer token, from the environment.
+    pub fn token(&self) -> String {
+        std::env::var(&self.token_env).unwrap_or_default()
     }
 }
 
@@ -170,8 +209,25 @@ impl EdgeConfig {
         parse(DEFAULT_CONFIG)
     }
 
+    /// This edge's id in the fleet: `node_id`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(host_name)
+    }
+
     /// The upstream marked `default = true`, if any.
     pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
         self.upstream.iter().find(|u| u.default)
+    }
+}
+
+/// The machine's host name (`"edge"` if it cannot be read).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match (rc, std::str::from_utf8(&buf[..end])) {
+        (0, Ok(name)) if !name.is_empty() => name.to_owned(),
+        _ => "edge".to_owned(),
     }
 }

@@ -16,6 +16,21 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
     if config.listen.http == config.listen.admin && config.listen.http.port() != 0 {
         problems.push("listen.admin: must differ from listen.http".to_owned());
     }
+    if let Some(link) = &config.distributor {
+        match link.url.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => problems.push(format!("distributor.url: {:?} is not an http:// or https:// URL", link.url)),
+        }
+        if std::env::var_os(&link.token_env).is_none() {
+            problems.push(format!("distributor.token_env: environment variable {} is not set", link.token_env));
+        }
+        if link.report_interval.get().is_zero() {
+            problems.push("distributor.report_interval: must be greater than zero".into());
+        }
+    }
+    if config.node_id.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        problems.push("node_id: must not be empty".to_owned());
+    }
     if config.upstream.is_empty() {
         problems.push("upstream: at least one [[upstream]] is required".to_owned());
     }

@@ -73,6 +73,21 @@ impl Router {
         self.names.iter().position(|n| n == name)
     }
 
+    /// The upstream an image reference's registry part names (`None`: the default upstream),
+    /// and the repository as that upstream names it.
+    pub fn resolve_image(
+        &self,
+        registry: Option<&str>,
+        repository: &RepositoryName,
+    ) -> Result<(usize, RepositoryName), RouteError> {
+        let index = match registry {
+            Some(name) => self.find(name).ok_or_else(|| RouteError::UnknownUpstream(name.to_owned()))?,
+            None => self.default.ok_or(RouteError::NoDefaultUpstream)?,
+        };
+        let repository = if self.library_prefix[index] { repository.with_library_prefix() } else { repository.clone() };
+        Ok((index, repository))
+    }
+
     /// Routes a request. `path` is the raw (still percent-encoded) path, `query` the raw query.
     pub fn route(&self, method: &str, path: &str, query: Option<&str>) -> Result<Request, RouteError> {
         let rest = match path.strip_prefix("/v2") {

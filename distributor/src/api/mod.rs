@@ -1,0 +1,221 @@
+//! The HTTP API: admin endpoints for pipelines and operators, the watch and report endpoints for
+//! edges, health and metrics. JSON in, JSON out, versioned under `/api/v1/`.
+
+mod auth;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_shared::protocol::{Action, EdgeReport, Invalidation, PrefetchOrder};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use self::auth::Role;
+use self::error::ApiError;
+use crate::config::Tokens;
+use crate::fleet::{now_ms, Fleet};
+use crate::jobs::{self, Job, JobStatus};
+use crate::metrics::Metrics;
+use crate::policy::PolicyLog;
+use crate::store::Store;
+
+/// What the handlers share.
+pub struct AppState {
+    pub log: Arc<PolicyLog>,
+    pub fleet: Arc<Fleet>,
+    pub store: Arc<Store>,
+    pub tokens: Tokens,
+    pub metrics: Arc<Metrics>,
+    pub keepalive: Duration,
+}
+
+type Shared = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/prefetch", post(create_prefetch))
+        .route("/api/v1/prefetch/{id}", get(prefetch_status))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/invalidations", post(create_invalidation))
+        .route("/api/v1/edges", get(list_edges))
+        .route("/api/v1/edges/report", post(edge_report))
+        .route("/api/v1/watch", get(watch))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+/// Parses a JSON document; a bad or unknown field is named in the error.
+fn document<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match path.as_str() {
+            "." | "" => ApiError::new(StatusCode::BAD_REQUEST, "invalid_document", inner.to_string()),
+            field => ApiError::bad_field(field, inner),
+        }
+    })
+}
+
+fn random_id(prefix: &str) -> String {
+    use rand::Rng;
+    format!("{prefix}-{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefetchRequest {
+    images: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    #[serde(default)]
+    platforms: Vec<String>,
+}
+
+async fn create_prefetch(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let request: PrefetchRequest = document(&body)?;
+    let id = random_id("pf");
+    let order = PrefetchOrder {
+        job: id.clone(),
+        images: request.images,
+        regions: request.regions,
+        platforms: request.platforms,
+    };
+    order.validate().map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let event = s.log.append(Action::Prefetch(order.clone())).await?;
+    let job = Job { id: id.clone(), order, version: event.version, created_ms: now_ms() };
+    let store = Arc::clone(&s.store);
+    let stored = job.clone();
+    tokio::task::spawn_blocking(move || store.put_job(&stored))
+        .await
+        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    s.metrics.events.with_label_values(&["prefetch"]).inc();
+    tracing::info!(job = %id, version = event.version, images = ?job.order.images, "prefetch ordered");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+async fn prefetch_status(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let job = s.store.job(&id)?.ok_or_else(|| ApiError::not_found(format!("no prefetch job {id}")))?;
+    Ok(Json(jobs::status(&job, &s.fleet.list())))
+}
+
+async fn list_jobs(State(s): Shared, headers: HeaderMap) -> Result<Json<Vec<JobStatus>>, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let edges = s.fleet.list();
+    let mut all: Vec<JobStatus> = s.store.jobs()?.iter().map(|j| jobs::status(j, &edges)).collect();
+    all.sort_by_key(|j| std::cmp::Reverse(j.version));
+    Ok(Json(all))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidationRequest {
+    repository: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    digest: Option<berth_shared::Digest>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+}
+
+async fn create_invalidation(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let r: InvalidationRequest = document(&body)?;
+    let id = random_id("inv");
+    let inv = Invalidation {
+        id: id.clone(),
+        repository: r.repository,
+        tag: r.tag,
+        digest: r.digest,
+        upstream: r.upstream,
+        regions: r.regions,
+    };
+    inv.validate().map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let event = s.log.append(Action::Invalidate(inv)).await?;
+    s.metrics.events.with_label_values(&["invalidate"]).inc();
+    tracing::info!(id = %id, version = event.version, "invalidation recorded");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+async fn list_edges(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let now = now_ms();
+    let edges: Vec<serde_json::Value> = s
+        .fleet
+        .list()
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id, "region": e.region, "version": e.version,
+                "first_seen_ms": e.first_seen_ms, "last_seen_ms": e.last_seen_ms,
+                "seconds_since_seen": now.saturating_sub(e.last_seen_ms) as f64 / 1000.0,
+                "applied_version": e.report.applied_version,
+                "requests": e.report.requests, "served_bytes": e.report.served_bytes,
+                "upstream_bytes": e.report.upstream_bytes,
+                "cache_used_bytes": e.report.cache_used_bytes, "cache_max_bytes": e.report.cache_max_bytes,
+            })
+        })
+        .collect();
+    Ok(Json(edges).into_response())
+}
+
+async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+    auth::check(&headers, &s.tokens.edge, Role::Edge)?;
+    let report: EdgeReport = document(&body)?;
+    if report.id.trim().is_empty() {
+        return Err(ApiError::bad_field("id", "must not be empty"));
+    }
+    if report.region.trim().is_empty() {
+        return Err(ApiError::bad_field("region", "must not be empty"));
+    }
+    let fleet = Arc::clone(&s.fleet);
+    tokio::task::spawn_blocking(move || fleet.record(report))
+        .await
+        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    s.metrics.reports.inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    since: Option<String>,
+}
+
+async fn watch(State(s): Shared, headers: HeaderMap, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.edge, Role::Edge)?;
+    let since = match q.since.as_deref() {
+        None | Some("") => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| ApiError::bad_field("since", "must be a version number"))?,
+    };
+    let lines = crate::push::watch::stream(Arc::clone(&s.log), since, s.keepalive, Arc::clone(&s.metrics));
+    let stream = futures_util::stream::unfold(lines, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let body = Body::from_stream(stream.boxed());
+    Ok(([("content-type", "application/x-ndjson"), ("cache-control", "no-store")], body).into_response())
+}
+
+async fn metrics(State(s): Shared) -> Response {
+    if let Ok((latest, _)) = s.log.versions().await {
+        s.metrics.log_version.set(latest as i64);
+    }
+    s.metrics.edges.set(s.fleet.list().len() as i64);
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}

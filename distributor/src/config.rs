@@ -1,0 +1,184 @@
+//! The distributor's TOML configuration. Every field documents its default; docs/configuration.md
+//! is the reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use berth_shared::config_file::{self, ConfigError};
+use berth_shared::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+/// The configuration the distributor runs with when started without `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DistributorConfig {
+    pub listen: ListenConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub watch: WatchConfig,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListenConfig {
+    /// The API, the watch streams and `/metrics`. Default: `"127.0.0.1:7000"`.
+    pub http: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig { http: SocketAddr::from(([127, 0, 0, 1], 7000)) }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// Folder of the embedded database (edges, policy log, jobs). Default:
+    /// `"./berth-distributor-data"`.
+    pub dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { dir: PathBuf::from("./berth-distributor-data") }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Environment variable with the comma-separated bearer tokens of the admin API.
+    /// Default: `"BERTH_ADMIN_TOKENS"`.
+    pub admin_tokens_env: String,
+    /// Environment variable with the comma-separated bearer tokens edges present.
+    /// Default: `"BERTH_EDGE_TOKENS"`.
+    pub edge_tokens_env: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { admin_tokens_env: "BERTH_ADMIN_TOKENS".into(), edge_tokens_env: "BERTH_EDGE_TOKENS".into() }
+    }
+}
+
+/// `[log]`: the policy log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// Events kept; older ones are compacted into the snapshot that edges behind the log get.
+    /// Default: `10000`.
+    pub keep_events: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { keep_events: 10_000 }
+    }
+}
+
+/// `[watch]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WatchConfig {
+    /// Interval of keep-alive lines on idle watch streams. Default: `"15s"`.
+    pub keepalive: HumanDuration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig { keepalive: HumanDuration::secs(15) }
+    }
+}
+
+/// Bearer tokens read from the environment.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub admin: Vec<String>,
+    pub edge: Vec<String>,
+}
+
+impl DistributorConfig {
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        parse(DEFAULT_CONFIG)
+    }
+
+    /// The tokens named by `[auth]`, from the environment.
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            admin: tokens_from_env(&self.auth.admin_tokens_env),
+            edge: tokens_from_env(&self.auth.edge_tokens_env),
+        }
+    }
+}
+
+fn tokens_from_env(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<DistributorConfig, ConfigError> {
+    config_file::read(path, validate)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<DistributorConfig, ConfigError> {
+    config_file::parse(text, validate)
+}
+
+fn validate(config: &DistributorConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, var) in [
+        ("auth.admin_tokens_env", &config.auth.admin_tokens_env),
+        ("auth.edge_tokens_env", &config.auth.edge_tokens_env),
+    ] {
+        if tokens_from_env(var).is_empty() {
+            problems.push(format!("{key}: environment variable {var} is not set (comma-separated bearer tokens)"));
+        }
+    }
+    if config.log.keep_events == 0 {
+        problems.push("log.keep_events: must be at least 1".into());
+    }
+    if config.watch.keepalive.get().is_zero() {
+        problems.push("watch.keepalive: must be greater than zero".into());
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_refuse_unknown_keys_and_missing_token_variables_at_once() {
+        let text = "[listen]\nhttp = \"127.0.0.1:7000\"\nport = 1\n[auth]\nadmin_tokens_env = \"BERTH_TEST_UNSET_ADMIN\"\nedge_tokens_env = \"BERTH_TEST_UNSET_EDGE\"\n[log]\nkeep_events = 0\n";
+        let err = parse(text).unwrap_err().to_string();
+        for key in ["listen.port: unknown key", "auth.admin_tokens_env", "auth.edge_tokens_env", "log.keep_events"] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn should_read_tokens_from_the_environment() {
+        std::env::set_var("BERTH_TEST_ADMIN_T", " a, b ,,");
+        std::env::set_var("BERTH_TEST_EDGE_T", "e");
+        let text = "[auth]\nadmin_tokens_env = \"BERTH_TEST_ADMIN_T\"\nedge_tokens_env = \"BERTH_TEST_EDGE_T\"\n";
+        let config = parse(text).unwrap();
+        let tokens = config.tokens();
+        assert_eq!(tokens.admin, vec!["a", "b"]);
+        assert_eq!(tokens.edge, vec!["e"]);
+        assert_eq!(config.listen.http.to_string(), "127.0.0.1:7000");
+    }
+}

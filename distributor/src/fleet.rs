@@ -1,0 +1,60 @@
+//! The fleet: every edge that has reported, with its last report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_shared::protocol::EdgeReport;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+/// An edge as the distributor knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    pub id: String,
+    pub region: String,
+    /// The edge's software version.
+    pub version: String,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub report: EdgeReport,
+}
+
+/// Edges by id, in memory and in the store.
+pub struct Fleet {
+    store: Arc<Store>,
+    edges: RwLock<BTreeMap<String, EdgeRecord>>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Fleet {
+    pub fn load(store: Arc<Store>) -> Result<Self, StoreError> {
+        let edges = store.edges()?.into_iter().map(|e| (e.id.clone(), e)).collect();
+        Ok(Fleet { store, edges: RwLock::new(edges) })
+    }
+
+    /// Records a report (the first one registers the edge).
+    pub fn record(&self, report: EdgeReport) -> Result<EdgeRecord, StoreError> {
+        let now = now_ms();
+        let first_seen_ms = self.edges.read().get(&report.id).map_or(now, |e| e.first_seen_ms);
+        let record = EdgeRecord {
+            id: report.id.clone(),
+            region: report.region.clone(),
+            version: report.version.clone(),
+            first_seen_ms,
+            last_seen_ms: now,
+            report,
+        };
+        self.store.put_edge(&record)?;
+        self.edges.write().insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
+    pub fn list(&self) -> Vec<EdgeRecord> {
+        self.edges.read().values().cloned().collect()
+    }
+}

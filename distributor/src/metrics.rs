@@ -1,0 +1,54 @@
+//! Every metric the distributor exports, defined in one place (`berth_distributor_` prefix).
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Events appended to the policy log, by action (`prefetch`, `invalidate`).
+    pub events: IntCounterVec,
+    /// Reports received from edges.
+    pub reports: IntCounter,
+    /// Watch streams open now.
+    pub watchers: IntGauge,
+    /// The latest policy version.
+    pub log_version: IntGauge,
+    /// Edges known.
+    pub edges: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let events = IntCounterVec::new(
+            Opts::new("berth_distributor_events_total", "Policy events appended, by action"),
+            &["action"],
+        )
+        .expect("valid metric");
+        let reports =
+            IntCounter::new("berth_distributor_reports_total", "Reports received from edges").expect("valid metric");
+        let watchers = IntGauge::new("berth_distributor_watchers", "Watch streams open").expect("valid metric");
+        let log_version =
+            IntGauge::new("berth_distributor_log_version", "Latest policy version").expect("valid metric");
+        let edges = IntGauge::new("berth_distributor_edges", "Edges known").expect("valid metric");
+        registry.register(Box::new(events.clone())).expect("unique metric");
+        registry.register(Box::new(reports.clone())).expect("unique metric");
+        registry.register(Box::new(watchers.clone())).expect("unique metric");
+        registry.register(Box::new(log_version.clone())).expect("unique metric");
+        registry.register(Box::new(edges.clone())).expect("unique metric");
+        Metrics { registry, events, reports, watchers, log_version, edges }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,77 @@
+//! Appending to the log (one version at a time, persisted before anyone hears of it), reading it
+//! back, compacting it, and the snapshot that edges behind the compacted log start from.
+
+use std::sync::Arc;
+
+use berth_shared::protocol::{Action, PolicyEvent, Snapshot};
+use tokio::sync::{broadcast, Mutex};
+
+use crate::store::{Store, StoreError};
+
+/// Live subscribers hear of events through this many buffered slots; a slower one re-reads the
+/// store.
+const BROADCAST_CAPACITY: usize = 1024;
+
+pub struct PolicyLog {
+    store: Arc<Store>,
+    tx: broadcast::Sender<PolicyEvent>,
+    keep: u64,
+    /// Serialises appends, so events are broadcast in version order.
+    append_lock: Mutex<()>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))
+}
+
+impl PolicyLog {
+    pub fn new(store: Arc<Store>, keep: u64) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Arc::new(PolicyLog { store, tx, keep, append_lock: Mutex::new(()) })
+    }
+
+    /// Records an action as the next event, then tells every watcher.
+    pub async fn append(&self, action: Action) -> Result<PolicyEvent, StoreError> {
+        let _guard = self.append_lock.lock().await;
+        let store = Arc::clone(&self.store);
+        let keep = self.keep;
+        let event = blocking(move || {
+            let event = store.append(action)?;
+            store.compact(keep)?;
+            Ok(event)
+        })
+        .await?;
+        let _ = self.tx.send(event.clone());
+        Ok(event)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PolicyEvent> {
+        self.tx.subscribe()
+    }
+
+    /// (latest version, compacted-through version).
+    pub async fn versions(&self) -> Result<(u64, u64), StoreError> {
+        let store = Arc::clone(&self.store);
+        blocking(move || store.versions()).await
+    }
+
+    /// Up to `limit` events after `since`.
+    pub async fn since(&self, since: u64, limit: usize) -> Result<Vec<PolicyEvent>, StoreError> {
+        let store = Arc::clone(&self.store);
+        blocking(move || store.events_since(since, limit)).await
+    }
+
+    /// The policy as of the compacted-through version: the prefetch orders and digest purges
+    /// whose events are gone, and a reset of every tag mapping (tag invalidations are gone too).
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let store = Arc::clone(&self.store);
+        blocking(move || {
+            let (_, compacted) = store.versions()?;
+            let prefetch = store.jobs()?.into_iter().filter(|j| j.version <= compacted).map(|j| j.order).collect();
+            Ok(Snapshot { version: compacted, prefetch, purged: store.compacted_purges()?, reset_tags: true })
+        })
+        .await
+    }
+}

@@ -1,0 +1,3 @@
+//! Pushing the policy log to edges over long-lived watch streams.
+
+pub mod watch;

@@ -1,0 +1,126 @@
+//! Running the distributor: bind, open the store, serve. `run` blocks until SIGTERM/SIGINT;
+//! `spawn` runs it on its own thread and returns a handle that stops it (tests, embedders).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::DistributorConfig;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::policy::PolicyLog;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A distributor ready to serve.
+pub struct Distributor {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+}
+
+impl Distributor {
+    /// Opens the store and binds the listener.
+    pub fn build(config: &DistributorConfig) -> Result<Self, StartError> {
+        let bind = |source| StartError::Bind { addr: config.listen.http, source };
+        let listener = std::net::TcpListener::bind(config.listen.http).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        let addr = listener.local_addr().map_err(bind)?;
+        let store = Arc::new(Store::open(&config.store.dir)?);
+        let state = Arc::new(AppState {
+            log: PolicyLog::new(Arc::clone(&store), config.log.keep_events),
+            fleet: Arc::new(Fleet::load(Arc::clone(&store))?),
+            store,
+            tokens: config.tokens(),
+            metrics: Arc::new(Metrics::new()),
+            keepalive: config.watch.keepalive.get(),
+        });
+        tracing::info!(http = %addr, "distributor ready to serve");
+        Ok(Distributor { listener, addr, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        axum::serve(listener, api::router(self.state)).with_graceful_shutdown(shutdown).await
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(self) -> Result<(), StartError> {
+        let runtime = tokio::runtime::Runtime::new().map_err(StartError::Runtime)?;
+        runtime.block_on(async move {
+            let shutdown = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+                tracing::info!("shutting down");
+            };
+            self.serve(shutdown).await.map_err(StartError::Runtime)
+        })
+    }
+
+    /// Runs on a new thread with its own runtime.
+    pub fn spawn(self) -> RunningDistributor {
+        let addr = self.addr;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("berth-distributor".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Runtime::new() else { return };
+                let _ = runtime.block_on(self.serve(async move {
+                    let _ = rx.await;
+                }));
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            })
+            .ok();
+        RunningDistributor { addr, stop: Some(tx), thread }
+    }
+}
+
+/// A running distributor; dropping it stops it.
+pub struct RunningDistributor {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningDistributor {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningDistributor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,255 @@
+//! The embedded store (redb): the policy log, prefetch jobs and the fleet, surviving restarts.
+//! Version numbers are assigned here, inside the write transaction that records the event, so
+//! they only move forward, across restarts too.
+
+use std::path::Path;
+
+use berth_shared::protocol::{Action, Invalidation, PolicyEvent};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::fleet::EdgeRecord;
+use crate::jobs::Job;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const PURGES: TableDefinition<u64, &[u8]> = TableDefinition::new("purges");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
+
+const NEXT_VERSION: &str = "next_version";
+const COMPACTED_THROUGH: &str = "compacted_through";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(String),
+    #[error("store: corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    std::io::Error
+);
+
+/// The distributor's persistent state.
+pub struct Store {
+    db: Database,
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+impl Store {
+    /// Opens (creating) `<dir>/berth.redb`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("berth.redb"))?;
+        let w = db.begin_write()?;
+        {
+            w.open_table(META)?;
+            w.open_table(EVENTS)?;
+            w.open_table(PURGES)?;
+            w.open_table(JOBS)?;
+            w.open_table(EDGES)?;
+        }
+        w.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Appends an event with the next version number.
+    pub fn append(&self, action: Action) -> Result<PolicyEvent, StoreError> {
+        let w = self.db.begin_write()?;
+        let event = {
+            let mut meta = w.open_table(META)?;
+            let version = meta.get(NEXT_VERSION)?.map_or(1, |v| v.value());
+            meta.insert(NEXT_VERSION, version + 1)?;
+            let event = PolicyEvent { version, action };
+            w.open_table(EVENTS)?.insert(version, json(&event)?.as_slice())?;
+            event
+        };
+        w.commit()?;
+        Ok(event)
+    }
+
+    /// (latest version, version through which the log was compacted).
+    pub fn versions(&self) -> Result<(u64, u64), StoreError> {
+        let r = self.db.begin_read()?;
+        let meta = r.open_table(META)?;
+        let next = meta.get(NEXT_VERSION)?.map_or(1, |v| v.value());
+        let compacted = meta.get(COMPACTED_THROUGH)?.map_or(0, |v| v.value());
+        Ok((next - 1, compacted))
+    }
+
+    /// Events after `since`, oldest first, at most `limit`.
+    pub fn events_since(&self, since: u64, limit: usize) -> Result<Vec<PolicyEvent>, StoreError> {
+        let r = self.db.begin_read()?;
+        let events = r.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for item in events.range(since + 1..)?.take(limit) {
+            let (_, v) = item?;
+            out.push(parse(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Drops events beyond the newest `keep`; purges among them are kept for snapshots.
+    /// Returns how many events were dropped.
+    pub fn compact(&self, keep: u64) -> Result<u64, StoreError> {
+        let (latest, compacted) = self.versions()?;
+        let through = latest.saturating_sub(keep);
+        if through <= compacted {
+            return Ok(0);
+        }
+        let w = self.db.begin_write()?;
+        let mut dropped = 0;
+        {
+            let mut events = w.open_table(EVENTS)?;
+            let mut purges = w.open_table(PURGES)?;
+            let old: Vec<(u64, Vec<u8>)> = events
+                .range(..=through)?
+                .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()?;
+            for (version, bytes) in old {
+                let event: PolicyEvent = parse(&bytes)?;
+                if let Action::Invalidate(inv) = &event.action {
+                    if inv.digest.is_some() {
+                        purges.insert(version, json(inv)?.as_slice())?;
+                    }
+                }
+                events.remove(version)?;
+                dropped += 1;
+            }
+            w.open_table(META)?.insert(COMPACTED_THROUGH, through)?;
+        }
+        w.commit()?;
+        Ok(dropped)
+    }
+
+    /// Digest purges that were compacted out of the log.
+    pub fn compacted_purges(&self) -> Result<Vec<Invalidation>, StoreError> {
+        let r = self.db.begin_read()?;
+        let purges = r.open_table(PURGES)?;
+        let mut out = Vec::new();
+        for item in purges.iter()? {
+            out.push(parse(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.put(JOBS, &job.id, job, redb::Durability::Immediate)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let r = self.db.begin_read()?;
+        let jobs = r.open_table(JOBS)?;
+        let value = jobs.get(id)?;
+        value.map(|v| parse(v.value())).transpose()
+    }
+
+    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.all(JOBS)
+    }
+
+    /// Records an edge; reports are frequent, so this commit is not forced to disk at once.
+    pub fn put_edge(&self, edge: &EdgeRecord) -> Result<(), StoreError> {
+        self.put(EDGES, &edge.id, edge, redb::Durability::Eventual)
+    }
+
+    pub fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        self.all(EDGES)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
+        let mut w = self.db.begin_write()?;
+        w.set_durability(durability);
+        w.open_table(table)?.insert(key, json(value)?.as_slice())?;
+        w.commit()?;
+        Ok(())
+    }
+
+    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(table)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            out.push(parse(item?.1.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_shared::protocol::Invalidation;
+
+    fn inv(repo: &str, digest: bool) -> Action {
+        Action::Invalidate(Invalidation {
+            id: repo.into(),
+            repository: repo.into(),
+            tag: None,
+            digest: digest.then(|| berth_shared::Digest::of(repo.as_bytes())),
+            upstream: None,
+            regions: vec![],
+        })
+    }
+
+    #[test]
+    fn should_number_events_forward_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.append(inv("a", false)).unwrap().version, 1);
+            assert_eq!(store.append(inv("b", false)).unwrap().version, 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.append(inv("c", false)).unwrap().version, 3);
+        let since: Vec<u64> = store.events_since(1, 10).unwrap().iter().map(|e| e.version).collect();
+        assert_eq!(since, vec![2, 3]);
+    }
+
+    #[test]
+    fn should_compact_keeping_purges_for_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(inv("purged", true)).unwrap();
+        for r in ["a", "b", "c"] {
+            store.append(inv(r, false)).unwrap();
+        }
+        assert_eq!(store.compact(2).unwrap(), 2);
+        assert_eq!(store.versions().unwrap(), (4, 2));
+        assert_eq!(store.events_since(0, 10).unwrap().len(), 2);
+        let purges = store.compacted_purges().unwrap();
+        assert_eq!(purges.len(), 1);
+        assert_eq!(purges[0].repository, "purged");
+        assert_eq!(store.append(inv("d", false)).unwrap().version, 5, "compaction never reuses versions");
+    }
+}

@@ -1,0 +1,90 @@
+//! Applying policy: an invalidation drops tag mappings or purges a digest from every tier; a
+//! prefetch order starts a job. Each event is applied whole before its version is recorded.
+
+use std::sync::Arc;
+
+use berth_shared::protocol::{Action, Invalidation, PolicyEvent, Snapshot};
+use berth_shared::{RepositoryName, Tag};
+
+use super::Policy;
+use crate::cache::EntryKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Policy {
+    /// Applies one event from the log (skipping those for other regions) and records its version.
+    pub async fn apply_event(self: &Arc<Self>, event: PolicyEvent) {
+        if event.version <= self.applied() {
+            return;
+        }
+        if event.action.targets(&self.state.config.region) {
+            tracing::info!(version = event.version, "applying policy event");
+            let result = match event.action {
+                Action::Invalidate(inv) => self.invalidate(&inv).await,
+                Action::Prefetch(order) => {
+                    self.prefetch.enqueue(order);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                // A malformed event cannot become valid by waiting: record it and move on.
+                tracing::warn!(version = event.version, error = %e, "policy event not applicable");
+            }
+        }
+        self.set_applied(event.version);
+    }
+
+    /// Applies a snapshot: the state of a log compacted past this edge's version.
+    pub async fn apply_snapshot(self: &Arc<Self>, snapshot: Snapshot) {
+        tracing::info!(version = snapshot.version, "applying policy snapshot");
+        if snapshot.reset_tags {
+            self.state.manifests.invalidate_all_tags();
+        }
+        for purge in &snapshot.purged {
+            if let Err(e) = self.invalidate(purge).await {
+                tracing::warn!(error = %e, "purge in snapshot not applicable");
+            }
+        }
+        for order in snapshot.prefetch {
+            if Action::Prefetch(order.clone()).targets(&self.state.config.region) {
+                self.prefetch.enqueue(order);
+            }
+        }
+        self.set_applied(snapshot.version);
+    }
+
+    /// Drops tag mappings of a repository (one tag, or all) and purges a digest from every tier.
+    pub async fn invalidate(&self, inv: &Invalidation) -> Result<(), ApplyError> {
+        let invalid = |field, message: String| ApplyError::Invalid { field, message };
+        let repository = RepositoryName::parse(&inv.repository).map_err(|e| invalid("repository", e.to_string()))?;
+        let tag = inv.tag.as_deref().map(Tag::parse).transpose().map_err(|e| invalid("tag", e.to_string()))?;
+        for upstream in self.state.upstreams.iter() {
+            if inv.upstream.as_deref().is_some_and(|u| u != upstream.name) {
+                continue;
+            }
+            let names = if upstream.config.uses_library_prefix() {
+                vec![repository.clone(), repository.with_library_prefix()]
+            } else {
+                vec![repository.clone()]
+            };
+            for name in &names {
+                match &tag {
+                    Some(tag) => self.state.manifests.invalidate_tag(&upstream.name, name, tag),
+                    None => self.state.manifests.invalidate_repository(&upstream.name, name),
+                }
+            }
+        }
+        if let Some(digest) = inv.digest {
+            self.state.memory.remove(&EntryKey::blob(digest));
+            let store = self.state.fills.store();
+            let blob = store.remove(EntryKey::blob(digest)).await;
+            let manifest = self.state.manifests.purge(digest).await;
+            tracing::info!(%digest, blob, manifest, "purged");
+        }
+        Ok(())
+    }
+}

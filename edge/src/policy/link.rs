@@ -1,0 +1,90 @@
+//! The HTTP link to the distributor: the watch stream and reports, with the edge's token.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::DistributorLink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("distributor unreachable: {0}")]
+    Unreachable(String),
+    #[error("distributor answered {0}")]
+    Status(StatusCode),
+    #[error("no answer from the distributor within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A client for one distributor.
+pub struct Link {
+    base: String,
+    token: String,
+    pub config: DistributorLink,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Link {
+    pub fn new(config: &DistributorLink) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map(|b| b.https_or_http().enable_http1().wrap_connector(http.clone()))
+            .unwrap_or_else(|_| {
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_webpki_roots()
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http)
+            });
+        Link {
+            base: config.url.trim_end_matches('/').to_owned(),
+            token: config.token(),
+            config: config.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Bytes, wait: Duration) -> Result<Incoming, LinkError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        let response = tokio::time::timeout(wait, self.client.request(req))
+            .await
+            .map_err(|_| LinkError::Timeout(wait))?
+            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(LinkError::Status(response.status()));
+        }
+        Ok(response.into_body())
+    }
+
+    /// Opens the watch stream from `since`.
+    pub async fn watch(&self, since: u64) -> Result<Incoming, LinkError> {
+        self.send(Method::GET, &format!("/api/v1/watch?since={since}"), Bytes::new(), Duration::from_secs(10)).await
+    }
+
+    /// Posts a report.
+    pub async fn report(&self, report: &berth_shared::protocol::EdgeReport) -> Result<(), LinkError> {
+        let body = Bytes::from(serde_json::to_vec(report).map_err(|e| LinkError::Unreachable(e.to_string()))?);
+        let mut response = self.send(Method::POST, "/api/v1/edges/report", body, Duration::from_secs(10)).await?;
+        while let Some(frame) = response.frame().await {
+            frame.map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! Policy from the distributor: the watch stream, applying invalidations and prefetch orders in
+//! version order, the applied version kept in the cache folder, and reports back.
+//! The same prefetch and purge are offered on the admin port for an edge without a distributor.
+
+pub mod apply;
+pub mod link;
+pub mod prefetch;
+pub mod report;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::state::EdgeState;
+
+pub use apply::ApplyError;
+pub use prefetch::PrefetchJobs;
+
+/// The edge's policy state.
+pub struct Policy {
+    pub state: Arc<EdgeState>,
+    pub prefetch: Arc<PrefetchJobs>,
+    applied: AtomicU64,
+    version_file: PathBuf,
+}
+
+impl Policy {
+    /// Loads the applied version from the cache folder.
+    pub fn new(state: Arc<EdgeState>) -> Arc<Self> {
+        let version_file = state.config.cache.dir.join("policy-version");
+        let applied = std::fs::read_to_string(&version_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let prefetch = PrefetchJobs::new(Arc::clone(&state));
+        Arc::new(Policy { state, prefetch, applied: AtomicU64::new(applied), version_file })
+    }
+
+    /// The last policy version applied (persisted across restarts).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Records `version` as applied, in memory and (atomically, by rename) on disk.
+    fn set_applied(&self, version: u64) {
+        if version <= self.applied() {
+            return;
+        }
+        self.applied.store(version, Ordering::SeqCst);
+        let temp = self.version_file.with_extension("tmp");
+        let written =
+            std::fs::write(&temp, format!("{version}\n")).and_then(|_| std::fs::rename(&temp, &self.version_file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, version, "cannot persist the applied policy version");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Prefetch jobs on this edge: resolve each image through its upstream (index → platform
+//! manifests → config and layers) and fill every blob through the same single-flight fills that
+//! client pulls use, a few at a time. Progress is kept for the reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use berth_shared::manifest::Manifest;
+use berth_shared::protocol::{JobState, PrefetchOrder, PrefetchProgress};
+use berth_shared::{Digest, ImageReference, Reference, RepositoryName};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::cache::fill::{FillState, Lookup};
+use crate::cache::EntryKey;
+use crate::registry::{AcceptList, ApiError};
+use crate::state::EdgeState;
+use crate::upstream::Upstream;
+
+/// Blobs filled at once per job.
+const CONCURRENCY: usize = 4;
+/// Finished jobs remembered for reports.
+const KEEP_FINISHED: usize = 200;
+
+/// The jobs this edge knows, and the queue of orders to start.
+pub struct PrefetchJobs {
+    state: Arc<EdgeState>,
+    jobs: Mutex<BTreeMap<String, PrefetchProgress>>,
+    queue: mpsc::UnboundedSender<PrefetchOrder>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<PrefetchOrder>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl PrefetchJobs {
+    pub fn new(state: Arc<EdgeState>) -> Arc<Self> {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        Arc::new(PrefetchJobs {
+            state,
+            jobs: Mutex::new(BTreeMap::new()),
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Queues an order (started by `run`); a job already known is not started again.
+    pub fn enqueue(&self, order: PrefetchOrder) {
+        let mut jobs = self.jobs.lock();
+        if jobs.contains_key(&order.job) {
+            return;
+        }
+        jobs.insert(order.job.clone(), progress(&order.job, JobState::Pending));
+        let _ = self.queue.send(order);
+    }
+
+    /// Every job's progress.
+    pub fn progress(&self) -> Vec<PrefetchProgress> {
+        self.jobs.lock().values().cloned().collect()
+    }
+
+    pub fn get(&self, job: &str) -> Option<PrefetchProgress> {
+        self.jobs.lock().get(job).cloned()
+    }
+
+    /// Resolves when some job's state changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Starts queued orders as they come; runs until the queue closes.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut receiver) = self.receiver.lock().take() else { return };
+        while let Some(order) = receiver.recv().await {
+            let jobs = Arc::clone(&self);
+            tokio::spawn(async move { jobs.run_job(order).await });
+        }
+    }
+
+    fn update(&self, job: &str, f: impl FnOnce(&mut PrefetchProgress)) {
+        let mut jobs = self.jobs.lock();
+        if let Some(p) = jobs.get_mut(job) {
+            f(p);
+        }
+        if jobs.len() > KEEP_FINISHED {
+            let finished: Vec<String> = jobs
+                .iter()
+                .filter(|(_, p)| matches!(p.state, JobState::Done | JobState::Failed))
+                .map(|(k, _)| k.clone())
+                .take(jobs.len() - KEEP_FINISHED)
+                .collect();
+            for k in finished {
+                jobs.remove(&k);
+            }
+        }
+    }
+
+    async fn run_job(self: Arc<Self>, order: PrefetchOrder) {
+        let job = order.job.clone();
+        self.update(&job, |p| p.state = JobState::Running);
+        self.changed.notify_waiters();
+        tracing::info!(%job, images = ?order.images, "prefetch started");
+        let mut blobs: BTreeMap<Digest, (Arc<Upstream>, RepositoryName, u64)> = BTreeMap::new();
+        for image in &order.images {
+            match self.resolve(image, &order.platforms).await {
+                Ok(found) => {
+                    for (digest, target) in found {
+                        blobs.entry(digest).or_insert(target);
+                    }
+                }
+                Err(e) => self.update(&job, |p| p.errors.push(format!("{image}: {e}"))),
+            }
+        }
+        self.update(&job, |p| p.blobs_total = blobs.len() as u64);
+        let results = futures_util::stream::iter(blobs)
+            .map(|(digest, (upstream, repo, size))| {
+                let jobs = Arc::clone(&self);
+                async move { (digest, size, jobs.ensure_blob(&upstream, &repo, digest).await) }
+            })
+            .buffer_unordered(CONCURRENCY);
+        futures_util::pin_mut!(results);
+        while let Some((digest, size, result)) = results.next().await {
+            self.update(&job, |p| match result {
+                Ok(()) => {
+                    p.blobs_done += 1;
+                    p.bytes += size;
+                }
+                Err(e) => p.errors.push(format!("{digest}: {e}")),
+            });
+        }
+        self.update(&job, |p| p.state = if p.errors.is_empty() { JobState::Done } else { JobState::Failed });
+        self.changed.notify_waiters();
+        let state = self.get(&job).map(|p| p.state);
+        tracing::info!(%job, ?state, "prefetch finished");
+    }
+
+    /// The blobs of an image (for the wanted platforms), with where to fetch them.
+    async fn resolve(
+        &self,
+        image: &str,
+        platforms: &[String],
+    ) -> Result<Vec<(Digest, (Arc<Upstream>, RepositoryName, u64))>, String> {
+        let reference: ImageReference = image.parse().map_err(|e: berth_shared::ImageReferenceError| e.to_string())?;
+        let (index, repository) = self
+            .state
+            .router
+            .resolve_image(reference.registry.as_deref(), &reference.repository)
+            .map_err(|e| e.to_string())?;
+        let upstream = self.state.upstreams.get(index).cloned().ok_or("upstream table out of sync")?;
+        let manifests = &self.state.manifests;
+        let any = AcceptList::default();
+        let manifest_error = |e: crate::cache::ManifestError| describe(&ApiError::from_manifest(&e));
+        let top = match &reference.reference {
+            Reference::Digest(d) => *d,
+            Reference::Tag(tag) => {
+                manifests.resolve_tag(&upstream, &repository, tag, &any).await.map_err(manifest_error)?.0.digest
+            }
+        };
+        let mut pending = vec![top];
+        let mut seen = BTreeSet::new();
+        let mut blobs = Vec::new();
+        while let Some(digest) = pending.pop() {
+            if !seen.insert(digest) {
+                continue;
+            }
+            let (stored, _) =
+                manifests.by_digest(&upstream, &repository, digest, &any).await.map_err(manifest_error)?;
+            match Manifest::parse(&stored.bytes).map_err(|e| format!("{digest}: {e}"))? {
+                Manifest::Index { manifests } => pending.extend(
+                    manifests
+                        .iter()
+                        .filter(|m| {
+                            platforms.is_empty()
+                                || m.platform.as_ref().is_some_and(|p| platforms.iter().any(|f| p.matches(f)))
+                        })
+                        .map(|m| m.digest),
+                ),
+                Manifest::Image { config, layers } => {
+                    for d in std::iter::once(config).chain(layers) {
+                        blobs.push((d.digest, (Arc::clone(&upstream), repository.clone(), d.size)));
+                    }
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
+    /// Makes sure a blob is verified on disk, filling it (or joining a fill) if needed.
+    async fn ensure_blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repository: &RepositoryName,
+        digest: Digest,
+    ) -> Result<(), String> {
+        let fills = &self.state.fills;
+        match fills.lookup(upstream, repository, digest).await.map_err(|e| describe(&ApiError::from_fill(&e)))? {
+            Lookup::Cached(..) => Ok(()),
+            Lookup::Bypass => Err("the cache disk is degraded: not cached".into()),
+            Lookup::Filling { fill, .. } => {
+                let mut rx = fill.subscribe();
+                loop {
+                    if let FillState::Failed(e) = &*rx.borrow_and_update() {
+                        return Err(describe(&ApiError::from_fill(e)));
+                    }
+                    // The fill's task drops its sender once the blob is published (or not).
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                match fills.store().contains(&EntryKey::blob(digest)) {
+                    Some(_) => Ok(()),
+                    None => Err("fill finished without a cached copy".into()),
+                }
+            }
+        }
+    }
+}
+
+fn progress(job: &str, state: JobState) -> PrefetchProgress {
+    PrefetchProgress { job: job.to_owned(), state, blobs_total: 0, blobs_done: 0, bytes: 0, errors: Vec::new() }
+}
+
+/// An error as a job reports it: the OCI code and message.
+fn describe(e: &ApiError) -> String {
+    format!("{} ({}): {}", e.code, e.status.as_u16(), e.message)
+}

@@ -1,0 +1,60 @@
+//! Reporting to the distributor every `report_interval` (and at once when a prefetch job changes
+//! state): request counts, bytes by tier, cache usage, applied policy version, prefetch progress.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_shared::protocol::EdgeReport;
+use tokio::sync::watch;
+
+use super::link::Link;
+use super::Policy;
+use crate::metrics::{KINDS, OUTCOMES, TIERS};
+
+impl Policy {
+    /// The report as of now.
+    pub fn report(&self) -> EdgeReport {
+        let state = &self.state;
+        let m = &state.metrics;
+        let mut requests = BTreeMap::new();
+        for kind in KINDS {
+            for outcome in OUTCOMES {
+                let n = m.requests.with_label_values(&[kind, outcome]).get();
+                if n > 0 {
+                    requests.insert(format!("{kind}/{outcome}"), n);
+                }
+            }
+        }
+        let served_bytes =
+            TIERS.iter().map(|t| (t.to_string(), m.served_bytes.with_label_values(&[t]).get())).collect();
+        let upstream_bytes = state.upstreams.iter().map(|u| m.upstream_bytes.with_label_values(&[&u.name]).get()).sum();
+        let index = state.fills.store().index();
+        EdgeReport {
+            id: state.config.node_id(),
+            region: state.config.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            applied_version: self.applied(),
+            requests,
+            served_bytes,
+            upstream_bytes,
+            cache_used_bytes: index.usage().0,
+            cache_max_bytes: index.max(),
+            prefetch: self.prefetch.progress(),
+        }
+    }
+}
+
+/// Reports until `shutdown`.
+pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(link.config.report_interval.get());
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = policy.prefetch.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = link.report(&policy.report()).await {
+            tracing::debug!(error = %e, "report not delivered");
+        }
+    }
+}
