@@ -27,6 +27,7 @@ pub struct Distributor {
     listener: std::net::TcpListener,
     addr: SocketAddr,
     state: Arc<AppState>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Distributor {
@@ -37,6 +38,7 @@ impl Distributor {
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let store = Arc::new(Store::open(&config.store.dir)?);
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let state = Arc::new(AppState {
             log: PolicyLog::new(Arc::clone(&store), config.log.keep_events),
             fleet: Arc::new(Fleet::load(Arc::clone(&store))?),
@@ -44,19 +46,25 @@ impl Distributor {
             tokens: config.tokens(),
             metrics: Arc::new(Metrics::new()),
             keepalive: config.watch.keepalive.get(),
+            closing: closing_rx,
         });
         tracing::info!(http = %addr, "distributor ready to serve");
-        Ok(Distributor { listener, addr, state })
+        Ok(Distributor { listener, addr, state, closing })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes; then watch streams end and in-flight requests finish.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
-        axum::serve(listener, api::router(self.state)).with_graceful_shutdown(shutdown).await
+        let closing = self.closing;
+        let signal = async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        };
+        axum::serve(listener, api::router(self.state)).with_graceful_shutdown(signal).await
     }
 
     /// Runs until SIGTERM or SIGINT.

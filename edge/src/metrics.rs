@@ -99,6 +99,8 @@ pub struct Metrics {
     pub disk_degraded: IntGauge,
     /// Successful responses by kind and the tier that served them (`memory`, `disk`, `upstream`).
     pub responses: IntCounterVec,
+    /// The last policy version applied from the distributor.
+    pub policy_version: IntGauge,
     /// Bytes and entries held by the memory tier.
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
@@ -168,6 +170,7 @@ impl Metrics {
             ),
             disk_degraded: gauge(r, "berth_edge_disk_degraded", "1 while the cache disk fails and fills bypass it"),
             memory_bytes: gauge(r, "berth_edge_memory_bytes", "Bytes held by the memory tier"),
+            policy_version: gauge(r, "berth_edge_policy_version", "Last policy version applied"),
             memory_entries: gauge(r, "berth_edge_memory_entries", "Entries in the memory tier"),
             upstream_bytes: counter_vec(
                 r,

@@ -167,6 +167,12 @@ impl ShutdownSignalWatch for ChannelSignal {
 /// applies what it missed first), giving up after `startup_sync_timeout`: a distributor that is
 /// away must not keep an edge down.
 fn initial_sync(policy: &Arc<Policy>, config: &crate::config::DistributorLink) {
+    // On a thread of its own: `build` may be called from inside an async runtime.
+    let (policy, config) = (Arc::clone(policy), config.clone());
+    let _ = std::thread::spawn(move || sync_now(&policy, &config)).join();
+}
+
+fn sync_now(policy: &Arc<Policy>, config: &crate::config::DistributorLink) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
     let link = Link::new(config);
     let timeout = config.startup_sync_timeout.get();

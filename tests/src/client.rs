@@ -105,6 +105,21 @@ pub async fn head(url: &str) -> Response {
     request(Method::HEAD, url, &[]).await
 }
 
+/// Sends a request with a body (JSON documents to the admin APIs).
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
+    use http_body_util::Full;
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("valid request");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client.request(req).await.expect("response headers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}"));
+    Response { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
 /// Sends a request and returns once the headers arrived.
 pub async fn open(url: &str, headers: &[(&str, &str)]) -> Streaming {
     let response = client().request(build(Method::GET, url, headers)).await.expect("response headers");

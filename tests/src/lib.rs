@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod edge;
+pub mod fleet;
 pub mod origin;
 pub mod registry;
 pub mod tools;

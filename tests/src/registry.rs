@@ -119,3 +119,81 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     rand::thread_rng().fill_bytes(&mut v);
     v
 }
+
+/// Writes an OCI image layout whose `tag` is a multi-platform index: one image per
+/// (architecture, layers). Returns, per architecture, its layer digests.
+pub fn oci_multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, Vec<Vec<u8>>)]) -> Vec<(String, Vec<String>)> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout dir");
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let hex = hex::encode(Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).expect("blob");
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut entries = Vec::new();
+    let mut out = Vec::new();
+    for (arch, layers) in images {
+        let layer_refs: Vec<(String, usize)> = layers.iter().map(|l| put(l)).collect();
+        let config = serde_json::json!({"architecture": arch, "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": layer_refs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>()}});
+        let (config_digest, config_size) = put(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "layers": layer_refs.iter().map(|(d, s)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s})).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let (digest, size) = put(manifest.as_bytes());
+        entries.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": arch}}));
+        let mut digests = vec![config_digest];
+        digests.extend(layer_refs.into_iter().map(|(d, _)| d));
+        out.push((arch.to_string(), digests));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}).to_string();
+    let (index_digest, index_size) = put(index.as_bytes());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": index_digest, "size": index_size, "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), top.to_string()).expect("index");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
+    out
+}
+
+impl DockerRegistry {
+    /// The blobs (config first, then layers) of `repo:reference` as the registry stores them,
+    /// per platform architecture (`""` for a single-platform image).
+    pub async fn blobs_of(&self, repo: &str, reference: &str) -> Vec<(String, Vec<String>)> {
+        let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+        let get = |r: String| async move {
+            let url = format!("{}/v2/{repo}/manifests/{r}", self.url());
+            crate::client::request(http::Method::GET, &url, &[("Accept", accept)]).await.json()
+        };
+        let top = get(reference.to_owned()).await;
+        let images: Vec<(String, serde_json::Value)> = match top["manifests"].as_array() {
+            Some(list) => {
+                let mut out = Vec::new();
+                for m in list {
+                    let arch = m["platform"]["architecture"].as_str().unwrap_or_default().to_owned();
+                    out.push((arch, get(m["digest"].as_str().unwrap_or_default().to_owned()).await));
+                }
+                out
+            }
+            None => vec![(String::new(), top)],
+        };
+        images
+            .into_iter()
+            .map(|(arch, m)| {
+                let mut blobs = vec![m["config"]["digest"].as_str().unwrap_or_default().to_owned()];
+                blobs.extend(
+                    m["layers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|l| l["digest"].as_str().map(str::to_owned)),
+                );
+                (arch, blobs)
+            })
+            .collect()
+    }
+}

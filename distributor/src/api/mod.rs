@@ -35,6 +35,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Arc<Metrics>,
     pub keepalive: Duration,
+    /// Turns true when the server shuts down: watch streams end so connections can close.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -206,7 +208,8 @@ async fn watch(State(s): Shared, headers: HeaderMap, Query(q): Query<WatchQuery>
         None | Some("") => 0,
         Some(v) => v.parse::<u64>().map_err(|_| ApiError::bad_field("since", "must be a version number"))?,
     };
-    let lines = crate::push::watch::stream(Arc::clone(&s.log), since, s.keepalive, Arc::clone(&s.metrics));
+    let lines =
+        crate::push::watch::stream(Arc::clone(&s.log), since, s.keepalive, Arc::clone(&s.metrics), s.closing.clone());
     let stream = futures_util::stream::unfold(lines, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let body = Body::from_stream(stream.boxed());
     Ok(([("content-type", "application/x-ndjson"), ("cache-control", "no-store")], body).into_response())

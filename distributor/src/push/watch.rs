@@ -24,12 +24,18 @@ pub fn stream(
     since: u64,
     keepalive: Duration,
     metrics: Arc<Metrics>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> mpsc::Receiver<Result<Bytes, Infallible>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         metrics.watchers.inc();
-        if let Err(e) = produce(&log, since, keepalive, &tx).await {
-            tracing::warn!(error = %e, "watch stream ended");
+        tokio::select! {
+            result = produce(&log, since, keepalive, &tx) => match result {
+                Err(WatchError::Gone) => tracing::debug!("watcher went away"),
+                Err(e) => tracing::warn!(error = %e, "watch stream ended"),
+                Ok(()) => {}
+            },
+            _ = closing.wait_for(|c| *c) => tracing::debug!("watch stream closed: shutting down"),
         }
         metrics.watchers.dec();
     });

@@ -31,6 +31,7 @@ impl Policy {
         let version_file = state.config.cache.dir.join("policy-version");
         let applied = std::fs::read_to_string(&version_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let prefetch = PrefetchJobs::new(Arc::clone(&state));
+        state.metrics.policy_version.set(applied as i64);
         Arc::new(Policy { state, prefetch, applied: AtomicU64::new(applied), version_file })
     }
 
@@ -45,6 +46,7 @@ impl Policy {
             return;
         }
         self.applied.store(version, Ordering::SeqCst);
+        self.state.metrics.policy_version.set(version as i64);
         let temp = self.version_file.with_extension("tmp");
         let written =
             std::fs::write(&temp, format!("{version}\n")).and_then(|_| std::fs::rename(&temp, &self.version_file));

@@ -4,4 +4,5 @@ mod durability;
 mod faults;
 mod fills;
 mod manifests;
+mod policy;
 mod pull_api;

@@ -1,0 +1,139 @@
+//! Policy on an in-process edge: the local admin prefetch and purge, and a snapshot for an edge
+//! that fell behind a compacted log.
+
+use std::time::Duration;
+
+use berth_shared::manifest::OCI_MANIFEST;
+use berth_shared::Digest;
+use berth_tests::client;
+use berth_tests::edge;
+use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
+use berth_tests::origin::Origin;
+use http::Method;
+
+fn image(origin: &Origin, repo: &str, tag: &str) -> (Digest, Vec<Digest>) {
+    let config = origin.put_blob(repo, br#"{"architecture":"amd64","os":"linux"}"#.to_vec());
+    let layer = origin.put_blob(repo, vec![7u8; 50_000]);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":50000}}]}}"#
+    );
+    (origin.put_manifest(repo, Some(tag), OCI_MANIFEST, manifest), vec![config, layer])
+}
+
+async fn admin_post(edge: &edge::TestEdge, path: &str, body: &str) -> client::Response {
+    client::send(
+        Method::POST,
+        &format!("{}{path}", edge.admin_url()),
+        &[("Content-Type", "application/json")],
+        body.to_owned(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_admin_port_prefetches_and_purges_for_an_edge_without_a_distributor() {
+    let origin = Origin::start().await;
+    let (_, blobs) = image(&origin, "team/app", "v1");
+    let edge = edge::start(&origin.url());
+    let r = admin_post(&edge, "/api/v1/prefetch", r#"{"images":["docker.io/team/app:v1"]}"#).await;
+    assert_eq!(r.status, 202);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let mut state = String::new();
+    for _ in 0..1000 {
+        let p = client::get(&format!("{}/api/v1/prefetch/{id}", edge.admin_url())).await.json();
+        state = p["state"].as_str().unwrap_or_default().to_owned();
+        if state == "done" {
+            assert_eq!(p["blobs_done"], 2);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, "done");
+    for b in &blobs {
+        let r = client::get(&format!("{}/v2/team/app/blobs/{b}", edge.url())).await;
+        assert_eq!(r.header("x-berth-cache"), Some("hit"), "prefetched");
+    }
+    let r =
+        admin_post(&edge, "/api/v1/purge", &format!(r#"{{"repository":"team/app","digest":"{}"}}"#, blobs[1])).await;
+    assert_eq!(r.status, 200);
+    let r = client::get(&format!("{}/v2/team/app/blobs/{}", edge.url(), blobs[1])).await;
+    assert_eq!(r.header("x-berth-cache"), Some("miss"), "purged from memory and disk");
+
+    let bad = admin_post(&edge, "/api/v1/prefetch", r#"{"images":["Bad Ref"]}"#).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]["message"].as_str().unwrap().starts_with("images[0]"));
+    let bad = admin_post(&edge, "/api/v1/purge", r#"{"repo":"x"}"#).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(client::get(&format!("{}/api/v1/prefetch/nope", edge.admin_url())).await.status, 404);
+}
+
+#[tokio::test]
+async fn an_unknown_image_fails_a_local_prefetch_with_a_clear_error() {
+    let origin = Origin::start().await;
+    let edge = edge::start(&origin.url());
+    let id = admin_post(&edge, "/api/v1/prefetch", r#"{"images":["docker.io/no/such:v1"]}"#).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..1000 {
+        let p = client::get(&format!("{}/api/v1/prefetch/{id}", edge.admin_url())).await.json();
+        if p["state"] == "failed" {
+            assert!(p["errors"][0].as_str().unwrap().contains("MANIFEST_UNKNOWN"), "{p}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the job did not fail");
+}
+
+#[tokio::test]
+async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
+    std::env::set_var("BERTH_ADMIN_TOKENS", ADMIN_TOKEN);
+    std::env::set_var("BERTH_EDGE_TOKENS", EDGE_TOKEN);
+    std::env::set_var("BERTH_EDGE_TOKEN", EDGE_TOKEN);
+    let work = tempfile::tempdir().unwrap();
+    let config = berth_distributor::config::parse(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[log]\nkeep_events = 2\n",
+        work.path().join("store").display().to_string()
+    ))
+    .unwrap();
+    let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let origin = Origin::start().await;
+    let blob = origin.put_blob("team/app", vec![3u8; 10_000]);
+    let link = format!(
+        "[distributor]\nurl = \"{}\"\nreport_interval = \"100ms\"\nstartup_sync_timeout = \"5s\"\n",
+        distributor.url()
+    );
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.distributor = Some(
+            berth_edge::config::parse(&format!("{link}[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\n"))
+                .unwrap()
+                .distributor
+                .unwrap(),
+        );
+    });
+    let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
+    client::get(&url).await.bytes();
+    let mut config = edge.running().state.config.clone();
+    let dir = edge.stop();
+
+    let inv = format!("{}/api/v1/invalidations", distributor.url());
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let purge = format!(r#"{{"repository":"team/app","digest":"{blob}"}}"#);
+    assert_eq!(client::send(Method::POST, &inv, &headers, purge).await.status, 202);
+    for i in 0..4 {
+        let body = format!(r#"{{"repository":"team/other{i}"}}"#);
+        assert_eq!(client::send(Method::POST, &inv, &headers, body).await.status, 202);
+    }
+    config.listen.http = "127.0.0.1:0".parse().unwrap();
+    config.listen.admin = "127.0.0.1:0".parse().unwrap();
+    let edge = edge::start_with(config, dir);
+    assert!(
+        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(blob)).is_none(),
+        "the snapshot's purge was applied before serving"
+    );
+    let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
+    assert_eq!(client::get(&url).await.header("x-berth-cache"), Some("miss"));
+    drop(distributor);
+}

@@ -1,0 +1,79 @@
+//! The distributor's API refuses bad and unauthorized requests with clear errors.
+
+use berth_tests::client;
+use berth_tests::fleet::{free_addr, DistributorProcess, ADMIN_TOKEN, EDGE_TOKEN};
+use http::Method;
+
+async fn post(url: &str, token: Option<&str>, body: &str) -> client::Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    client::send(Method::POST, url, &headers, body.to_owned()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let d = DistributorProcess::start(work.path(), free_addr(), 100, &work.path().join("d.log"));
+    let prefetch = format!("{}/api/v1/prefetch", d.url());
+    let good = r#"{"images":["registry.test/a/b:1"]}"#;
+
+    for token in [None, Some("wrong"), Some(EDGE_TOKEN)] {
+        let r = post(&prefetch, token, good).await;
+        assert_eq!(r.status, 401, "token {token:?}");
+        assert_eq!(r.json()["error"]["code"], "unauthorized");
+    }
+    let watch = client::request(
+        Method::GET,
+        &format!("{}/api/v1/watch?since=0", d.url()),
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(watch.status, 401, "the watch wants an edge token");
+
+    let cases = [
+        (r#"{"images":[]}"#, "images"),
+        (r#"{"images":["UPPER/case:1"]}"#, "images[0]"),
+        (r#"{"images":["a/b:1"],"platforms":["linux"]}"#, "platforms[0]"),
+        (r#"{"images":["a/b:1"],"colour":"blue"}"#, "colour"),
+        (r#"{"images":"a/b:1"}"#, "images"),
+        (r#"not json"#, ""),
+    ];
+    for (body, field) in cases {
+        let r = post(&prefetch, Some(ADMIN_TOKEN), body).await;
+        assert_eq!(r.status, 400, "{body}");
+        let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.starts_with(field) || field.is_empty(), "{body}: {message} does not name {field}");
+    }
+    let inv = format!("{}/api/v1/invalidations", d.url());
+    let r = post(&inv, Some(ADMIN_TOKEN), r#"{"repository":"a/b","digest":"sha256:nope"}"#).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("digest"));
+    let r = post(&inv, Some(ADMIN_TOKEN), r#"{"repository":"../etc"}"#).await;
+    assert_eq!(r.status, 400);
+
+    let report = format!("{}/api/v1/edges/report", d.url());
+    assert_eq!(post(&report, Some(EDGE_TOKEN), "{}").await.status, 400);
+    assert_eq!(post(&report, Some(ADMIN_TOKEN), "{}").await.status, 401);
+
+    let unknown = client::request(
+        Method::GET,
+        &format!("{}/api/v1/prefetch/pf-nope", d.url()),
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let bad_since = client::request(
+        Method::GET,
+        &format!("{}/api/v1/watch?since=x", d.url()),
+        &[("Authorization", &format!("Bearer {EDGE_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(bad_since.status, 400);
+
+    let accepted = post(&prefetch, Some(ADMIN_TOKEN), good).await;
+    assert_eq!(accepted.status, 202);
+    assert!(accepted.json()["id"].as_str().unwrap().starts_with("pf-"));
+}
