@@ -7,6 +7,7 @@ pub mod index_bench;
 pub mod load;
 pub mod peers;
 pub mod procstat;
+pub mod propagation;
 pub mod push;
 pub mod report;
 pub mod zipf;

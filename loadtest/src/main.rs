@@ -34,6 +34,18 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Time from an invalidation to its arrival at many simulated edges holding watch streams.
+    Propagation {
+        /// The berth-distributor binary.
+        #[arg(long, default_value = "target/release/berth-distributor")]
+        distributor: PathBuf,
+        #[arg(long, default_value = "/var/tmp/berth-bench-propagation")]
+        work: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        edges: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
     /// Time the disk-index rebuild at start for many cached blobs.
     IndexRebuild {
         #[arg(long, default_value_t = 100_000)]
@@ -51,6 +63,27 @@ async fn main() -> anyhow::Result<()> {
             let opts =
                 berth_loadtest::compare::Options { edge_binary: edge, work, blob_mib, small_seconds, zipf_pulls, only };
             print!("{}", berth_loadtest::compare::run(&opts).await?);
+        }
+        Command::Propagation { distributor, work, edges, rounds } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let p = berth_loadtest::propagation::run(&distributor, &work, edges, rounds).await?;
+            let pct = |v: &[std::time::Duration], q: f64| berth_loadtest::load::percentile(v, q) / 1000.0;
+            println!("| measure | p50 ms | p99 ms | max ms |");
+            println!("|---|---|---|---|");
+            println!(
+                "| one edge receives it ({} samples) | {:.2} | {:.2} | {:.2} |",
+                p.all.len(),
+                pct(&p.all, 0.5),
+                pct(&p.all, 0.99),
+                pct(&p.all, 1.0)
+            );
+            println!(
+                "| every edge has it ({} rounds) | {:.2} | {:.2} | {:.2} |",
+                p.slowest.len(),
+                pct(&p.slowest, 0.5),
+                pct(&p.slowest, 0.99),
+                pct(&p.slowest, 1.0)
+            );
         }
         Command::IndexRebuild { blobs, runs } => {
             let times = tokio::task::spawn_blocking(move || berth_loadtest::index_bench::run(blobs, runs)).await??;
