@@ -239,6 +239,34 @@ pub fn disk_usage(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Samples the peak size of a folder on a thread until stopped.
+pub struct DiskSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl DiskSampler {
+    pub fn start(dir: PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(disk_usage(&dir));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak.max(disk_usage(&dir))
+        });
+        DiskSampler { stop, handle: Some(handle) }
+    }
+
+    /// Stops sampling; returns the peak in bytes.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
 /// Lines in the origin's access log now (a mark for `origin_gets`).
 pub fn origin_mark(origin: &Peer) -> usize {
     std::fs::read_to_string(origin.dir.join("origin.log")).map(|l| l.lines().count()).unwrap_or(0)
