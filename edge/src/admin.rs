@@ -117,11 +117,7 @@ impl AdminApp {
 
 /// Parses a JSON document; a bad or unknown field is named.
 fn document<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        error(StatusCode::BAD_REQUEST, "invalid_field", &format!("{path}: {}", e.into_inner()))
-    })
+    berth_shared::protocol::document(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()))
 }
 
 fn ok_json(value: &impl serde::Serialize) -> Answer {

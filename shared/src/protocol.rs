@@ -150,6 +150,16 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldErr
     FieldError { field: field.into(), message: message.into() }
 }
 
+/// Parses a JSON document; a bad, missing or unknown field is named (`images[1]`, `digest`).
+pub fn document<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        field_error(field, e.into_inner().to_string())
+    })
+}
+
 /// A platform filter: `os/arch` or `os/arch/variant`, lowercase.
 pub fn check_platform(p: &str) -> bool {
     let parts: Vec<&str> = p.split('/').collect();

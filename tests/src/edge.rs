@@ -25,6 +25,14 @@ impl TestEdge {
         self.edge.as_ref().expect("edge running")
     }
 
+    /// Waits until the blob is published on disk (fills publish just after serving).
+    pub async fn published(&self, digest: berth_shared::Digest) {
+        let store = self.running().state.fills.store().clone();
+        let key = berth_edge::cache::EntryKey::blob(digest);
+        crate::eventually("blob published", std::time::Duration::from_secs(20), move || store.contains(&key).is_some())
+            .await;
+    }
+
     /// The value of one metric series from `/metrics` (0 when absent).
     pub async fn metric(&self, series: &str) -> f64 {
         let text = crate::client::get(&format!("{}/metrics", self.admin_url())).await;

@@ -77,16 +77,21 @@ impl Drop for DockerRegistry {
     }
 }
 
-/// Writes an OCI image layout with one image of the given layers (tagged `tag`); returns the
-/// layer digests.
-pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Vec<String> {
+/// A function that stores a blob in an OCI layout's `blobs/sha256` and returns (digest, size).
+fn layout_writer(dir: &Path) -> impl Fn(&[u8]) -> (String, usize) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("layout dir");
-    let put = |bytes: &[u8]| -> (String, usize) {
+    move |bytes: &[u8]| {
         let hex = hex::encode(Sha256::digest(bytes));
         std::fs::write(blobs.join(&hex), bytes).expect("blob");
         (format!("sha256:{hex}"), bytes.len())
-    };
+    }
+}
+
+/// Writes an OCI image layout with one image of the given layers (tagged `tag`); returns the
+/// layer digests.
+pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Vec<String> {
+    let put = layout_writer(dir);
     let layer_refs: Vec<(String, usize)> = layers.iter().map(|l| put(l)).collect();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {},
@@ -123,13 +128,7 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 /// Writes an OCI image layout whose `tag` is a multi-platform index: one image per
 /// (architecture, layers). Returns, per architecture, its layer digests.
 pub fn oci_multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, Vec<Vec<u8>>)]) -> Vec<(String, Vec<String>)> {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("layout dir");
-    let put = |bytes: &[u8]| -> (String, usize) {
-        let hex = hex::encode(Sha256::digest(bytes));
-        std::fs::write(blobs.join(&hex), bytes).expect("blob");
-        (format!("sha256:{hex}"), bytes.len())
-    };
+    let put = layout_writer(dir);
     let mut entries = Vec::new();
     let mut out = Vec::new();
     for (arch, layers) in images {

@@ -58,14 +58,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Parses a JSON document; a bad or unknown field is named in the error.
 fn document<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match path.as_str() {
-            "." | "" => ApiError::new(StatusCode::BAD_REQUEST, "invalid_document", inner.to_string()),
-            field => ApiError::bad_field(field, inner),
-        }
+    berth_shared::protocol::document(body).map_err(|e| match e.field.as_str() {
+        "" => ApiError::new(StatusCode::BAD_REQUEST, "invalid_document", e.message),
+        field => ApiError::bad_field(field, e.message),
     })
 }
 

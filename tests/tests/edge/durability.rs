@@ -17,14 +17,6 @@ fn blob_url(edge: &TestEdge, d: &Digest) -> String {
     format!("{}/v2/{REPO}/blobs/{d}", edge.url())
 }
 
-async fn published(edge: &TestEdge, d: Digest) {
-    let store = edge.running().state.fills.store().clone();
-    berth_tests::eventually("blob published", Duration::from_secs(20), move || {
-        store.contains(&EntryKey::blob(d)).is_some()
-    })
-    .await;
-}
-
 fn blob_file(edge: &TestEdge, d: &Digest) -> PathBuf {
     edge.running().state.fills.store().entry_path(&EntryKey::blob(*d))
 }
@@ -37,7 +29,7 @@ async fn a_small_blob_is_served_from_memory_after_a_disk_hit() {
     let edge = edge::start(&origin.url());
     let url = blob_url(&edge, &d);
     client::get(&url).await.bytes();
-    published(&edge, d).await;
+    edge.published(d).await;
     for _ in 0..3 {
         assert_eq!(client::get(&url).await.bytes().as_ref(), body.as_slice());
     }
@@ -62,7 +54,7 @@ async fn a_blob_over_memory_object_max_stays_on_disk() {
     });
     let url = blob_url(&edge, &d);
     client::get(&url).await.bytes();
-    published(&edge, d).await;
+    edge.published(d).await;
     client::get(&url).await.bytes();
     client::get(&url).await.bytes();
     assert_eq!(edge.metric("berth_edge_responses_total{kind=\"blob\",tier=\"disk\"").await, 2.0);
@@ -76,7 +68,7 @@ async fn a_truncated_file_is_dropped_at_start_and_refetched() {
     let d = origin.put_blob(REPO, body.clone());
     let edge = edge::start(&origin.url());
     client::get(&blob_url(&edge, &d)).await.bytes();
-    published(&edge, d).await;
+    edge.published(d).await;
     let file = blob_file(&edge, &d);
     let edge = {
         let dir = edge.stop();
@@ -100,7 +92,7 @@ async fn a_bit_flipped_file_is_never_served_after_a_restart() {
     let d = origin.put_blob(REPO, body.clone());
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| c.cache.scrub_rate = ByteSize(0));
     client::get(&blob_url(&edge, &d)).await.bytes();
-    published(&edge, d).await;
+    edge.published(d).await;
     let file = blob_file(&edge, &d);
     let dir = edge.stop();
     flip_a_bit(&file, 4242);
@@ -134,7 +126,7 @@ async fn the_scrub_finds_a_file_altered_while_running_and_it_is_refetched() {
         c.cache.memory_max = ByteSize(0);
     });
     client::get(&blob_url(&edge, &d)).await.bytes();
-    published(&edge, d).await;
+    edge.published(d).await;
     flip_a_bit(&blob_file(&edge, &d), 100);
     let store = edge.running().state.fills.store().clone();
     berth_tests::eventually("the scrub drops the altered file", Duration::from_secs(30), || {
@@ -154,14 +146,14 @@ async fn a_cache_folder_removed_while_running_means_refetches_never_a_short_200(
     let d = origin.put_blob(REPO, body.clone());
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| c.cache.memory_max = ByteSize(0));
     client::get(&blob_url(&edge, &d)).await.bytes();
-    published(&edge, d).await;
+    edge.published(d).await;
     std::fs::remove_dir_all(edge.dir.path().join("cache")).unwrap();
     for _ in 0..3 {
         let r = client::get(&blob_url(&edge, &d)).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.bytes().as_ref(), body.as_slice(), "complete and correct, or not a 200");
     }
-    published(&edge, d).await;
+    edge.published(d).await;
     assert!(blob_file(&edge, &d).exists(), "the folder was recreated and the blob cached again");
     let ready = client::get(&format!("{}/readyz", edge.admin_url())).await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);
@@ -184,7 +176,7 @@ async fn the_disk_stays_under_its_budget_and_keeps_the_hot_set_under_pressure() 
         assert!(disk_usage(&cache.join("blobs")) <= 1024 << 10, "over the budget");
     }
     for h in &hot {
-        published(&edge, *h).await;
+        edge.published(*h).await;
         assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{h}")), 1, "the hot set stayed cached");
     }
     assert!(edge.metric("berth_edge_evictions_total").await >= 20.0);

@@ -60,10 +60,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_fill() {
     first.read_at_least(1).await.unwrap();
     drop(first); // the client that started the fill goes away
     gate.notify_one();
-    berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
-    })
-    .await;
+    edge.published(digest).await;
     let r = client::get(&url).await;
     assert_eq!(r.header("x-berth-cache"), Some("hit"));
     assert_eq!(r.bytes().as_ref(), body.as_slice());
@@ -83,10 +80,7 @@ async fn a_client_that_stops_reading_does_not_slow_the_fill_or_other_clients() {
     stalled.read_at_least(1).await.unwrap();
     let other = client::get(&url).await;
     assert_eq!(other.bytes().as_ref(), body.as_slice(), "another client gets everything");
-    berth_tests::eventually("fill published while a client stalls", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
-    })
-    .await;
+    edge.published(digest).await;
     assert_eq!(origin.count("GET", &path), 1);
     assert_eq!(stalled.finish().await.unwrap().as_ref(), body.as_slice(), "the slow client still gets it all");
 }
@@ -106,10 +100,7 @@ async fn a_range_on_a_miss_is_answered_and_the_whole_blob_fetched_once() {
     assert_eq!(r.bytes().as_ref(), &body[1000..2000]);
     let origin_requests = origin.log();
     assert!(origin_requests.iter().all(|l| l.header("Range").is_none()), "the fill fetches the whole blob");
-    berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
-    })
-    .await;
+    edge.published(digest).await;
     let full = client::get(&url).await;
     assert_eq!(full.header("x-berth-cache"), Some("hit"));
     assert_eq!(full.bytes().as_ref(), body.as_slice());
@@ -124,10 +115,7 @@ async fn a_restarted_edge_serves_its_cached_blobs_without_the_origin() {
     let edge = edge::start(&origin.url());
     let path = format!("/v2/{REPO}/blobs/{digest}");
     assert_eq!(client::get(&format!("{}{path}", edge.url())).await.bytes().len(), body.len());
-    berth_tests::eventually("fill published", Duration::from_secs(20), || {
-        edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(digest)).is_some()
-    })
-    .await;
+    edge.published(digest).await;
     let config = edge.running().state.config.clone();
     let dir = edge.stop();
     drop(origin);
@@ -152,18 +140,14 @@ async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
         c.cache.disk_max = berth_shared::ByteSize::kib(1000);
     });
     let url = |d: &berth_shared::Digest| format!("{}/v2/{REPO}/blobs/{d}", edge.url());
-    let published = |d: berth_shared::Digest| {
-        let store = edge.running().state.fills.store().clone();
-        move || store.contains(&berth_edge::cache::EntryKey::blob(d)).is_some()
-    };
     for d in &blobs[..2] {
         client::get(&url(d)).await.bytes();
-        berth_tests::eventually("published", Duration::from_secs(20), published(*d)).await;
+        edge.published(*d).await;
     }
     client::head(&url(&blobs[0])).await; // HEAD does not count as use
     client::get(&url(&blobs[0])).await.bytes(); // blob 0 is now the most recently used
     client::get(&url(&blobs[2])).await.bytes();
-    berth_tests::eventually("published", Duration::from_secs(20), published(blobs[2])).await;
+    edge.published(blobs[2]).await;
 
     let store = edge.running().state.fills.store();
     assert!(store.contains(&berth_edge::cache::EntryKey::blob(blobs[1])).is_none(), "LRU blob evicted");
