@@ -3,11 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use berth_shared::protocol::EdgeReport;
+use berth_shared::protocol::{EdgeReport, JobState};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
+
+/// Finished jobs remembered per edge beyond what it reports.
+const KEEP_FINISHED: usize = 1000;
 
 /// An edge as the distributor knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,10 +40,20 @@ impl Fleet {
         Ok(Fleet { store, edges: RwLock::new(edges) })
     }
 
-    /// Records a report (the first one registers the edge).
-    pub fn record(&self, report: EdgeReport) -> Result<EdgeRecord, StoreError> {
+    /// Records a report (the first one registers the edge). A job the edge finished stays
+    /// finished even once the edge stops reporting it.
+    pub fn record(&self, mut report: EdgeReport) -> Result<EdgeRecord, StoreError> {
         let now = now_ms();
-        let first_seen_ms = self.edges.read().get(&report.id).map_or(now, |e| e.first_seen_ms);
+        let previous = self.edges.read().get(&report.id).cloned();
+        let first_seen_ms = previous.as_ref().map_or(now, |e| e.first_seen_ms);
+        if let Some(previous) = previous {
+            let finished = previous.report.prefetch.into_iter().filter(|p| {
+                matches!(p.state, JobState::Done | JobState::Failed) && !report.prefetch.iter().any(|n| n.job == p.job)
+            });
+            let mut kept: Vec<_> = finished.collect();
+            kept.truncate(KEEP_FINISHED);
+            report.prefetch.extend(kept);
+        }
         let record = EdgeRecord {
             id: report.id.clone(),
             region: report.region.clone(),

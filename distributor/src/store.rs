@@ -77,8 +77,9 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Appends an event with the next version number.
-    pub fn append(&self, action: Action) -> Result<PolicyEvent, StoreError> {
+    /// Appends an event with the next version number; a prefetch order's job record is written
+    /// in the same transaction.
+    pub fn append(&self, action: Action, now_ms: u64) -> Result<PolicyEvent, StoreError> {
         let w = self.db.begin_write()?;
         let event = {
             let mut meta = w.open_table(META)?;
@@ -86,6 +87,10 @@ impl Store {
             meta.insert(NEXT_VERSION, version + 1)?;
             let event = PolicyEvent { version, action };
             w.open_table(EVENTS)?.insert(version, json(&event)?.as_slice())?;
+            if let Action::Prefetch(order) = &event.action {
+                let job = Job { id: order.job.clone(), order: order.clone(), version, created_ms: now_ms };
+                w.open_table(JOBS)?.insert(job.id.as_str(), json(&job)?.as_slice())?;
+            }
             event
         };
         w.commit()?;
@@ -157,10 +162,6 @@ impl Store {
         Ok(out)
     }
 
-    pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.put(JOBS, &job.id, job, redb::Durability::Immediate)
-    }
-
     pub fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let r = self.db.begin_read()?;
         let jobs = r.open_table(JOBS)?;
@@ -227,11 +228,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.append(inv("a", false)).unwrap().version, 1);
-            assert_eq!(store.append(inv("b", false)).unwrap().version, 2);
+            assert_eq!(store.append(inv("a", false), 0).unwrap().version, 1);
+            assert_eq!(store.append(inv("b", false), 0).unwrap().version, 2);
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.append(inv("c", false)).unwrap().version, 3);
+        assert_eq!(store.append(inv("c", false), 0).unwrap().version, 3);
         let since: Vec<u64> = store.events_since(1, 10).unwrap().iter().map(|e| e.version).collect();
         assert_eq!(since, vec![2, 3]);
     }
@@ -240,9 +241,9 @@ mod tests {
     fn should_compact_keeping_purges_for_snapshots() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.append(inv("purged", true)).unwrap();
+        store.append(inv("purged", true), 0).unwrap();
         for r in ["a", "b", "c"] {
-            store.append(inv(r, false)).unwrap();
+            store.append(inv(r, false), 0).unwrap();
         }
         assert_eq!(store.compact(2).unwrap(), 2);
         assert_eq!(store.versions().unwrap(), (4, 2));
@@ -250,6 +251,6 @@ mod tests {
         let purges = store.compacted_purges().unwrap();
         assert_eq!(purges.len(), 1);
         assert_eq!(purges[0].repository, "purged");
-        assert_eq!(store.append(inv("d", false)).unwrap().version, 5, "compaction never reuses versions");
+        assert_eq!(store.append(inv("d", false), 0).unwrap().version, 5, "compaction never reuses versions");
     }
 }

@@ -33,6 +33,10 @@ pub enum Fault {
     Gate { after: usize, gate: Arc<Notify>, corrupt: bool },
     /// A 307 to `base` + the same path.
     Redirect { base: String },
+    /// Wait for the gate, then answer this status.
+    GateStatus { status: u16, gate: Arc<Notify> },
+    /// `200` with an empty body (`Content-Length: 0`) and the real digest header.
+    Empty,
 }
 
 /// How the origin authenticates.
@@ -254,6 +258,15 @@ async fn respond(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>
         (Some(Fault::Status(code)), _) => {
             let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"scripted {code}"}}]}}"#);
             simple(socket, *code, &[], body.as_bytes(), is_head).await
+        }
+        (Some(Fault::GateStatus { status, gate }), _) => {
+            gate.notified().await;
+            let body = format!(r#"{{"errors":[{{"code":"NAME_UNKNOWN","message":"scripted {status}"}}]}}"#);
+            simple(socket, *status, &[], body.as_bytes(), is_head).await
+        }
+        (Some(Fault::Empty), Some(object)) => {
+            let headers = [("Docker-Content-Digest", object.digest.to_string())];
+            simple(socket, 200, &headers, b"", is_head).await
         }
         (Some(Fault::StallHeaders), _) => {
             std::future::pending::<()>().await;

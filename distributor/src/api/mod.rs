@@ -22,7 +22,7 @@ use self::auth::Role;
 use self::error::ApiError;
 use crate::config::Tokens;
 use crate::fleet::{now_ms, Fleet};
-use crate::jobs::{self, Job, JobStatus};
+use crate::jobs::{self, JobStatus};
 use crate::metrics::Metrics;
 use crate::policy::PolicyLog;
 use crate::store::Store;
@@ -90,15 +90,10 @@ async fn create_prefetch(State(s): Shared, headers: HeaderMap, body: Bytes) -> R
         platforms: request.platforms,
     };
     order.validate().map_err(|e| ApiError::bad_field(e.field, e.message))?;
-    let event = s.log.append(Action::Prefetch(order.clone())).await?;
-    let job = Job { id: id.clone(), order, version: event.version, created_ms: now_ms() };
-    let store = Arc::clone(&s.store);
-    let stored = job.clone();
-    tokio::task::spawn_blocking(move || store.put_job(&stored))
-        .await
-        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    let images = order.images.clone();
+    let event = s.log.append(Action::Prefetch(order)).await?;
     s.metrics.events.with_label_values(&["prefetch"]).inc();
-    tracing::info!(job = %id, version = event.version, images = ?job.order.images, "prefetch ordered");
+    tracing::info!(job = %id, version = event.version, ?images, "prefetch ordered");
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
 }
 
@@ -203,6 +198,15 @@ async fn watch(State(s): Shared, headers: HeaderMap, Query(q): Query<WatchQuery>
         None | Some("") => 0,
         Some(v) => v.parse::<u64>().map_err(|_| ApiError::bad_field("since", "must be a version number"))?,
     };
+    let (latest, _) = s.log.versions().await?;
+    if since > latest {
+        // The edge knows versions this log never had (its store was replaced): it must start over.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ahead_of_log",
+            format!("since={since} is ahead of the policy log (latest {latest}); resume from 0"),
+        ));
+    }
     let lines =
         crate::push::watch::stream(Arc::clone(&s.log), since, s.keepalive, Arc::clone(&s.metrics), s.closing.clone());
     let stream = futures_util::stream::unfold(lines, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });

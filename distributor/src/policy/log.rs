@@ -8,6 +8,10 @@ use tokio::sync::{broadcast, Mutex};
 
 use crate::store::{Store, StoreError};
 
+/// Prefetch orders carried in a snapshot (the newest): an edge behind the log warms what was
+/// ordered recently, not the whole history.
+const SNAPSHOT_JOBS: usize = 1000;
+
 /// Live subscribers hear of events through this many buffered slots; a slower one re-reads the
 /// store.
 const BROADCAST_CAPACITY: usize = 1024;
@@ -37,13 +41,13 @@ impl PolicyLog {
         let _guard = self.append_lock.lock().await;
         let store = Arc::clone(&self.store);
         let keep = self.keep;
-        let event = blocking(move || {
-            let event = store.append(action)?;
-            store.compact(keep)?;
-            Ok(event)
-        })
-        .await?;
+        let appended = Arc::clone(&store);
+        let event = blocking(move || appended.append(action, crate::fleet::now_ms())).await?;
         let _ = self.tx.send(event.clone());
+        // Compaction is housekeeping: the event is committed and announced whatever happens here.
+        if let Err(e) = blocking(move || store.compact(keep)).await {
+            tracing::warn!(error = %e, "policy log compaction failed");
+        }
         Ok(event)
     }
 
@@ -69,7 +73,10 @@ impl PolicyLog {
         let store = Arc::clone(&self.store);
         blocking(move || {
             let (_, compacted) = store.versions()?;
-            let prefetch = store.jobs()?.into_iter().filter(|j| j.version <= compacted).map(|j| j.order).collect();
+            let mut jobs: Vec<_> = store.jobs()?.into_iter().filter(|j| j.version <= compacted).collect();
+            jobs.sort_by_key(|j| std::cmp::Reverse(j.version));
+            jobs.truncate(SNAPSHOT_JOBS);
+            let prefetch = jobs.into_iter().rev().map(|j| j.order).collect();
             Ok(Snapshot { version: compacted, prefetch, purged: store.compacted_purges()?, reset_tags: true })
         })
         .await

@@ -104,6 +104,16 @@ async fn catch_up(
         if batch.is_empty() {
             return Ok(cursor);
         }
+        if batch[0].version != cursor + 1 {
+            // The log was compacted past the cursor (versions are otherwise contiguous): what
+            // is gone comes as a snapshot.
+            let snapshot = log.snapshot().await?;
+            if snapshot.version > cursor {
+                cursor = snapshot.version;
+                send(tx, &WatchLine::Snapshot(snapshot)).await?;
+                continue;
+            }
+        }
         for event in batch {
             cursor = event.version;
             send(tx, &WatchLine::Event(event)).await?;

@@ -14,6 +14,7 @@ use berth_shared::Digest;
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 
+use super::flight::Flight;
 use super::index::{DiskIndex, NoRoom, Reservation, Victims};
 use super::{blocking, xattr, EntryKey, Kind};
 use crate::metrics::Metrics;
@@ -42,6 +43,11 @@ pub struct DiskStore {
     temp_seq: AtomicU64,
     /// When and why the disk last failed.
     degraded: Mutex<Option<(Instant, String)>>,
+    /// First-use verifications in progress (one per entry, shared by concurrent requests).
+    verifying: Flight<EntryKey, bool>,
+    /// Serialises index-and-file changes (publish, evict, remove), so a delete for an evicted
+    /// entry never removes a newer file published under the same name.
+    files: Mutex<()>,
 }
 
 impl DiskStore {
@@ -63,6 +69,8 @@ impl DiskStore {
             metrics,
             temp_seq: AtomicU64::new(0),
             degraded: Mutex::new(None),
+            verifying: Flight::default(),
+            files: Mutex::new(()),
         });
         store.rebuild_index()?;
         metrics_update(&store);
@@ -96,22 +104,18 @@ impl DiskStore {
     /// a miss, never served.
     pub async fn open_entry(self: &Arc<Self>, key: EntryKey) -> Option<(Arc<File>, u64)> {
         let found = self.index.touch(&key)?;
+        if !found.verified && key.kind == Kind::Blob && !self.verify_once(key, found.size).await {
+            return None;
+        }
         let path = self.entry_path(&key);
-        let check_hash = !found.verified && key.kind == Kind::Blob;
         let opened = blocking(move || {
             let file = File::open(&path)?;
             let actual = file.metadata()?.len();
-            let matches = actual == found.size && (!check_hash || hash_file(&file)? == key.digest);
-            Ok((file, actual, matches))
+            Ok((file, actual, actual == found.size))
         })
         .await;
         match opened {
-            Ok((file, _, true)) => {
-                if check_hash {
-                    self.index.mark_verified(&key);
-                }
-                Some((Arc::new(file), found.size))
-            }
+            Ok((file, _, true)) => Some((Arc::new(file), found.size)),
             Ok((_, actual, false)) => {
                 tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), expected = found.size, actual, "cached file damaged (size or content): dropped");
                 self.drop_damaged(key).await;
@@ -125,6 +129,32 @@ impl DiskStore {
         }
     }
 
+    /// Hashes a blob not yet verified since start, once for all concurrent requests; drops it if
+    /// it does not match. Returns whether it may be served.
+    async fn verify_once(self: &Arc<Self>, key: EntryKey, size: u64) -> bool {
+        let store = Arc::clone(self);
+        let check = move || async move {
+            let path = store.entry_path(&key);
+            let checked = blocking(move || {
+                let file = File::open(&path)?;
+                Ok(file.metadata()?.len() == size && hash_file(&file)? == key.digest)
+            })
+            .await;
+            match checked {
+                Ok(true) => {
+                    store.index.mark_verified(&key);
+                    true
+                }
+                outcome => {
+                    tracing::warn!(digest = %key.digest, ?outcome, "cached blob does not verify (size, content or unreadable): dropped");
+                    store.drop_damaged(key).await;
+                    false
+                }
+            }
+        };
+        self.verifying.run(key, check, |_| false).await.0
+    }
+
     /// Hashes an entry's file (the scrub), reading at most `rate` bytes per second. Returns
     /// whether it matched; a damaged entry is dropped.
     pub async fn verify(self: &Arc<Self>, key: EntryKey, rate: u64) -> io::Result<bool> {
@@ -133,6 +163,7 @@ impl DiskStore {
         let file = match blocking(move || File::open(path)).await {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.metrics.scrub_failures.inc();
                 self.drop_damaged(key).await;
                 return Ok(false);
             }
@@ -168,6 +199,7 @@ impl DiskStore {
             self.index.mark_verified(&key);
         } else if self.index.peek(&key).is_some() {
             tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), "scrub: cached file does not hash to its digest: dropped");
+            self.metrics.scrub_failures.inc();
             self.drop_damaged(key).await;
         }
         Ok(ok)
@@ -208,13 +240,15 @@ impl DiskStore {
 
     /// Removes an entry from the index and the disk. Returns whether it was present.
     pub async fn remove(self: &Arc<Self>, key: EntryKey) -> bool {
-        let present = self.index.remove(&key).is_some();
-        let path = self.entry_path(&key);
-        let _ = blocking(move || match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let store = Arc::clone(self);
+        let present = blocking(move || {
+            let _files = store.files.lock();
+            let present = store.index.remove(&key).is_some();
+            unlink(&store.entry_path(&key));
+            Ok(present)
         })
-        .await;
+        .await
+        .unwrap_or(false);
         metrics_update(self);
         present
     }
@@ -237,17 +271,38 @@ impl DiskStore {
     }
 
     /// Reserves room for `bytes`, evicting least recently used entries.
-    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation, NoRoom> {
+    /// Blocking: evicted files are deleted before it returns.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation, NoRoom> {
+        let _files = self.files.lock();
         let (reservation, victims) = self.index.reserve(bytes)?;
         self.delete_victims(victims);
         Ok(reservation)
     }
 
-    /// Grows a reservation, evicting as needed.
-    pub fn grow(self: &Arc<Self>, reservation: &mut Reservation, more: u64) -> Result<(), NoRoom> {
+    /// Grows a reservation, evicting as needed. Blocking, like `reserve`.
+    pub fn grow(&self, reservation: &mut Reservation, more: u64) -> Result<(), NoRoom> {
+        let _files = self.files.lock();
         let victims = reservation.grow(more)?;
         self.delete_victims(victims);
         Ok(())
+    }
+
+    /// `reserve` on the blocking pool.
+    pub async fn reserve_async(self: &Arc<Self>, bytes: u64) -> Result<Reservation, NoRoom> {
+        let store = Arc::clone(self);
+        blocking(move || Ok(store.reserve(bytes))).await.unwrap_or(Err(NoRoom { wanted: bytes, max: self.index.max() }))
+    }
+
+    /// `grow` on the blocking pool; on failure the reservation is released.
+    pub async fn grow_async(self: &Arc<Self>, reservation: Reservation, more: u64) -> Result<Reservation, NoRoom> {
+        let store = Arc::clone(self);
+        let wanted = reservation.bytes() + more;
+        let grown = tokio::task::spawn_blocking(move || {
+            let mut reservation = reservation;
+            store.grow(&mut reservation, more).map(|_| reservation)
+        })
+        .await;
+        grown.unwrap_or(Err(NoRoom { wanted, max: self.index.max() }))
     }
 
     /// Moves a verified temp file into place and adds it to the index. Blocking.
@@ -257,6 +312,8 @@ impl DiskStore {
             fs::create_dir_all(parent)?;
         }
         xattr::set_size(temp, size);
+        // Under the files lock: an eviction of this key cannot delete the new file after it.
+        let _files = self.files.lock();
         fs::rename(temp, &path)?;
         reservation.commit(key, size);
         metrics_update(self);
@@ -264,7 +321,8 @@ impl DiskStore {
         Ok(())
     }
 
-    fn delete_victims(self: &Arc<Self>, victims: Victims) {
+    /// Deletes evicted files; the caller holds the files lock.
+    fn delete_victims(&self, victims: Victims) {
         if victims.is_empty() {
             return;
         }
@@ -272,16 +330,9 @@ impl DiskStore {
         self.metrics.evictions.inc_by(victims.len() as u64);
         self.metrics.evicted_bytes.inc_by(bytes);
         metrics_update(self);
-        let paths: Vec<PathBuf> = victims.iter().map(|(key, _)| self.entry_path(key)).collect();
-        tokio::task::spawn_blocking(move || {
-            for path in paths {
-                if let Err(e) = fs::remove_file(&path) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(path = %path.display(), error = %e, "evicted file could not be deleted");
-                    }
-                }
-            }
-        });
+        for (key, _) in &victims {
+            unlink(&self.entry_path(key));
+        }
     }
 
     /// Walks the entry folders: every well-named file becomes an index entry, oldest first;
@@ -352,6 +403,15 @@ fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>, m
                 tracing::warn!(path = %file.path().display(), "stray file in cache folder: removed");
                 let _ = fs::remove_file(file.path());
             }
+        }
+    }
+}
+
+/// Deletes a file; a missing one is fine, other errors are logged.
+fn unlink(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cached file could not be deleted");
         }
     }
 }

@@ -43,6 +43,8 @@ pub enum FillError {
     TooLong { expected: u64 },
     #[error("cache disk failed: {0}")]
     Disk(String),
+    #[error("upstream sent different bytes for the same digest on a second fetch")]
+    Inconsistent,
 }
 
 impl FillError {
@@ -53,6 +55,7 @@ impl FillError {
             FillError::DigestMismatch { .. } => "digest_mismatch",
             FillError::Truncated { .. } | FillError::TooLong { .. } => "truncated",
             FillError::Disk(_) => "disk",
+            FillError::Inconsistent => "digest_mismatch",
         }
     }
 }
@@ -79,6 +82,11 @@ pub enum FillState {
 /// One fill in flight.
 pub struct Fill {
     pub digest: Digest,
+    /// The upstream and repository the fill fetches from (the first requester's).
+    pub upstream: String,
+    pub repository: RepositoryName,
+    /// Requests following this fill now.
+    pub(super) readers: std::sync::atomic::AtomicUsize,
     /// A read handle on the temp file; readers use positioned reads, so it is shared.
     pub(super) file: Arc<File>,
     state: watch::Receiver<FillState>,
@@ -159,21 +167,24 @@ impl Fills {
             if let Some((file, size)) = self.store.open_entry(key).await {
                 return Ok(Lookup::Cached(file, size));
             }
-            let mut inflight = self.inflight.lock();
-            if let Some(fill) = inflight.get(&digest) {
-                return Ok(Lookup::Filling { fill: Arc::clone(fill), started: false });
-            }
-            if self.store.contains(&key).is_some() {
-                // Published between our disk check and taking the lock.
-                continue;
+            if let Some(found) = self.join_existing(&key) {
+                match found {
+                    Some(fill) => return Ok(Lookup::Filling { fill, started: false }),
+                    None => continue, // published between our disk check and now
+                }
             }
             if self.store.degraded().is_some() {
                 return Ok(Lookup::Bypass);
             }
-            let files = self.store.create_temp().and_then(|(temp, writer)| {
+            // The temp file is made on the blocking pool, outside the lock: a slow disk must not
+            // stall the workers.
+            let store = Arc::clone(&self.store);
+            let files = blocking(move || {
+                let (temp, writer) = store.create_temp()?;
                 let reader = writer.try_clone()?;
                 Ok((temp, writer, reader))
-            });
+            })
+            .await;
             let (temp, writer, reader) = match files {
                 Ok(files) => files,
                 Err(e) => {
@@ -182,9 +193,27 @@ impl Fills {
                 }
             };
             let (tx, rx) = watch::channel(FillState::Connecting);
-            let fill = Arc::new(Fill { digest, file: Arc::new(reader), state: rx });
-            inflight.insert(digest, Arc::clone(&fill));
-            drop(inflight);
+            let fill = Arc::new(Fill {
+                digest,
+                file: Arc::new(reader),
+                state: rx,
+                upstream: upstream.name.clone(),
+                repository: repository.clone(),
+                readers: Default::default(),
+            });
+            let registered = {
+                let mut inflight = self.inflight.lock();
+                let free = !inflight.contains_key(&digest) && self.store.contains(&key).is_none();
+                if free {
+                    inflight.insert(digest, Arc::clone(&fill));
+                }
+                free
+            };
+            if !registered {
+                // Someone else started it (or it was published) meanwhile: use theirs.
+                let _ = blocking(move || std::fs::remove_file(temp)).await;
+                continue;
+            }
             let job = FillJob {
                 fills: Arc::clone(self),
                 fill: Arc::clone(&fill),
@@ -199,9 +228,24 @@ impl Fills {
         }
     }
 
+    /// `Some(Some(fill))` to join a fill in flight, `Some(None)` if the blob is now published,
+    /// `None` if neither.
+    fn join_existing(&self, key: &EntryKey) -> Option<Option<Arc<Fill>>> {
+        let inflight = self.inflight.lock();
+        if let Some(fill) = inflight.get(&key.digest) {
+            return Some(Some(Arc::clone(fill)));
+        }
+        self.store.contains(key).map(|_| None)
+    }
+
     /// The fill in flight for a digest, if any.
     pub fn in_flight_for(&self, digest: &Digest) -> Option<Arc<Fill>> {
         self.inflight.lock().get(digest).cloned()
+    }
+
+    /// How many requests are following the fill of a digest (0 if none runs).
+    pub fn readers(&self, digest: &Digest) -> usize {
+        self.in_flight_for(digest).map_or(0, |fill| fill.readers.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Number of fills running.
@@ -236,6 +280,7 @@ impl FillJob {
             Ok(Finished::NotKept) => tracing::warn!("fill served but not cached: the disk failed"),
             Ok(Finished::Bypass) => {
                 tracing::info!("blob larger than the disk budget: served without caching");
+                fills.finish(&fill);
                 let _ = tx.send(FillState::Bypass);
             }
             Err(e) => {
@@ -246,10 +291,16 @@ impl FillJob {
                     _ => {}
                 }
                 tracing::warn!(error = %e, "fill failed: nothing cached");
+                // Out of the table before readers hear of it: a retry starts a new fill.
+                fills.finish(&fill);
                 let _ = tx.send(FillState::Failed(e));
             }
         }
-        let _ = std::fs::remove_file(&temp);
+        let _ = blocking(move || match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
         fills.finish(&fill);
         metrics.fills_in_flight.dec();
     }
@@ -260,7 +311,7 @@ impl FillJob {
         fills.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob"]).inc();
         let mut response = upstream.fetch(Method::GET, &repository, &path, None).await?;
         let total = response.content_length();
-        let mut reservation = match fills.store.reserve(total.unwrap_or(RESERVE_STEP)) {
+        let mut reservation = match fills.store.reserve_async(total.unwrap_or(RESERVE_STEP)).await {
             Ok(r) => r,
             Err(_) => return Ok(Finished::Bypass),
         };
@@ -294,9 +345,10 @@ impl FillJob {
             }
             if after > reservation.bytes() {
                 let more = (after - reservation.bytes()).max(RESERVE_STEP);
-                if fills.store.grow(&mut reservation, more).is_err() {
-                    return Ok(Finished::Bypass);
-                }
+                reservation = match fills.store.grow_async(reservation, more).await {
+                    Ok(r) => r,
+                    Err(_) => return Ok(Finished::Bypass),
+                };
             }
             sink.write(batch).await?;
             tx.send_replace(FillState::Streaming { total, written: sink.written });

@@ -89,7 +89,9 @@ pub struct ManifestCache {
     metrics: Arc<Metrics>,
     tags: moka::sync::Cache<TagKey, TagEntry>,
     tag_flight: Flight<TagKey, Result<(TagEntry, Freshness), ManifestError>>,
-    digest_flight: Flight<Digest, Result<StoredManifest, ManifestError>>,
+    /// Keyed by upstream and repository too: a request for another repository that the
+    /// upstream refuses must not fail this one.
+    digest_flight: Flight<(String, RepositoryName, Digest), Result<StoredManifest, ManifestError>>,
 }
 
 impl ManifestCache {
@@ -118,6 +120,7 @@ impl ManifestCache {
         digest: Digest,
         accept: &AcceptList,
     ) -> Result<(StoredManifest, Found), ManifestError> {
+        refuse_if_nothing_acceptable(accept)?;
         let key = EntryKey::manifest(digest);
         let in_memory = self
             .memory
@@ -138,7 +141,10 @@ impl ManifestCache {
                     Arc::clone(&self.store),
                     Arc::clone(&self.metrics),
                 );
-                let (result, joined) = self.digest_flight.run(digest, || fetch, |e| Err(ManifestError::Disk(e))).await;
+                let (result, joined) = self
+                    .digest_flight
+                    .run((upstream.name.clone(), repository.clone(), digest), || fetch, |e| Err(ManifestError::Disk(e)))
+                    .await;
                 (result?, if joined { Found::Coalesced } else { Found::Fetched })
             }
         };
@@ -160,11 +166,12 @@ impl ManifestCache {
         tag: &Tag,
         accept: &AcceptList,
     ) -> Result<(TagEntry, Freshness), ManifestError> {
+        refuse_if_nothing_acceptable(accept)?;
         let key = TagKey {
             upstream: upstream.name.clone(),
             repository: repository.clone(),
             tag: tag.clone(),
-            accept: accept.clone(),
+            accept: *accept,
         };
         let previous = self.tags.get(&key);
         if let Some(entry) = previous.as_ref().filter(|e| e.confirmed.elapsed() < upstream.config.tag_ttl.get()) {
@@ -218,6 +225,15 @@ impl ManifestCache {
             self.tags.invalidate_all();
         }
     }
+}
+
+/// A client that named only media types Berth does not serve gets a refusal, not an upstream
+/// request.
+fn refuse_if_nothing_acceptable(accept: &AcceptList) -> Result<(), ManifestError> {
+    if !accept.is_unspecified() && accept.upstream_header().is_empty() {
+        return Err(ManifestError::NotAcceptable { media_type: "any manifest type this mirror serves".into() });
+    }
+    Ok(())
 }
 
 struct RevalidateJob {
@@ -379,12 +395,12 @@ async fn write_stored(store: &Arc<DiskStore>, manifest: &StoredManifest) -> Resu
     content.push(b'\n');
     content.extend_from_slice(&manifest.bytes);
     let size = content.len() as u64;
-    let Ok(reservation) = store.reserve(size) else {
-        return Ok(()); // served, not cached: larger than the whole budget
-    };
     let store = Arc::clone(store);
     blocking(move || {
         use std::io::Write;
+        let Ok(reservation) = store.reserve(size) else {
+            return Ok(()); // served, not cached: larger than the whole budget
+        };
         let (path, mut file) = store.create_temp()?;
         let written = file.write_all(&content).and_then(|_| file.sync_data());
         if let Err(e) = written.and_then(|_| store.publish(&path, key, size, reservation)) {

@@ -24,10 +24,8 @@ pub async fn run(store: Arc<DiskStore>, rate: u64, mut shutdown: watch::Receiver
             }
             let checked = store.verify(key, rate).await;
             store.metrics().scrubbed_entries.inc();
-            match checked {
-                Ok(true) => {}
-                Ok(false) => store.metrics().scrub_failures.inc(),
-                Err(e) => tracing::warn!(digest = %key.digest, error = %e, "scrub: cannot read cached file"),
+            if let Err(e) = checked {
+                tracing::warn!(digest = %key.digest, error = %e, "scrub: cannot read cached file");
             }
         }
         tokio::select! {

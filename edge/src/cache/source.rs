@@ -112,8 +112,11 @@ impl BlobSource {
         let BlobSource::Fill(reader) = self else { return Err(FillError::Disk(reason)) };
         let Some(fallback) = reader.fallback.take() else { return Err(FillError::Disk(reason)) };
         tracing::warn!(%reason, digest = %reader.fill.digest, "fill lost its disk: continuing from the upstream");
-        let direct =
+        let mut direct =
             DirectReader::open(&fallback.upstream, &fallback.repository, reader.fill.digest, fallback.metrics).await?;
+        // The bytes already sent came from the first fetch: the second must match them, or the
+        // response (hashed from the second) would mix two contents.
+        direct.sent = Some((Arc::clone(&reader.fill.file), reader.read_upto));
         *self = BlobSource::Direct(Box::new(direct));
         Ok(())
     }
@@ -213,31 +216,57 @@ pub enum FillStart {
 }
 
 /// A reader following a fill in flight.
+/// Counts a request as a reader of a fill while it lives.
+struct Following(Arc<Fill>);
+
+impl Following {
+    fn new(fill: Arc<Fill>) -> Self {
+        fill.readers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Following(fill)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl std::ops::Deref for Following {
+    type Target = Fill;
+    fn deref(&self) -> &Fill {
+        &self.0
+    }
+}
+
 pub struct FillReader {
-    fill: Arc<Fill>,
+    fill: Following,
     rx: watch::Receiver<FillState>,
     total: Option<u64>,
     fallback: Option<Fallback>,
+    /// End of the furthest range read so far (what a fallback must match).
+    read_upto: u64,
 }
 
 impl FillReader {
     /// Waits for the upstream's answer to the fill. A fill that fails on its disk before it
     /// streams sends its readers to the upstream directly (`Bypass`).
     pub async fn start(fill: Arc<Fill>, fallback: Option<Fallback>) -> Result<FillStart, FillError> {
+        let fill = Following::new(fill);
         let mut rx = fill.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
             let total = match state {
                 FillState::Connecting => None,
                 FillState::Streaming { total, .. } => {
-                    return Ok(FillStart::Reader(FillReader { fill, rx, total, fallback }));
+                    return Ok(FillStart::Reader(FillReader { fill, rx, total, fallback, read_upto: 0 }));
                 }
                 FillState::Verified { size } => Some(size),
                 FillState::Bypass | FillState::Failed(FillError::Disk(_)) => return Ok(FillStart::Bypass),
                 FillState::Failed(e) => return Err(e),
             };
             if let Some(size) = total {
-                return Ok(FillStart::Reader(FillReader { fill, rx, total: Some(size), fallback }));
+                return Ok(FillStart::Reader(FillReader { fill, rx, total: Some(size), fallback, read_upto: 0 }));
             }
             wait_change(&mut rx).await?;
         }
@@ -260,7 +289,11 @@ impl FillReader {
 
     async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
         let available = self.available(offset).await?;
-        read_at(&self.fill.file, offset, available.min(max as u64) as usize).await
+        let piece = read_at(&self.fill.file, offset, available.min(max as u64) as usize).await?;
+        if let Some(p) = &piece {
+            self.read_upto = self.read_upto.max(offset + p.len() as u64);
+        }
+        Ok(piece)
     }
 
     async fn verified(&mut self) -> Result<u64, FillError> {
@@ -291,6 +324,9 @@ pub struct DirectReader {
     pending: Option<(u64, Bytes)>,
     upstream: String,
     metrics: Arc<Metrics>,
+    /// After a fallback: a file holding the bytes already sent, and how many; what this fetch
+    /// receives for that range must be the same.
+    sent: Option<(Arc<File>, u64)>,
 }
 
 impl DirectReader {
@@ -311,6 +347,7 @@ impl DirectReader {
             pending: None,
             upstream: upstream.name.clone(),
             metrics,
+            sent: None,
         })
     }
 
@@ -320,6 +357,7 @@ impl DirectReader {
                 FillError::Upstream(UpstreamError::Client { upstream: self.upstream.clone(), source })
             })?;
         if let Some(c) = &chunk {
+            self.check_sent(self.received, c).await?;
             self.hasher.update(c);
             self.received += c.len() as u64;
             self.metrics.upstream_bytes.with_label_values(&[&self.upstream]).inc_by(c.len() as u64);
@@ -328,6 +366,20 @@ impl DirectReader {
             }
         }
         Ok(chunk)
+    }
+
+    /// Compares a received piece at `position` with the bytes already sent, where they overlap.
+    async fn check_sent(&self, position: u64, piece: &Bytes) -> Result<(), FillError> {
+        let Some((file, upto)) = &self.sent else { return Ok(()) };
+        if position >= *upto {
+            return Ok(());
+        }
+        let len = (*upto - position).min(piece.len() as u64) as usize;
+        let earlier = read_at(file, position, len).await?.unwrap_or_default();
+        if earlier.as_ref() != &piece[..len] {
+            return Err(FillError::Inconsistent);
+        }
+        Ok(())
     }
 
     async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {

@@ -45,13 +45,35 @@ impl Policy {
         if version <= self.applied() {
             return;
         }
+        self.store_applied(version);
+    }
+
+    /// An event this edge cannot apply: its version still counts as applied, in order.
+    pub fn skip_event(&self, version: u64) {
+        self.set_applied(version);
+    }
+
+    /// The distributor's log restarted below this edge's version: start over from 0.
+    pub fn reset_applied(&self) {
+        self.store_applied(0);
+    }
+
+    fn store_applied(&self, version: u64) {
         self.applied.store(version, Ordering::SeqCst);
         self.state.metrics.policy_version.set(version as i64);
-        let temp = self.version_file.with_extension("tmp");
-        let written =
-            std::fs::write(&temp, format!("{version}\n")).and_then(|_| std::fs::rename(&temp, &self.version_file));
-        if let Err(e) = written {
+        if let Err(e) = write_atomically(&self.version_file, format!("{version}\n").as_bytes()) {
             tracing::warn!(error = %e, version, "cannot persist the applied policy version");
         }
     }
+}
+
+/// Writes a small file by temp file, fsync and rename: after a crash it holds the old or the new
+/// content, never a mix.
+pub(crate) fn write_atomically(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
 }

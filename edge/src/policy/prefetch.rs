@@ -27,21 +27,44 @@ const KEEP_FINISHED: usize = 200;
 pub struct PrefetchJobs {
     state: Arc<EdgeState>,
     jobs: Mutex<BTreeMap<String, PrefetchProgress>>,
+    /// Orders not finished yet: kept on disk with `jobs`, so a restart carries them out.
+    orders: Mutex<BTreeMap<String, PrefetchOrder>>,
     queue: mpsc::UnboundedSender<PrefetchOrder>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<PrefetchOrder>>>,
     changed: tokio::sync::Notify,
+    save: tokio::sync::Notify,
+    file: std::path::PathBuf,
+}
+
+/// What `<cache.dir>/prefetch-jobs.json` holds.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    jobs: Vec<PrefetchProgress>,
+    pending: Vec<PrefetchOrder>,
 }
 
 impl PrefetchJobs {
+    /// Loads the jobs of the previous run: finished ones are remembered, unfinished ones start
+    /// again.
     pub fn new(state: Arc<EdgeState>) -> Arc<Self> {
         let (queue, receiver) = mpsc::unbounded_channel();
-        Arc::new(PrefetchJobs {
+        let file = state.config.cache.dir.join("prefetch-jobs.json");
+        let saved: Saved = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let jobs = Arc::new(PrefetchJobs {
             state,
-            jobs: Mutex::new(BTreeMap::new()),
+            jobs: Mutex::new(saved.jobs.into_iter().map(|p| (p.job.clone(), p)).collect()),
+            orders: Mutex::new(BTreeMap::new()),
             queue,
             receiver: Mutex::new(Some(receiver)),
             changed: tokio::sync::Notify::new(),
-        })
+            save: tokio::sync::Notify::new(),
+            file,
+        });
+        for order in saved.pending {
+            jobs.jobs.lock().remove(&order.job);
+            jobs.enqueue(order);
+        }
+        jobs
     }
 
     /// Queues an order (started by `run`); a job already known is not started again.
@@ -51,7 +74,23 @@ impl PrefetchJobs {
             return;
         }
         jobs.insert(order.job.clone(), progress(&order.job, JobState::Pending));
+        self.orders.lock().insert(order.job.clone(), order.clone());
         let _ = self.queue.send(order);
+        self.save.notify_one();
+    }
+
+    /// Writes the jobs and the unfinished orders (on the blocking pool).
+    async fn persist(&self) {
+        let saved = Saved { jobs: self.progress(), pending: self.orders.lock().values().cloned().collect() };
+        let file = self.file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+            super::write_atomically(&file, &bytes)
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "cannot save prefetch jobs");
+        }
     }
 
     /// Every job's progress.
@@ -71,9 +110,17 @@ impl PrefetchJobs {
     /// Starts queued orders as they come; runs until the queue closes.
     pub async fn run(self: Arc<Self>) {
         let Some(mut receiver) = self.receiver.lock().take() else { return };
-        while let Some(order) = receiver.recv().await {
-            let jobs = Arc::clone(&self);
-            tokio::spawn(async move { jobs.run_job(order).await });
+        loop {
+            tokio::select! {
+                order = receiver.recv() => match order {
+                    Some(order) => {
+                        let jobs = Arc::clone(&self);
+                        tokio::spawn(async move { jobs.run_job(order).await });
+                    }
+                    None => return,
+                },
+                _ = self.save.notified() => self.persist().await,
+            }
         }
     }
 
@@ -129,6 +176,8 @@ impl PrefetchJobs {
             });
         }
         self.update(&job, |p| p.state = if p.errors.is_empty() { JobState::Done } else { JobState::Failed });
+        self.orders.lock().remove(&job);
+        self.save.notify_one();
         self.changed.notify_waiters();
         let state = self.get(&job).map(|p| p.state);
         tracing::info!(%job, ?state, "prefetch finished");

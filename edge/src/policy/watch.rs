@@ -62,7 +62,16 @@ pub async fn session(
     link: &Link,
     synced: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), WatchError> {
-    let mut body = link.watch(policy.applied()).await?;
+    let mut body = match link.watch(policy.applied()).await {
+        Err(LinkError::Status(status)) if status == http::StatusCode::CONFLICT => {
+            // The distributor's log is younger than what this edge applied (its store was
+            // replaced): start over from its beginning.
+            tracing::warn!(applied = policy.applied(), "policy log is behind this edge: resuming from version 0");
+            policy.reset_applied();
+            link.watch(0).await?
+        }
+        other => other?,
+    };
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         let frame = tokio::time::timeout(IDLE_LIMIT, body.frame()).await.map_err(|_| WatchError::Idle(IDLE_LIMIT))?;
@@ -88,7 +97,23 @@ async fn handle_line(
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let parsed: WatchLine = serde_json::from_slice(line).map_err(|e| WatchError::Stream(format!("bad line: {e}")))?;
+    let parsed: WatchLine = match serde_json::from_slice(line) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // An event this edge does not understand (a newer distributor) is skipped, in order,
+            // rather than blocking every later one.
+            let value: serde_json::Value =
+                serde_json::from_slice(line).map_err(|_| WatchError::Stream(format!("bad line: {e}")))?;
+            match (value["type"].as_str(), value["version"].as_u64()) {
+                (Some("event"), Some(version)) => {
+                    tracing::warn!(version, error = %e, "skipping a policy event this edge does not understand");
+                    policy.skip_event(version);
+                }
+                _ => tracing::warn!(error = %e, "ignoring a watch line this edge does not understand"),
+            }
+            return Ok(());
+        }
+    };
     match parsed {
         WatchLine::Event(event) => policy.apply_event(event).await,
         WatchLine::Snapshot(snapshot) => policy.apply_snapshot(snapshot).await,

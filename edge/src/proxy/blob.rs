@@ -11,7 +11,7 @@ use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
 use crate::cache::fill::Lookup;
 use crate::cache::source::{DirectReader, DiskReader, Fallback, FillReader, FillStart};
-use crate::cache::{blocking, BlobSource, EntryKey, MemoryObject, SourceKind};
+use crate::cache::{blocking, BlobSource, EntryKey, FillError, MemoryObject, SourceKind};
 use crate::registry::error::Subject;
 use crate::registry::range::RangeRequest;
 use crate::registry::ApiError;
@@ -66,39 +66,49 @@ async fn open_source(
         let direct = DirectReader::open(upstream, repository, digest, Arc::clone(&state.metrics)).await;
         direct.map(|d| BlobSource::Direct(Box::new(d))).map_err(|e| ApiError::from_fill(&e))
     };
-    let lookup = state.fills.lookup(upstream, repository, digest).await.map_err(|e| ApiError::from_fill(&e))?;
-    let (fill, started) = match lookup {
-        Lookup::Cached(file, size) => {
-            ctx.outcome = "hit";
-            ctx.tier = Some(SourceKind::Disk.as_str());
-            return Ok(promote(state, key, file, size).await);
-        }
-        Lookup::Filling { fill, started } => (fill, started),
-        Lookup::Bypass => {
-            ctx.outcome = "bypass";
-            ctx.tier = Some(SourceKind::Upstream.as_str());
-            return direct().await;
-        }
-    };
-    // A request that finds the fill already verified is served from local, verified bytes.
-    ctx.outcome = match (started, fill.is_verified()) {
-        (true, _) => "miss",
-        (false, true) => "hit",
-        (false, false) => "coalesced",
-    };
-    // A verified fill is local bytes; one still running is the upstream's.
-    ctx.tier = Some(if ctx.outcome == "hit" { SourceKind::Disk } else { SourceKind::Upstream }.as_str());
-    let fallback = Fallback {
-        upstream: Arc::clone(upstream),
-        repository: repository.clone(),
-        metrics: Arc::clone(&state.metrics),
-    };
-    match FillReader::start(fill, Some(fallback)).await.map_err(|e| ApiError::from_fill(&e))? {
-        FillStart::Reader(reader) => Ok(BlobSource::Fill(reader)),
-        FillStart::Bypass => {
-            ctx.outcome = "bypass";
-            ctx.tier = Some(SourceKind::Upstream.as_str());
-            direct().await
+    // A fill started for another repository or upstream that the upstream refused (a 4xx) says
+    // nothing about this request: it tries once with its own.
+    let mut retried = false;
+    loop {
+        let lookup = state.fills.lookup(upstream, repository, digest).await.map_err(|e| ApiError::from_fill(&e))?;
+        let (fill, started) = match lookup {
+            Lookup::Cached(file, size) => {
+                ctx.outcome = "hit";
+                ctx.tier = Some(SourceKind::Disk.as_str());
+                return Ok(promote(state, key, file, size).await);
+            }
+            Lookup::Filling { fill, started } => (fill, started),
+            Lookup::Bypass => {
+                ctx.outcome = "bypass";
+                ctx.tier = Some(SourceKind::Upstream.as_str());
+                return direct().await;
+            }
+        };
+        // A request that finds the fill already verified is served from local, verified bytes.
+        ctx.outcome = match (started, fill.is_verified()) {
+            (true, _) => "miss",
+            (false, true) => "hit",
+            (false, false) => "coalesced",
+        };
+        // A verified fill is local bytes; one still running is the upstream's.
+        ctx.tier = Some(if ctx.outcome == "hit" { SourceKind::Disk } else { SourceKind::Upstream }.as_str());
+        let foreign = fill.upstream != upstream.name || &fill.repository != repository;
+        let fallback = Fallback {
+            upstream: Arc::clone(upstream),
+            repository: repository.clone(),
+            metrics: Arc::clone(&state.metrics),
+        };
+        match FillReader::start(fill, Some(fallback)).await {
+            Ok(FillStart::Reader(reader)) => return Ok(BlobSource::Fill(reader)),
+            Ok(FillStart::Bypass) => {
+                ctx.outcome = "bypass";
+                ctx.tier = Some(SourceKind::Upstream.as_str());
+                return direct().await;
+            }
+            Err(FillError::Upstream(e)) if foreign && !retried && e.status().is_some_and(|s| s.is_client_error()) => {
+                retried = true;
+            }
+            Err(e) => return Err(ApiError::from_fill(&e)),
         }
     }
 }
@@ -142,6 +152,12 @@ async fn send(
         },
         (_, size) => (200, 0, size),
     };
+    // An empty body would be complete with the headers: verify before sending them.
+    if end == Some(first) {
+        if let Err(e) = source.finish().await {
+            return respond::error(session, ctx, &ApiError::from_fill(&e)).await;
+        }
+    }
     let mut resp = header(status)?;
     resp.insert_header(http::header::ACCEPT_RANGES, http::HeaderValue::from_static("bytes"))?;
     match end {

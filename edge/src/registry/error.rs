@@ -76,9 +76,10 @@ impl ApiError {
     pub fn from_fill(e: &FillError) -> Self {
         match e {
             FillError::Upstream(u) => ApiError::from_upstream(u, Subject::Blob),
-            FillError::DigestMismatch { .. } | FillError::Truncated { .. } | FillError::TooLong { .. } => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
-            }
+            FillError::DigestMismatch { .. }
+            | FillError::Truncated { .. }
+            | FillError::TooLong { .. }
+            | FillError::Inconsistent => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string()),
             FillError::Disk(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
         }
     }

@@ -44,7 +44,7 @@ impl Credentials {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("token realm {0:?} is not an http(s) URL")]
+    #[error("token realm {0:?} is not an https URL (credentials are only sent over TLS to a TLS upstream's realm)")]
     BadRealm(String),
     #[error("token endpoint unreachable: {0}")]
     Unreachable(ClientError),
@@ -85,15 +85,17 @@ struct Token {
 pub(super) struct Authenticator {
     client: HttpClient,
     credentials: Option<Credentials>,
+    /// The upstream is reached over TLS: credentials never go to a plain-HTTP realm.
+    tls_only: bool,
     scheme: RwLock<Scheme>,
     tokens: moka::future::Cache<String, Arc<Token>>,
 }
 
 impl Authenticator {
-    pub(super) fn new(client: HttpClient, credentials: Option<Credentials>) -> Self {
+    pub(super) fn new(client: HttpClient, credentials: Option<Credentials>, tls_only: bool) -> Self {
         let tokens =
             moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build();
-        Authenticator { client, credentials, scheme: RwLock::new(Scheme::Anonymous), tokens }
+        Authenticator { client, credentials, tls_only, scheme: RwLock::new(Scheme::Anonymous), tokens }
     }
 
     /// The `Authorization` header for a request needing `scope`, fetching a token if the
@@ -116,7 +118,8 @@ impl Authenticator {
         match kind.to_ascii_lowercase().as_str() {
             "bearer" => {
                 let realm = params.iter().find(|(k, _)| k == "realm").map(|(_, v)| v.clone()).unwrap_or_default();
-                if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+                let plain_ok = !self.tls_only || self.credentials.is_none();
+                if !(realm.starts_with("https://") || (plain_ok && realm.starts_with("http://"))) {
                     return Err(AuthError::BadRealm(realm));
                 }
                 let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone());

@@ -87,8 +87,9 @@ impl HttpClient {
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = current.scheme() == origin.scheme() && current.authority() == origin.authority();
             let auth = authorization.filter(|_| same_origin);
-            let response = self.send_once(method.clone(), current.clone(), accept, auth).await?;
+            let mut response = self.send_once(method.clone(), current.clone(), accept, auth).await?;
             if !is_redirect(response.status) {
+                response.from_origin = same_origin;
                 return Ok(response);
             }
             let location = response
@@ -131,6 +132,7 @@ impl HttpClient {
             status: parts.status,
             headers: parts.headers,
             body: UpstreamBody::new(body, self.timeouts.body_stall),
+            from_origin: true,
         })
     }
 }

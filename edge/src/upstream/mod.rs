@@ -63,6 +63,8 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: UpstreamBody,
+    /// Whether the response came from the upstream's own origin (not a redirect target).
+    pub from_origin: bool,
 }
 
 impl UpstreamResponse {
@@ -114,7 +116,7 @@ impl Upstream {
         Ok(Upstream {
             name: config.name.clone(),
             config: config.clone(),
-            auth: auth::Authenticator::new(client.clone(), credentials),
+            auth: auth::Authenticator::new(client.clone(), credentials, base.scheme_str() == Some("https")),
             base,
             client,
         })
@@ -139,7 +141,9 @@ impl Upstream {
                 .send(method.clone(), &uri, accept, authorization.as_ref())
                 .await
                 .map_err(|source| UpstreamError::Client { upstream: self.name.clone(), source })?;
-            if response.status == StatusCode::UNAUTHORIZED && !retried {
+            // Only the upstream itself may ask for its credentials: a challenge from a redirect
+            // target (blob storage, a CDN) must never send them elsewhere.
+            if response.status == StatusCode::UNAUTHORIZED && !retried && response.from_origin {
                 retried = true;
                 let challenge = response.headers.get(http::header::WWW_AUTHENTICATE).cloned();
                 if self.auth.on_challenge(&scope, challenge.as_ref()).await.map_err(|s| self.auth_error(s))? {

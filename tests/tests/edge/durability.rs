@@ -270,3 +270,25 @@ async fn a_full_disk_mid_fill_still_serves_verified_bytes_and_reports_degraded()
     assert_eq!(again.header("x-berth-cache"), Some("bypass"));
     assert_eq!(client::get(&format!("{}/v2/", edge.url())).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_fill_that_loses_its_disk_never_mixes_two_fetches_in_one_response() {
+    let origin = Origin::start().await;
+    let body = random_bytes(12 << 20);
+    let d = origin.put_blob(REPO, body.clone());
+    // The first fetch sends other bytes, and the disk fills up before they can be found out.
+    origin.fault(&format!("/v2/{REPO}/blobs/{d}"), berth_tests::origin::Fault::WrongBytes);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let Some(_fs) = SmallFs::mount(&cache, "8m") else {
+        eprintln!("SKIPPED: this machine does not allow mounting a tmpfs");
+        return;
+    };
+    let mut config = berth_tests::edge::test_config(&cache, &[("docker.io", &origin.url())], "");
+    config.cache.disk_max = ByteSize::gib(1);
+    let edge = edge::start_with(config, dir);
+    let r = client::get(&blob_url(&edge, &d)).await;
+    assert!(r.body.is_err(), "the bytes already sent were not the second fetch's: the response is cut short");
+    let again = client::get(&blob_url(&edge, &d)).await;
+    assert_eq!(again.bytes().as_ref(), body.as_slice(), "the next request gets the right bytes");
+}

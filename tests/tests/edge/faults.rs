@@ -218,3 +218,37 @@ async fn a_basic_auth_upstream_gets_the_configured_credentials() {
     assert_eq!(r.status, 200);
     assert_eq!(r.bytes().len(), 100);
 }
+
+#[tokio::test]
+async fn an_empty_body_for_a_non_empty_digest_is_refused_not_a_complete_200() {
+    let (origin, edge, body, url, path) = setup(4096).await;
+    origin.fault(&path, Fault::Empty);
+    let r = client::get(&url).await;
+    assert_eq!(r.status, 502, "an empty body does not hash to the digest");
+    assert_nothing_cached_then_refetch(&origin, &edge, &body, &url, &path).await;
+}
+
+#[tokio::test]
+async fn a_challenge_from_a_redirect_target_never_gets_the_credentials() {
+    let origin = Origin::start().await;
+    let storage = Origin::start().await;
+    origin.set_auth(Auth::Basic { username: "carol".into(), password: "pw".into() });
+    storage.set_auth(Auth::Bearer { credentials: None });
+    let body = random_bytes(1000);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    storage.put_raw(&path, body);
+    origin.fault(&path, Fault::Redirect { base: storage.url() });
+    std::env::set_var("BERTH_TEST_REDIRECT_PASSWORD", "pw");
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.upstream[0].username = Some("carol".into());
+        c.upstream[0].password_env = Some("BERTH_TEST_REDIRECT_PASSWORD".into());
+    });
+    let r = client::get(&format!("{}{path}", edge.url())).await;
+    assert_eq!(r.status, 403, "the storage host's 401 is the answer");
+    let secret = berth_tests::origin::basic("carol", "pw");
+    for l in storage.log() {
+        assert_ne!(l.header("Authorization"), Some(secret.as_str()), "credentials reached the redirect target");
+    }
+    assert_eq!(storage.tokens_issued(), 0, "no token was asked of the redirect target's realm");
+}

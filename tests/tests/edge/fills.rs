@@ -161,3 +161,31 @@ async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
     let again = client::get(&url(&blobs[1])).await;
     assert_eq!(again.header("x-berth-cache"), Some("miss"), "an evicted blob is fetched again");
 }
+
+#[tokio::test]
+async fn a_failing_request_for_another_repository_does_not_fail_a_joined_pull() {
+    let origin = Origin::start().await;
+    let body = random_bytes(200 << 10);
+    let digest = origin.put_blob(REPO, body.clone());
+    let bogus = format!("/v2/not/here/blobs/{digest}");
+    let gate = Arc::new(Notify::new());
+    origin.fault(&bogus, Fault::GateStatus { status: 404, gate: gate.clone() });
+    let edge = edge::start(&origin.url());
+    let bogus_url = format!("{}{bogus}", edge.url());
+    let first = tokio::spawn(async move { client::get(&bogus_url).await });
+    berth_tests::eventually("the bogus fill reached the origin", Duration::from_secs(10), || {
+        origin.count("GET", &bogus) == 1
+    })
+    .await;
+    let real_url = format!("{}/v2/{REPO}/blobs/{digest}", edge.url());
+    let real = tokio::spawn(async move { client::get(&real_url).await });
+    berth_tests::eventually("the real pull joined the bogus fill", Duration::from_secs(10), || {
+        edge.running().state.fills.readers(&digest) == 2
+    })
+    .await;
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().status, 404);
+    let real = real.await.unwrap();
+    assert_eq!(real.status, 200, "the pull of the real repository is not failed by the bogus one");
+    assert_eq!(real.bytes().as_ref(), body.as_slice());
+}

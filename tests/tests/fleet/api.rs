@@ -73,6 +73,15 @@ async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
     .await;
     assert_eq!(bad_since.status, 400);
 
+    let ahead = client::request(
+        Method::GET,
+        &format!("{}/api/v1/watch?since=999999", d.url()),
+        &[("Authorization", &format!("Bearer {EDGE_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(ahead.status, 409, "an edge ahead of the log is told to start over");
+    assert_eq!(ahead.json()["error"]["code"], "ahead_of_log");
+
     let accepted = post(&prefetch, Some(ADMIN_TOKEN), good).await;
     assert_eq!(accepted.status, 202);
     assert!(accepted.json()["id"].as_str().unwrap().starts_with("pf-"));
