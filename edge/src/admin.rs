@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_shared::protocol::{Invalidation, PrefetchOrder};
+use berth_shared::protocol::{InvalidationRequest, PrefetchRequest};
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde::Deserialize;
 
 use crate::policy::Policy;
 use crate::state::EdgeState;
@@ -23,26 +22,6 @@ pub struct AdminApp {
 }
 
 type Answer = (StatusCode, &'static str, Vec<u8>);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrefetchRequest {
-    images: Vec<String>,
-    #[serde(default)]
-    platforms: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeRequest {
-    repository: String,
-    #[serde(default)]
-    tag: Option<String>,
-    #[serde(default)]
-    digest: Option<berth_shared::Digest>,
-    #[serde(default)]
-    upstream: Option<String>,
-}
 
 impl AdminApp {
     pub fn new(state: Arc<EdgeState>, policy: Arc<Policy>) -> Self {
@@ -83,31 +62,24 @@ impl AdminApp {
             Err(answer) => return answer,
         };
         let id = format!("local-{:016x}", rand::random::<u64>());
-        let order =
-            PrefetchOrder { job: id.clone(), images: request.images, regions: vec![], platforms: request.platforms };
-        if let Err(e) = order.validate() {
-            return error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string());
-        }
+        // On the edge's own port an order is for this edge: regions do not apply.
+        let order = match (PrefetchRequest { regions: vec![], ..request }).into_order(id.clone()) {
+            Ok(order) => order,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),
+        };
         self.policy.prefetch.enqueue(order);
         (StatusCode::ACCEPTED, "application/json", serde_json::json!({"id": id}).to_string().into_bytes())
     }
 
     async fn purge(&self, body: &[u8]) -> Answer {
-        let r: PurgeRequest = match document(body) {
+        let request: InvalidationRequest = match document(body) {
             Ok(r) => r,
             Err(answer) => return answer,
         };
-        let inv = Invalidation {
-            id: "local".into(),
-            repository: r.repository,
-            tag: r.tag,
-            digest: r.digest,
-            upstream: r.upstream,
-            regions: vec![],
+        let inv = match (InvalidationRequest { regions: vec![], ..request }).into_invalidation("local".into()) {
+            Ok(inv) => inv,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),
         };
-        if let Err(e) = inv.validate() {
-            return error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string());
-        }
         match self.policy.invalidate(&inv).await {
             Ok(()) => ok_json(&serde_json::json!({"applied": true})),
             Err(e) => error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),

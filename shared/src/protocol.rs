@@ -65,6 +65,59 @@ pub struct Invalidation {
     pub regions: Vec<String>,
 }
 
+/// `POST /api/v1/prefetch` (the distributor's, and an edge's own admin port, where `regions`
+/// does not apply).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchRequest {
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub platforms: Vec<String>,
+}
+
+impl PrefetchRequest {
+    /// The order for job `job`, validated (the first bad field is named).
+    pub fn into_order(self, job: String) -> Result<PrefetchOrder, FieldError> {
+        let order = PrefetchOrder { job, images: self.images, regions: self.regions, platforms: self.platforms };
+        order.validate()?;
+        Ok(order)
+    }
+}
+
+/// `POST /api/v1/invalidations` (and an edge's `POST /api/v1/purge`, where `regions` does not
+/// apply).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidationRequest {
+    pub repository: String,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub digest: Option<Digest>,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+impl InvalidationRequest {
+    /// The invalidation with id `id`, validated.
+    pub fn into_invalidation(self, id: String) -> Result<Invalidation, FieldError> {
+        let inv = Invalidation {
+            id,
+            repository: self.repository,
+            tag: self.tag,
+            digest: self.digest,
+            upstream: self.upstream,
+            regions: self.regions,
+        };
+        inv.validate()?;
+        Ok(inv)
+    }
+}
+
 /// One line of the watch stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use berth_shared::protocol::{Action, EdgeReport, Invalidation, PrefetchOrder};
+use berth_shared::protocol::{Action, EdgeReport, InvalidationRequest, PrefetchRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -69,27 +69,11 @@ fn random_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::thread_rng().gen::<u64>())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrefetchRequest {
-    images: Vec<String>,
-    #[serde(default)]
-    regions: Vec<String>,
-    #[serde(default)]
-    platforms: Vec<String>,
-}
-
 async fn create_prefetch(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
     let request: PrefetchRequest = document(&body)?;
     let id = random_id("pf");
-    let order = PrefetchOrder {
-        job: id.clone(),
-        images: request.images,
-        regions: request.regions,
-        platforms: request.platforms,
-    };
-    order.validate().map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let order = request.into_order(id.clone()).map_err(|e| ApiError::bad_field(e.field, e.message))?;
     let images = order.images.clone();
     let event = s.log.append(Action::Prefetch(order)).await?;
     s.metrics.events.with_label_values(&["prefetch"]).inc();
@@ -115,33 +99,11 @@ async fn list_jobs(State(s): Shared, headers: HeaderMap) -> Result<Json<Vec<JobS
     Ok(Json(all))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InvalidationRequest {
-    repository: String,
-    #[serde(default)]
-    tag: Option<String>,
-    #[serde(default)]
-    digest: Option<berth_shared::Digest>,
-    #[serde(default)]
-    upstream: Option<String>,
-    #[serde(default)]
-    regions: Vec<String>,
-}
-
 async fn create_invalidation(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
     let r: InvalidationRequest = document(&body)?;
     let id = random_id("inv");
-    let inv = Invalidation {
-        id: id.clone(),
-        repository: r.repository,
-        tag: r.tag,
-        digest: r.digest,
-        upstream: r.upstream,
-        regions: r.regions,
-    };
-    inv.validate().map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let inv = r.into_invalidation(id.clone()).map_err(|e| ApiError::bad_field(e.field, e.message))?;
     let event = s.log.append(Action::Invalidate(inv)).await?;
     s.metrics.events.with_label_values(&["invalidate"]).inc();
     tracing::info!(id = %id, version = event.version, "invalidation recorded");
