@@ -137,3 +137,105 @@ async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
     assert_eq!(client::get(&url).await.header("x-berth-cache"), Some("miss"));
     drop(distributor);
 }
+
+#[tokio::test]
+async fn an_unfinished_prefetch_resumes_after_an_edge_restart() {
+    let origin = Origin::start().await;
+    let (_, blobs) = image(&origin, "team/app", "v1");
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    origin.fault(
+        &format!("/v2/team/app/blobs/{}", blobs[1]),
+        berth_tests::origin::Fault::Gate { after: 10, gate: gate.clone(), corrupt: false },
+    );
+    let edge = edge::start(&origin.url());
+    let id = admin_post(&edge, "/api/v1/prefetch", r#"{"images":["docker.io/team/app:v1"]}"#).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The job is held part-way by the gate; it is on disk as unfinished.
+    let saved = edge.dir.path().join("cache/prefetch-jobs.json");
+    berth_tests::eventually("the unfinished order is saved", Duration::from_secs(10), || {
+        std::fs::read_to_string(&saved).is_ok_and(|s| s.contains(&id) && s.contains("\"pending\":[{"))
+    })
+    .await;
+    let mut config = edge.running().state.config.clone();
+    let dir = edge.stop();
+    gate.notify_one();
+    origin.clear_faults();
+    config.listen.http = "127.0.0.1:0".parse().unwrap();
+    config.listen.admin = "127.0.0.1:0".parse().unwrap();
+    let edge = edge::start_with(config, dir);
+    let mut state = String::new();
+    for _ in 0..1000 {
+        let p = client::get(&format!("{}/api/v1/prefetch/{id}", edge.admin_url())).await.json();
+        state = p["state"].as_str().unwrap_or_default().to_owned();
+        if state == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, "done", "the order ran again after the restart");
+    let r = client::get(&format!("{}/v2/team/app/blobs/{}", edge.url(), blobs[1])).await;
+    assert_eq!(r.header("x-berth-cache"), Some("hit"));
+}
+
+/// A distributor stand-in whose watch stream carries an event of a kind this edge does not know,
+/// then an invalidation.
+async fn newer_distributor() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = if request.starts_with("GET /api/v1/watch?since=0 ") {
+                    concat!(
+                        r#"{"type":"event","version":1,"action":"reticulate","splines":3}"#,
+                        "\n",
+                        r#"{"type":"event","version":2,"action":"invalidate","id":"i","repository":"team/app"}"#,
+                        "\n",
+                        r#"{"type":"synced","version":2}"#,
+                        "\n"
+                    )
+                    .to_owned()
+                } else if request.starts_with("GET /api/v1/watch") {
+                    r#"{"type":"synced","version":2}"#.to_owned() + "\n"
+                } else {
+                    String::new()
+                };
+                let status = if request.starts_with("POST") { "204 No Content" } else { "200 OK" };
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+// Multi-threaded: the stand-in must answer while `start_custom` blocks on the edge's catch-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_of_an_unknown_kind_is_skipped_and_later_events_still_apply() {
+    std::env::set_var("BERTH_EDGE_TOKEN", EDGE_TOKEN);
+    let distributor = newer_distributor().await;
+    let origin = Origin::start().await;
+    let link = format!(
+        "[distributor]\nurl = \"http://{distributor}\"\nreport_interval = \"1h\"\nstartup_sync_timeout = \"5s\"\n"
+    );
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.distributor = Some(
+            berth_edge::config::parse(&format!("{link}[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\n"))
+                .unwrap()
+                .distributor
+                .unwrap(),
+        );
+    });
+    assert_eq!(
+        edge.metric("berth_edge_policy_version").await,
+        2.0,
+        "the unknown event did not block the invalidation after it"
+    );
+}
