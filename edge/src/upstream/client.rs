@@ -70,10 +70,6 @@ impl HttpClient {
         Ok(HttpClient { inner, timeouts })
     }
 
-    pub fn timeouts(&self) -> Timeouts {
-        self.timeouts
-    }
-
     /// Sends a request and follows redirects. `Authorization` goes only to the origin of `uri`.
     pub async fn send(
         &self,

@@ -20,6 +20,16 @@ fn image(origin: &Origin, repo: &str, tag: &str) -> (Digest, Vec<Digest>) {
     (origin.put_manifest(repo, Some(tag), OCI_MANIFEST, manifest), vec![config, layer])
 }
 
+/// The `[distributor]` table of an edge joined to `url`.
+fn link(url: String, report_interval: &str) -> berth_edge::config::DistributorLink {
+    berth_edge::config::DistributorLink {
+        url,
+        report_interval: report_interval.parse().unwrap(),
+        startup_sync_timeout: berth_shared::HumanDuration::secs(5),
+        ..Default::default()
+    }
+}
+
 async fn admin_post(edge: &edge::TestEdge, path: &str, body: &str) -> client::Response {
     client::send(
         Method::POST,
@@ -100,17 +110,8 @@ async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
     let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
     let origin = Origin::start().await;
     let blob = origin.put_blob("team/app", vec![3u8; 10_000]);
-    let link = format!(
-        "[distributor]\nurl = \"{}\"\nreport_interval = \"100ms\"\nstartup_sync_timeout = \"5s\"\n",
-        distributor.url()
-    );
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
-        c.distributor = Some(
-            berth_edge::config::parse(&format!("{link}[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\n"))
-                .unwrap()
-                .distributor
-                .unwrap(),
-        );
+        c.distributor = Some(link(distributor.url(), "100ms"));
     });
     let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
     client::get(&url).await.bytes();
@@ -222,16 +223,8 @@ async fn an_event_of_an_unknown_kind_is_skipped_and_later_events_still_apply() {
     std::env::set_var("BERTH_EDGE_TOKEN", EDGE_TOKEN);
     let distributor = newer_distributor().await;
     let origin = Origin::start().await;
-    let link = format!(
-        "[distributor]\nurl = \"http://{distributor}\"\nreport_interval = \"1h\"\nstartup_sync_timeout = \"5s\"\n"
-    );
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
-        c.distributor = Some(
-            berth_edge::config::parse(&format!("{link}[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\n"))
-                .unwrap()
-                .distributor
-                .unwrap(),
-        );
+        c.distributor = Some(link(format!("http://{distributor}"), "1h"));
     });
     assert_eq!(
         edge.metric("berth_edge_policy_version").await,
