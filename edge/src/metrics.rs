@@ -92,6 +92,8 @@ pub struct Metrics {
     pub stale_served: IntCounter,
     /// Files found damaged (missing, wrong size, wrong content) and dropped.
     pub damaged_entries: IntCounter,
+    /// Verified blob files found changed on disk (their stamp differs) and hashed again.
+    pub changed_entries: IntCounter,
     /// Entries re-hashed by the scrub, and those that failed.
     pub scrubbed_entries: IntCounter,
     pub scrub_failures: IntCounter,
@@ -205,6 +207,11 @@ impl Metrics {
                 r,
                 "berth_edge_damaged_entries_total",
                 "Cached files found missing or damaged and dropped",
+            ),
+            changed_entries: counter(
+                r,
+                "berth_edge_changed_entries_total",
+                "Verified blob files found changed on disk since they were hashed, and hashed again",
             ),
             request_seconds,
             fill_seconds,

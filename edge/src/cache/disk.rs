@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 
 use super::flight::Flight;
-use super::index::{DiskIndex, NoRoom, Reservation, Victims};
+use super::index::{DiskIndex, FileStamp, NoRoom, Reservation, Victims};
 use super::{blocking, xattr, EntryKey, Kind};
 use crate::metrics::Metrics;
 
@@ -99,54 +99,63 @@ impl DiskStore {
         self.index.peek(key)
     }
 
-    /// Opens an entry for reading. A file that is missing, has the wrong size, or (the first
-    /// time a blob is read after start) does not hash to its digest is dropped and reported as
-    /// a miss, never served.
+    /// Opens an entry for reading. A file that is missing or has the wrong size is dropped and
+    /// reported as a miss, never served. A blob whose file is not the one this process hashed
+    /// (first use after start, or changed since: its stamp differs) is hashed again first, once
+    /// for all concurrent requests, and dropped if it no longer matches its digest.
     pub async fn open_entry(self: &Arc<Self>, key: EntryKey) -> Option<(Arc<File>, u64)> {
         let found = self.index.touch(&key)?;
-        if !found.verified && key.kind == Kind::Blob && !self.verify_once(key, found.size).await {
-            return None;
-        }
         let path = self.entry_path(&key);
         let opened = blocking(move || {
             let file = File::open(&path)?;
-            let actual = file.metadata()?.len();
-            Ok((file, actual, actual == found.size))
+            let meta = file.metadata()?;
+            Ok((file, FileStamp::of(&meta)))
         })
         .await;
-        match opened {
-            Ok((file, _, true)) => Some((Arc::new(file), found.size)),
-            Ok((_, actual, false)) => {
-                tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), expected = found.size, actual, "cached file damaged (size or content): dropped");
-                self.drop_damaged(key).await;
-                None
-            }
+        let (file, stamp) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), error = %e, "cached file unreadable: dropped");
                 self.drop_damaged(key).await;
-                None
+                return None;
             }
+        };
+        if stamp.size() != found.size {
+            tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), expected = found.size, actual = stamp.size(), "cached file damaged (size changed): dropped");
+            self.drop_damaged(key).await;
+            return None;
         }
+        if key.kind == Kind::Blob && found.stamp != Some(stamp) {
+            if found.stamp.is_some() {
+                tracing::warn!(digest = %key.digest, "cached file changed since it was verified: hashing it again");
+                self.metrics.changed_entries.inc();
+            }
+            // Hash the very file we opened: what is served is what was checked.
+            let file = Arc::new(file);
+            return self.verify_once(key, Arc::clone(&file), stamp).await.then_some((file, found.size));
+        }
+        Some((Arc::new(file), found.size))
     }
 
-    /// Hashes a blob not yet verified since start, once for all concurrent requests; drops it if
-    /// it does not match. Returns whether it may be served.
-    async fn verify_once(self: &Arc<Self>, key: EntryKey, size: u64) -> bool {
+    /// Hashes an opened blob file whose stamp the index does not hold, once for all concurrent
+    /// requests; records the stamp if it matches, drops the entry if not. Returns whether it may
+    /// be served.
+    async fn verify_once(self: &Arc<Self>, key: EntryKey, file: Arc<File>, stamp: FileStamp) -> bool {
         let store = Arc::clone(self);
         let check = move || async move {
-            let path = store.entry_path(&key);
             let checked = blocking(move || {
-                let file = File::open(&path)?;
-                Ok(file.metadata()?.len() == size && hash_file(&file)? == key.digest)
+                let matches = hash_file(&file)? == key.digest;
+                // A write during the hash changes the stamp: only an unchanged file counts.
+                Ok(matches && FileStamp::of(&file.metadata()?) == stamp)
             })
             .await;
             match checked {
                 Ok(true) => {
-                    store.index.mark_verified(&key);
+                    store.index.mark_verified(&key, stamp);
                     true
                 }
                 outcome => {
-                    tracing::warn!(digest = %key.digest, ?outcome, "cached blob does not verify (size, content or unreadable): dropped");
+                    tracing::warn!(digest = %key.digest, ?outcome, "cached blob does not verify (content changed or unreadable): dropped");
                     store.drop_damaged(key).await;
                     false
                 }
@@ -160,8 +169,14 @@ impl DiskStore {
     pub async fn verify(self: &Arc<Self>, key: EntryKey, rate: u64) -> io::Result<bool> {
         let Some(size) = self.index.peek(&key) else { return Ok(true) };
         let path = self.entry_path(&key);
-        let file = match blocking(move || File::open(path)).await {
-            Ok(f) => Arc::new(f),
+        let opened = blocking(move || {
+            let file = File::open(path)?;
+            let stamp = FileStamp::of(&file.metadata()?);
+            Ok((file, stamp))
+        })
+        .await;
+        let (file, stamp) = match opened {
+            Ok((f, stamp)) => (Arc::new(f), stamp),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.metrics.scrub_failures.inc();
                 self.drop_damaged(key).await;
@@ -195,8 +210,11 @@ impl DiskStore {
             }
         }
         let ok = offset == size && Digest::from_sha256(hasher.unwrap_or_default()) == key.digest;
-        if ok {
-            self.index.mark_verified(&key);
+        let unchanged = blocking(move || Ok(FileStamp::of(&file.metadata()?) == stamp)).await.unwrap_or(false);
+        if ok && unchanged {
+            self.index.mark_verified(&key, stamp);
+        } else if ok {
+            // Changed while it was hashed: the next open hashes it again.
         } else if self.index.peek(&key).is_some() {
             tracing::warn!(digest = %key.digest, kind = key.kind.as_str(), "scrub: cached file does not hash to its digest: dropped");
             self.metrics.scrub_failures.inc();
@@ -315,7 +333,9 @@ impl DiskStore {
         // Under the files lock: an eviction of this key cannot delete the new file after it.
         let _files = self.files.lock();
         fs::rename(temp, &path)?;
-        reservation.commit(key, size);
+        // The stamp after the rename (which changes the ctime) describes the verified file.
+        let stamp = fs::metadata(&path).ok().map(|m| FileStamp::of(&m));
+        reservation.commit(key, size, stamp);
         metrics_update(self);
         self.clear_degraded();
         Ok(())
@@ -482,6 +502,34 @@ mod tests {
         assert!(s.open_entry(a).await.is_none());
         assert_eq!(s.contains(&a), None);
         assert!(!s.entry_path(&a).exists());
+    }
+
+    #[tokio::test]
+    async fn should_drop_a_verified_file_changed_in_place_with_the_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1 << 20);
+        let a = put(&s, b"hello world");
+        assert!(s.open_entry(a).await.is_some(), "published files are served");
+        fs::write(s.entry_path(&a), b"HELLO world").unwrap();
+        assert!(s.open_entry(a).await.is_none(), "a changed file is hashed again and dropped");
+        assert_eq!(s.contains(&a), None);
+        assert_eq!(s.metrics().changed_entries.get(), 1);
+        assert_eq!(s.metrics().damaged_entries.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn should_serve_a_file_whose_stamp_changed_but_whose_bytes_still_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1 << 20);
+        let a = put(&s, b"hello world");
+        let path = s.entry_path(&a);
+        let mut perms = fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        fs::set_permissions(&path, perms).unwrap(); // changes the ctime, not the bytes
+        assert!(s.open_entry(a).await.is_some());
+        assert_eq!(s.metrics().changed_entries.get(), 1);
+        assert!(s.open_entry(a).await.is_some());
+        assert_eq!(s.metrics().changed_entries.get(), 1, "the new stamp was recorded");
     }
 
     #[tokio::test]

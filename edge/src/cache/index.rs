@@ -13,15 +13,40 @@ use super::EntryKey;
 struct Entry {
     size: u64,
     tick: u64,
-    /// Hashed to its digest by this process (published by a fill, or checked since start).
-    verified: bool,
+    /// The file as it was when this process hashed it to its digest (published by a fill, or
+    /// checked since start); `None` until then.
+    stamp: Option<FileStamp>,
+}
+
+/// What identifies a file's content without reading it: device, inode, size and change time.
+/// Any write, truncation, `chmod`, rename or replacement of the file changes its ctime, and
+/// user space cannot set a ctime back, so a file whose stamp is unchanged holds the bytes that
+/// were hashed when the stamp was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp { dev: meta.dev(), ino: meta.ino(), size: meta.len(), ctime: (meta.ctime(), meta.ctime_nsec()) }
+    }
 }
 
 /// What the index knows of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
     pub size: u64,
-    pub verified: bool,
+    /// The stamp of the file when it was last hashed by this process.
+    pub stamp: Option<FileStamp>,
 }
 
 #[derive(Debug, Default)]
@@ -68,7 +93,7 @@ impl DiskIndex {
         let mut inner = self.inner.lock();
         let tick = inner.next_tick;
         let entry = inner.entries.get_mut(key)?;
-        let (old, found) = (entry.tick, Found { size: entry.size, verified: entry.verified });
+        let (old, found) = (entry.tick, Found { size: entry.size, stamp: entry.stamp });
         entry.tick = tick;
         inner.next_tick += 1;
         inner.lru.remove(&old);
@@ -76,16 +101,16 @@ impl DiskIndex {
         Some(found)
     }
 
-    /// Records that an entry's file was hashed and matched.
-    pub fn mark_verified(&self, key: &EntryKey) {
+    /// Records that an entry's file, as `stamp` describes it, was hashed and matched.
+    pub fn mark_verified(&self, key: &EntryKey, stamp: FileStamp) {
         if let Some(entry) = self.inner.lock().entries.get_mut(key) {
-            entry.verified = true;
+            entry.stamp = Some(stamp);
         }
     }
 
     /// Whether an entry is present and verified.
     pub fn is_verified(&self, key: &EntryKey) -> Option<bool> {
-        self.inner.lock().entries.get(key).map(|e| e.verified)
+        self.inner.lock().entries.get(key).map(|e| e.stamp.is_some())
     }
 
     /// Size of an entry without changing its recency.
@@ -100,7 +125,7 @@ impl DiskIndex {
             return vec![(key, size)];
         }
         let mut inner = self.inner.lock();
-        inner.insert(key, size, false);
+        inner.insert(key, size, None);
         let excess = inner.used.saturating_sub(self.max);
         inner.evict(excess, &key)
     }
@@ -136,17 +161,17 @@ impl DiskIndex {
     /// Every entry not verified since start, then every verified one (the scrub's order).
     pub fn keys_for_scrub(&self) -> Vec<EntryKey> {
         let inner = self.inner.lock();
-        let mut keys: Vec<(bool, EntryKey)> = inner.entries.iter().map(|(k, e)| (e.verified, *k)).collect();
+        let mut keys: Vec<(bool, EntryKey)> = inner.entries.iter().map(|(k, e)| (e.stamp.is_some(), *k)).collect();
         keys.sort_by_key(|(verified, _)| *verified);
         keys.into_iter().map(|(_, k)| k).collect()
     }
 }
 
 impl Inner {
-    fn insert(&mut self, key: EntryKey, size: u64, verified: bool) {
+    fn insert(&mut self, key: EntryKey, size: u64, stamp: Option<FileStamp>) {
         let tick = self.next_tick;
         self.next_tick += 1;
-        if let Some(old) = self.entries.insert(key, Entry { size, tick, verified }) {
+        if let Some(old) = self.entries.insert(key, Entry { size, tick, stamp }) {
             self.lru.remove(&old.tick);
             self.used -= old.size;
         }
@@ -218,12 +243,13 @@ impl Reservation {
         Ok(victims)
     }
 
-    /// Turns the reservation into a published entry of `size` bytes.
-    pub fn commit(mut self, key: EntryKey, size: u64) {
+    /// Turns the reservation into a published entry of `size` bytes, hashed as `stamp` describes
+    /// its file.
+    pub fn commit(mut self, key: EntryKey, size: u64, stamp: Option<FileStamp>) {
         let mut inner = self.index.inner.lock();
         inner.reserved -= self.bytes;
         self.bytes = 0;
-        inner.insert(key, size, true);
+        inner.insert(key, size, stamp);
     }
 }
 
@@ -247,7 +273,7 @@ mod tests {
 
     fn publish(index: &Arc<DiskIndex>, k: EntryKey, size: u64) -> Victims {
         let (r, victims) = index.reserve(size).unwrap();
-        r.commit(k, size);
+        r.commit(k, size, None);
         victims
     }
 
@@ -289,7 +315,7 @@ mod tests {
         let victims = r.grow(40).unwrap();
         assert_eq!(victims, vec![(key(1), 50)]);
         assert!(r.grow(31).is_err());
-        r.commit(key(2), 70);
+        r.commit(key(2), 70, None);
         assert_eq!(index.usage(), (70, 0, 1));
     }
 

@@ -77,6 +77,8 @@ impl ProxyHttp for EdgeProxy {
             "request",
             method = %req.method,
             path = %req.uri.path(),
+            // containerd's raw `ns` (still percent-encoded), so a wrong one can be diagnosed.
+            ns = raw_ns(req.uri.query()),
             kind = tracing::field::Empty,
             repository = tracing::field::Empty,
             reference = tracing::field::Empty,
@@ -123,6 +125,11 @@ impl ProxyHttp for EdgeProxy {
             ),
         }
     }
+}
+
+/// The raw `ns` query parameter, or "" when the request has none.
+fn raw_ns(query: Option<&str>) -> &str {
+    query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("ns="))).unwrap_or_default()
 }
 
 async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {

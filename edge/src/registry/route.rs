@@ -106,7 +106,8 @@ impl Router {
             return Err(RouteError::PathTrick);
         }
         let (name, kind, reference) = split_pull_path(rest)?;
-        let (upstream, name) = self.pick_upstream(name, ns_param(query))?;
+        let ns = ns_param(query)?;
+        let (upstream, name) = self.pick_upstream(name, ns.as_deref())?;
         let mut repository = RepositoryName::parse(name)?;
         if self.library_prefix[upstream] {
             repository = repository.with_library_prefix();
@@ -149,9 +150,20 @@ fn split_pull_path(rest: &str) -> Result<(&str, PathKind, &str), RouteError> {
     }
 }
 
-/// The value of containerd's `ns` query parameter.
-fn ns_param(query: Option<&str>) -> Option<&str> {
-    query?.split('&').find_map(|pair| pair.strip_prefix("ns=")).filter(|v| !v.is_empty())
+/// The value of containerd's `ns` query parameter, percent-decoded (RFC 3986): containerd sends
+/// a registry with a port as `ns=127.0.0.1%3A5001`. A value that does not decode to UTF-8 names
+/// no upstream.
+pub fn ns_param(query: Option<&str>) -> Result<Option<String>, RouteError> {
+    let Some(raw) = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("ns="))) else {
+        return Ok(None);
+    };
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| RouteError::UnknownUpstream(raw.to_owned()))?;
+    Ok(Some(decoded.into_owned()))
 }
 
 #[cfg(test)]
@@ -195,6 +207,16 @@ mod tests {
         assert_eq!(r.repository.as_str(), "library/nginx");
         let r = pull("GET", "/v2/app/manifests/1", Some("ns=ghcr.io")).unwrap();
         assert_eq!(r.repository.as_str(), "app");
+    }
+
+    #[test]
+    fn should_decode_a_percent_encoded_ns_as_containerd_sends_it() {
+        let r = pull("GET", "/v2/app/manifests/v1", Some("ns=10.0.0.5%3A5000")).unwrap();
+        assert_eq!((r.upstream, r.repository.as_str()), (2, "app"));
+        let r = pull("GET", "/v2/app/manifests/v1", Some("x=1&ns=10.0.0.5%3a5000")).unwrap();
+        assert_eq!(r.upstream, 2);
+        let e = pull("GET", "/v2/app/manifests/v1", Some("ns=%FF%FE")).unwrap_err();
+        assert_eq!(e, RouteError::UnknownUpstream("%FF%FE".into()));
     }
 
     #[test]
