@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use berth_shared::config_file::{self, ConfigError};
-use berth_shared::HumanDuration;
+use berth_shared::{secret, HumanDuration};
 use serde::{Deserialize, Serialize};
 
 /// The configuration the distributor runs with when started without `--config`.
@@ -60,11 +60,21 @@ pub struct AuthConfig {
     /// Environment variable with the comma-separated bearer tokens edges present.
     /// Default: `"BERTH_EDGE_TOKENS"`.
     pub edge_tokens_env: String,
+    /// A file with the admin tokens (comma- or newline-separated) instead of
+    /// `admin_tokens_env` (e.g. a mounted secret). Default: none.
+    pub admin_tokens_file: Option<std::path::PathBuf>,
+    /// A file with the edge tokens instead of `edge_tokens_env`. Default: none.
+    pub edge_tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { admin_tokens_env: "BERTH_ADMIN_TOKENS".into(), edge_tokens_env: "BERTH_EDGE_TOKENS".into() }
+        AuthConfig {
+            admin_tokens_env: "BERTH_ADMIN_TOKENS".into(),
+            edge_tokens_env: "BERTH_EDGE_TOKENS".into(),
+            admin_tokens_file: None,
+            edge_tokens_file: None,
+        }
     }
 }
 
@@ -109,23 +119,14 @@ impl DistributorConfig {
         parse(DEFAULT_CONFIG)
     }
 
-    /// The tokens named by `[auth]`, from the environment.
+    /// The tokens named by `[auth]`, from their files or the environment (validated at load).
     pub fn tokens(&self) -> Tokens {
+        let a = &self.auth;
         Tokens {
-            admin: tokens_from_env(&self.auth.admin_tokens_env),
-            edge: tokens_from_env(&self.auth.edge_tokens_env),
+            admin: secret::read_list(a.admin_tokens_file.as_deref(), &a.admin_tokens_env).unwrap_or_default(),
+            edge: secret::read_list(a.edge_tokens_file.as_deref(), &a.edge_tokens_env).unwrap_or_default(),
         }
     }
-}
-
-fn tokens_from_env(var: &str) -> Vec<String> {
-    std::env::var(var)
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Reads and validates a config file.
@@ -140,12 +141,14 @@ pub fn parse(text: &str) -> Result<DistributorConfig, ConfigError> {
 
 fn validate(config: &DistributorConfig) -> Vec<String> {
     let mut problems = Vec::new();
-    for (key, var) in [
-        ("auth.admin_tokens_env", &config.auth.admin_tokens_env),
-        ("auth.edge_tokens_env", &config.auth.edge_tokens_env),
+    let a = &config.auth;
+    for (key, file, var) in [
+        ("admin_tokens", &a.admin_tokens_file, &a.admin_tokens_env),
+        ("edge_tokens", &a.edge_tokens_file, &a.edge_tokens_env),
     ] {
-        if tokens_from_env(var).is_empty() {
-            problems.push(format!("{key}: environment variable {var} is not set (comma-separated bearer tokens)"));
+        if let Err(e) = secret::read_list(file.as_deref(), var) {
+            let key = if file.is_some() { format!("auth.{key}_file") } else { format!("auth.{key}_env") };
+            problems.push(format!("{key}: {e} (comma-separated bearer tokens)"));
         }
     }
     if config.log.keep_events == 0 {
@@ -171,14 +174,21 @@ mod tests {
     }
 
     #[test]
-    fn should_read_tokens_from_the_environment() {
-        std::env::set_var("BERTH_TEST_ADMIN_T", " a, b ,,");
-        std::env::set_var("BERTH_TEST_EDGE_T", "e");
-        let text = "[auth]\nadmin_tokens_env = \"BERTH_TEST_ADMIN_T\"\nedge_tokens_env = \"BERTH_TEST_EDGE_T\"\n";
-        let config = parse(text).unwrap();
+    fn should_read_tokens_from_files() {
+        let dir = std::env::temp_dir().join(format!("berth-dist-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin"), " a, b ,,\n").unwrap();
+        std::fs::write(dir.join("edge"), "e\n").unwrap();
+        let text = format!(
+            "[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+            dir.join("admin").display().to_string(),
+            dir.join("edge").display().to_string()
+        );
+        let config = parse(&text).unwrap();
         let tokens = config.tokens();
         assert_eq!(tokens.admin, vec!["a", "b"]);
         assert_eq!(tokens.edge, vec!["e"]);
         assert_eq!(config.listen.http.to_string(), "127.0.0.1:7000");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

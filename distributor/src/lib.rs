@@ -5,6 +5,7 @@
 //! A request reads `api` → `policy` (the log) → `push` (watch streams) → `fleet` (edges,
 //! reports) → `store` (redb). `ctl` is the `berthctl` client.
 
+pub mod activation;
 pub mod api;
 pub mod config;
 pub mod ctl;

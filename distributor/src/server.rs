@@ -31,10 +31,14 @@ pub struct Distributor {
 }
 
 impl Distributor {
-    /// Opens the store and binds the listener.
+    /// Opens the store and binds the listener (or takes the one passed by socket activation,
+    /// which then replaces `listen.http`).
     pub fn build(config: &DistributorConfig) -> Result<Self, StartError> {
         let bind = |source| StartError::Bind { addr: config.listen.http, source };
-        let listener = std::net::TcpListener::bind(config.listen.http).map_err(bind)?;
+        let listener = match crate::activation::inherited_listener().map_err(bind)? {
+            Some(listener) => listener,
+            None => std::net::TcpListener::bind(config.listen.http).map_err(bind)?,
+        };
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let store = Arc::new(Store::open(&config.store.dir)?);

@@ -1,7 +1,7 @@
 //! Types shared by the Berth edge and distributor: OCI digests, repository names, references,
 //! media types and manifest parsing, and the byte-size and duration formats used in config.
 //!
-//! Pure types and parsing: no I/O, no async runtime.
+//! Pure types and parsing, no async runtime; the only I/O is reading config files and secrets.
 
 pub mod config_file;
 pub mod digest;
@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod name;
 pub mod protocol;
 pub mod reference;
+pub mod secret;
 pub mod size;
 
 pub use digest::{Digest, DigestError};

@@ -8,6 +8,34 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+/// The longest any one exchange may take (headers, then the whole body, each): a regression fails
+/// the test in seconds instead of hanging it until CI's limit.
+pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Awaits `f` for at most [`CALL_LIMIT`]; panics naming `what` after that.
+pub async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(CALL_LIMIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {CALL_LIMIT:?}"),
+    }
+}
+
+/// Reads a whole body within [`CALL_LIMIT`]; a body that does not end in time counts as cut short.
+async fn collect(body: Incoming) -> Result<Bytes, String> {
+    match tokio::time::timeout(CALL_LIMIT, body.collect()).await {
+        Ok(collected) => collected.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}")),
+        Err(_) => Err(format!("body did not end within {CALL_LIMIT:?}")),
+    }
+}
+
+/// The next frame of a body, within [`CALL_LIMIT`].
+async fn next_frame(body: &mut Incoming) -> Option<Result<hyper::body::Frame<Bytes>, String>> {
+    match tokio::time::timeout(CALL_LIMIT, body.frame()).await {
+        Ok(frame) => frame.map(|f| f.map_err(|e| e.to_string())),
+        Err(_) => Some(Err(format!("no body bytes within {CALL_LIMIT:?}"))),
+    }
+}
+
 /// A complete exchange.
 #[derive(Debug)]
 pub struct Response {
@@ -52,13 +80,13 @@ impl Streaming {
     /// Reads until at least `n` bytes arrived in total (or the body ended or failed).
     pub async fn read_at_least(&mut self, n: usize) -> Result<(), String> {
         while self.received.len() < n {
-            match self.body.frame().await {
+            match next_frame(&mut self.body).await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.received.extend_from_slice(&data);
                     }
                 }
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(e),
                 None => break,
             }
         }
@@ -67,8 +95,8 @@ impl Streaming {
 
     /// Reads the rest; `Err` if the body was cut short.
     pub async fn finish(mut self) -> Result<Bytes, String> {
-        while let Some(frame) = self.body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
+        while let Some(frame) = next_frame(&mut self.body).await {
+            let frame = frame?;
             if let Ok(data) = frame.into_data() {
                 self.received.extend_from_slice(&data);
             }
@@ -91,9 +119,9 @@ fn build(method: Method, url: &str, headers: &[(&str, &str)]) -> Request<Empty<B
 
 /// Sends a request and reads the whole response.
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Response {
-    let response = client().request(build(method, url, headers)).await.expect("response headers");
+    let response = bounded(url, client().request(build(method, url, headers))).await.expect("response headers");
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}"));
+    let body = collect(body).await;
     Response { status: parts.status.as_u16(), headers: parts.headers, body }
 }
 
@@ -114,15 +142,15 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: imp
     }
     let req = req.body(Full::new(body.into())).expect("valid request");
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client.request(req).await.expect("response headers");
+    let response = bounded(url, client.request(req)).await.expect("response headers");
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}"));
+    let body = collect(body).await;
     Response { status: parts.status.as_u16(), headers: parts.headers, body }
 }
 
 /// Sends a request and returns once the headers arrived.
 pub async fn open(url: &str, headers: &[(&str, &str)]) -> Streaming {
-    let response = client().request(build(Method::GET, url, headers)).await.expect("response headers");
+    let response = bounded(url, client().request(build(Method::GET, url, headers))).await.expect("response headers");
     let (parts, body) = response.into_parts();
     Streaming { status: parts.status.as_u16(), headers: parts.headers, body, received: BytesMut::new() }
 }

@@ -59,7 +59,8 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 }
 
 /// An edge config for tests: listeners on 127.0.0.1:0, the cache in `dir`, one upstream per
-/// (name, url), the first the default.
+/// (name, url), the first the default. Upstream stall and first-byte timeouts are 30 s, longer
+/// than any test holds a response at a gate; the tests of those timeouts set their own.
 pub fn test_config(dir: &Path, upstreams: &[(&str, &str)], extra: &str) -> EdgeConfig {
     let mut text = format!(
         "region = \"test\"\n{extra}\n[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {dir:?}\ndisk_max = \"1GiB\"\n",
@@ -67,7 +68,7 @@ pub fn test_config(dir: &Path, upstreams: &[(&str, &str)], extra: &str) -> EdgeC
     );
     for (i, (name, url)) in upstreams.iter().enumerate() {
         text.push_str(&format!(
-            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\ndefault = {}\nbody_stall_timeout = \"2s\"\nfirst_byte_timeout = \"2s\"\nconnect_timeout = \"2s\"\n",
+            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\ndefault = {}\nbody_stall_timeout = \"30s\"\nfirst_byte_timeout = \"30s\"\nconnect_timeout = \"2s\"\n",
             i == 0
         ));
     }
@@ -97,13 +98,46 @@ pub fn start_custom(upstreams: &[(&str, &str)], extra: &str, tweak: impl FnOnce(
     start_with(config, dir)
 }
 
-/// The path of a workspace binary built next to the test executable.
+/// The path of a workspace binary built next to the test executable. Fails with a clear message
+/// when it is missing or older than any source file of the crates it is built from, so a test
+/// never runs a stale binary.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first", path.display());
+    let fix = "run `cargo build --workspace --bins` (scripts/test does) before the tests";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is not built: {fix}", path.display()));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let crates: &[&str] = if name == "berth-edge" { &["shared", "edge"] } else { &["shared", "distributor"] };
+    for krate in crates {
+        if let Some((newest, source)) = newest_file(&workspace.join(krate).join("src")) {
+            assert!(newest <= built, "{} is older than {}: {fix}", path.display(), source.display());
+        }
+    }
     path
+}
+
+/// The newest `.rs` file under `dir`.
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            newest_file(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (t, path))
+        } else {
+            None
+        };
+        if let Some(found) = found {
+            if newest.as_ref().is_none_or(|(t, _)| found.0 > *t) {
+                newest = Some(found);
+            }
+        }
+    }
+    newest
 }
 
 /// The real `berth-edge` binary, run with a config file that listens on port 0; the addresses
@@ -118,10 +152,16 @@ pub struct EdgeProcess {
 impl EdgeProcess {
     /// Starts the binary and waits for it to report its listeners.
     pub fn start(config_path: &Path, log: &Path) -> EdgeProcess {
+        Self::start_with_env(config_path, log, &[])
+    }
+
+    /// Starts the binary with extra environment variables (secrets named by its config).
+    pub fn start_with_env(config_path: &Path, log: &Path, env: &[(&str, &str)]) -> EdgeProcess {
         let mut child = Command::new(binary("berth-edge"))
             .arg("--config")
             .arg(config_path)
             .env("BERTH_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -15,9 +15,11 @@ pub struct DistributorProcess {
 }
 
 impl DistributorProcess {
-    /// Starts the binary on `addr` (fixed, so a restart keeps the address edges know) with its
-    /// store under `dir`.
-    pub fn start(dir: &Path, addr: std::net::SocketAddr, keep_events: u64, log: &Path) -> DistributorProcess {
+    /// Starts the binary on `listener`, handed over by socket activation (the test keeps it
+    /// bound, so a restart keeps the address edges know, with no window in which another
+    /// process could take the port), with its store under `dir`.
+    pub fn start(dir: &Path, listener: &std::net::TcpListener, keep_events: u64, log: &Path) -> DistributorProcess {
+        let addr = listener.local_addr().expect("listener address");
         let config = dir.join("distributor.toml");
         std::fs::write(
             &config,
@@ -27,9 +29,22 @@ impl DistributorProcess {
             ),
         )
         .expect("distributor config");
-        let mut child = Command::new(binary("berth-distributor"))
+        let mut command = Command::new(binary("berth-distributor"));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+        // SAFETY: dup2 is async-signal-safe; it makes the listener the child's fd 3, without
+        // close-on-exec, as socket activation passes it.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config)
+            .env("LISTEN_FDS", "1")
             .env("BERTH_ADMIN_TOKENS", ADMIN_TOKEN)
             .env("BERTH_EDGE_TOKENS", EDGE_TOKEN)
             .stdout(Stdio::piped())
@@ -63,9 +78,10 @@ impl Drop for DistributorProcess {
     }
 }
 
-/// A free port on 127.0.0.1 (for a server that must restart on the same address).
-pub fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+/// A listener on a port the OS picks, for a server process that must restart on the same
+/// address: the test keeps it and hands it to each incarnation.
+pub fn listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
 
 /// Writes the config of an edge in `region` joined to the distributor, with `origin` as its
@@ -83,10 +99,9 @@ pub fn edge_config(dir: &Path, name: &str, region: &str, distributor: &str, orig
     path
 }
 
-/// Starts an edge binary with the edge token in its environment.
+/// Starts an edge binary with the edge token in its environment (the child's only).
 pub fn start_edge(config: &Path, log: &Path) -> EdgeProcess {
-    std::env::set_var("BERTH_EDGE_TOKEN", EDGE_TOKEN);
-    EdgeProcess::start(config, log)
+    EdgeProcess::start_with_env(config, log, &[("BERTH_EDGE_TOKEN", EDGE_TOKEN)])
 }
 
 /// Runs `berthctl` against a distributor; returns (exit code, stdout + stderr).

@@ -88,12 +88,16 @@ struct State {
     log: Vec<Logged>,
     auth: Auth,
     tokens_issued: usize,
+    /// Requests now held at a gate, by path.
+    holding: HashMap<String, usize>,
 }
 
 /// The running origin; stops when dropped.
 pub struct Origin {
     pub addr: std::net::SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Woken whenever a request starts or stops being held at a gate.
+    held: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -108,13 +112,34 @@ impl Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = Arc::clone(&state);
+        let held = Arc::new(Notify::new());
+        let (shared, signal) = (Arc::clone(&state), Arc::clone(&held));
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(socket, Arc::clone(&shared), addr));
+                tokio::spawn(serve_connection(socket, Arc::clone(&shared), addr, Arc::clone(&signal)));
             }
         });
-        Origin { addr, state, task }
+        Origin { addr, state, held, task }
+    }
+
+    /// How many requests for `path` are held at their gate now.
+    pub fn holding(&self, path: &str) -> usize {
+        self.state.lock().holding.get(path).copied().unwrap_or(0)
+    }
+
+    /// Waits until `n` requests for `path` are held at their gate (the origin has sent what it
+    /// was told to and waits for the test): tests act on this event, not on a wall-clock margin.
+    pub async fn wait_holding(&self, path: &str, n: usize) {
+        let wait = async {
+            loop {
+                let notified = self.held.notified();
+                if self.state.lock().holding.get(path).copied().unwrap_or(0) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        crate::client::bounded(&format!("origin holding {n} request(s) for {path}"), wait).await
     }
 
     pub fn url(&self) -> String {
@@ -182,14 +207,19 @@ impl Origin {
     }
 }
 
-async fn serve_connection(mut socket: TcpStream, state: Arc<Mutex<State>>, addr: std::net::SocketAddr) {
+async fn serve_connection(
+    mut socket: TcpStream,
+    state: Arc<Mutex<State>>,
+    addr: std::net::SocketAddr,
+    held: Arc<Notify>,
+) {
     let mut buf = Vec::new();
     loop {
         let Some(request) = read_request(&mut socket, &mut buf).await else {
             return;
         };
         state.lock().log.push(request.clone());
-        if !respond(&mut socket, &request, &state, addr).await {
+        if !respond(&mut socket, &request, &Hold { state: &state, held: &held }, addr).await {
             return;
         }
     }
@@ -240,7 +270,27 @@ async fn simple(socket: &mut TcpStream, status: u16, extra: &[(&str, String)], b
 }
 
 /// Answers one request; returns whether the connection may serve another.
-async fn respond(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>, addr: std::net::SocketAddr) -> bool {
+/// Where a request held at a gate is counted, and who is told.
+struct Hold<'a> {
+    state: &'a Arc<Mutex<State>>,
+    held: &'a Arc<Notify>,
+}
+
+impl Hold<'_> {
+    /// Counts `path` as held while waiting for `gate`.
+    async fn at(&self, path: &str, gate: &Notify) {
+        *self.state.lock().holding.entry(path.to_owned()).or_default() += 1;
+        self.held.notify_waiters();
+        gate.notified().await;
+        if let Some(n) = self.state.lock().holding.get_mut(path) {
+            *n -= 1;
+        }
+        self.held.notify_waiters();
+    }
+}
+
+async fn respond(socket: &mut TcpStream, req: &Logged, hold: &Hold<'_>, addr: std::net::SocketAddr) -> bool {
+    let state = hold.state;
     let is_head = req.method == "HEAD";
     if req.path == "/token" {
         return issue_token(socket, req, state).await;
@@ -260,7 +310,7 @@ async fn respond(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>
             simple(socket, *code, &[], body.as_bytes(), is_head).await
         }
         (Some(Fault::GateStatus { status, gate }), _) => {
-            gate.notified().await;
+            hold.at(&req.path, gate).await;
             let body = format!(r#"{{"errors":[{{"code":"NAME_UNKNOWN","message":"scripted {status}"}}]}}"#);
             simple(socket, *status, &[], body.as_bytes(), is_head).await
         }
@@ -279,11 +329,17 @@ async fn respond(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>
             let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"not here"}]}"#;
             simple(socket, 404, &[], body, is_head).await
         }
-        (_, Some(object)) => send_object(socket, &object, fault, is_head).await,
+        (_, Some(object)) => send_object(socket, &object, fault, is_head, (hold, &req.path)).await,
     }
 }
 
-async fn send_object(socket: &mut TcpStream, object: &Object, fault: Option<Fault>, is_head: bool) -> bool {
+async fn send_object(
+    socket: &mut TcpStream,
+    object: &Object,
+    fault: Option<Fault>,
+    is_head: bool,
+    (hold, path): (&Hold<'_>, &str),
+) -> bool {
     let headers = [
         ("Content-Length", object.body.len().to_string()),
         ("Content-Type", object.content_type.clone()),
@@ -325,7 +381,7 @@ async fn send_object(socket: &mut TcpStream, object: &Object, fault: Option<Faul
             if socket.write_all(&body[..after]).await.is_err() {
                 return false;
             }
-            gate.notified().await;
+            hold.at(path, &gate).await;
             socket.write_all(&body[after..]).await.is_ok()
         }
         _ => socket.write_all(&body).await.is_ok(),

@@ -58,6 +58,9 @@ pub struct DistributorLink {
     pub url: String,
     /// Environment variable holding this edge's bearer token. Default: `"BERTH_EDGE_TOKEN"`.
     pub token_env: String,
+    /// A file holding the bearer token instead (e.g. a mounted secret); when set, `token_env` is
+    /// not read. Default: none.
+    pub token_file: Option<std::path::PathBuf>,
     /// How often the edge reports its counters and prefetch progress. Default: `"5s"`.
     pub report_interval: HumanDuration,
     /// How long a starting edge waits to catch up with the policy log before it serves anyway
@@ -70,6 +73,7 @@ impl Default for DistributorLink {
         DistributorLink {
             url: String::new(),
             token_env: "BERTH_EDGE_TOKEN".into(),
+            token_file: None,
             report_interval: HumanDuration::secs(5),
             startup_sync_timeout: HumanDuration::secs(10),
         }
@@ -77,9 +81,9 @@ impl Default for DistributorLink {
 }
 
 impl DistributorLink {
-    /// The bearer token, from the environment.
-    pub fn token(&self) -> String {
-        std::env::var(&self.token_env).unwrap_or_default()
+    /// The bearer token, from `token_file` or the environment.
+    pub fn token(&self) -> Result<String, String> {
+        berth_shared::secret::read(self.token_file.as_deref(), &self.token_env)
     }
 }
 
@@ -160,6 +164,8 @@ pub struct UpstreamConfig {
     pub username: Option<String>,
     /// Name of the environment variable holding the password. Default: none.
     pub password_env: Option<String>,
+    /// A file holding the password instead (e.g. a mounted secret). Default: none.
+    pub password_file: Option<PathBuf>,
     /// How long a tag→digest mapping is served before it is revalidated upstream. Default: `"60s"`.
     pub tag_ttl: HumanDuration,
     /// How long past its last confirmation a tag may be served while the upstream fails.
@@ -178,6 +184,16 @@ pub struct UpstreamConfig {
     pub library_prefix: Option<bool>,
 }
 
+impl UpstreamConfig {
+    /// The password, from `password_file` or `password_env`; `None` when neither is set.
+    pub fn password(&self) -> Option<Result<String, String>> {
+        match (&self.password_file, &self.password_env) {
+            (None, None) => None,
+            (file, env) => Some(berth_shared::secret::read(file.as_deref(), env.as_deref().unwrap_or_default())),
+        }
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
@@ -186,6 +202,7 @@ impl Default for UpstreamConfig {
             default: false,
             username: None,
             password_env: None,
+            password_file: None,
             tag_ttl: HumanDuration::secs(60),
             stale_if_error: HumanDuration::secs(24 * 3600),
             connect_timeout: HumanDuration::secs(10),

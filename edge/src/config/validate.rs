@@ -21,8 +21,9 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
             _ => problems.push(format!("distributor.url: {:?} is not an http:// or https:// URL", link.url)),
         }
-        if std::env::var_os(&link.token_env).is_none() {
-            problems.push(format!("distributor.token_env: environment variable {} is not set", link.token_env));
+        if let Err(e) = link.token() {
+            let key = if link.token_file.is_some() { "token_file" } else { "token_env" };
+            problems.push(format!("distributor.{key}: {e}"));
         }
         if link.report_interval.get().is_zero() {
             problems.push("distributor.report_interval: must be greater than zero".into());
@@ -67,13 +68,15 @@ fn validate_upstream(i: usize, u: &UpstreamConfig) -> Vec<String> {
         }
         _ => problems.push(format!("{}: {:?} is not an http:// or https:// URL", key("url"), u.url)),
     }
-    if u.password_env.is_some() && u.username.is_none() {
-        problems.push(format!("{}: set together with username", key("password_env")));
+    let password_key = if u.password_file.is_some() { key("password_file") } else { key("password_env") };
+    if u.password_file.is_some() && u.password_env.is_some() {
+        problems.push(format!("{}: set password_env or password_file, not both", key("password_file")));
     }
-    if let Some(var) = &u.password_env {
-        if std::env::var_os(var).is_none() {
-            problems.push(format!("{}: environment variable {var} is not set", key("password_env")));
-        }
+    if u.password().is_some() && u.username.is_none() {
+        problems.push(format!("{password_key}: set together with username"));
+    }
+    if let Some(Err(e)) = u.password() {
+        problems.push(format!("{password_key}: {e}"));
     }
     if let Some(ca) = &u.ca_file {
         if !ca.is_file() {

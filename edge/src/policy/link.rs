@@ -49,7 +49,8 @@ impl Link {
             });
         Link {
             base: config.url.trim_end_matches('/').to_owned(),
-            token: config.token(),
+            // Validated at start; an unreadable token shows as 401s from the distributor.
+            token: config.token().unwrap_or_default(),
             config: config.clone(),
             client: Client::builder(TokioExecutor::new()).build(connector),
         }

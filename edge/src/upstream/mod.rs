@@ -97,7 +97,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the client for one upstream; credentials are read from the environment here.
+    /// Builds the client for one upstream; credentials are read (file or environment) here.
     pub fn new(config: &UpstreamConfig) -> Result<Self, ClientError> {
         let base: http::Uri = config.url.parse().map_err(|_| ClientError::BadUrl(config.url.clone()))?;
         let timeouts = Timeouts {
@@ -106,13 +106,11 @@ impl Upstream {
             body_stall: config.body_stall_timeout.get(),
         };
         let client = HttpClient::new(timeouts, config.ca_file.as_deref())?;
-        let credentials = match (&config.username, &config.password_env) {
-            (Some(user), Some(var)) => {
-                Some(Credentials { username: user.clone(), password: std::env::var(var).unwrap_or_default() })
-            }
-            (Some(user), None) => Some(Credentials { username: user.clone(), password: String::new() }),
-            _ => None,
-        };
+        let credentials = config.username.as_ref().map(|user| Credentials {
+            username: user.clone(),
+            // Validated at start: a password that cannot be read is refused there.
+            password: config.password().and_then(Result::ok).unwrap_or_default(),
+        });
         Ok(Upstream {
             name: config.name.clone(),
             config: config.clone(),

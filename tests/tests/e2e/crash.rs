@@ -49,32 +49,37 @@ fn write_config(work: &Path, origin: &str) -> std::path::PathBuf {
     path
 }
 
+/// Whether the cache holds a published file for `d`.
+fn published(cache: &Path, d: &Digest) -> bool {
+    let hex = d.hex();
+    cache.join("blobs/sha256").join(&hex[..2]).join(&hex).exists()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_fills_never_leaves_a_partial_or_unverified_entry() {
     let origin = Origin::start().await;
-    let blobs: Vec<(Digest, Vec<u8>)> = (1..=6)
-        .map(|mib| {
-            let body = random_bytes(mib << 20);
-            (origin.put_blob(REPO, body.clone()), body)
-        })
-        .collect();
     let work = tempfile::tempdir().unwrap();
     let config = write_config(work.path(), &origin.url());
     let cache = work.path().join("cache");
+    let mut all: Vec<(Digest, Vec<u8>)> = Vec::new();
 
-    for round in 0..9usize {
+    for round in 0..6usize {
         let mut edge = EdgeProcess::start(&config, &work.path().join(format!("round-{round}.log")));
         assert!(temp_files(&cache).is_empty(), "round {round}: temp files left after a restart");
         assert_cache_consistent(&cache);
 
-        // Hold some fills part-way, at a different point each round.
+        // This round's own blobs: two held part-way at different offsets, one left to finish.
+        let blobs: Vec<(Digest, Vec<u8>)> = (0..3)
+            .map(|i| {
+                let body = random_bytes((1 + (round + i) % 3) << 20);
+                (origin.put_blob(REPO, body.clone()), body)
+            })
+            .collect();
         let gate = Arc::new(Notify::new());
-        for (i, (d, body)) in blobs.iter().enumerate() {
-            if (i + round) % 3 == 0 {
-                let after = ((round * 333) << 10) % body.len();
-                origin
-                    .fault(&format!("/v2/{REPO}/blobs/{d}"), Fault::Gate { after, gate: gate.clone(), corrupt: false });
-            }
+        let offsets: Vec<usize> = (0..2).map(|i| 1 + ((round * 7 + i * 5) * 61_440) % (blobs[i].1.len() - 1)).collect();
+        for (i, after) in offsets.iter().enumerate() {
+            let path = format!("/v2/{REPO}/blobs/{}", blobs[i].0);
+            origin.fault(&path, Fault::Gate { after: *after, gate: gate.clone(), corrupt: false });
         }
         let pulls: Vec<_> = blobs
             .iter()
@@ -83,33 +88,35 @@ async fn kill_9_during_fills_never_leaves_a_partial_or_unverified_entry() {
                 tokio::spawn(async move { client::get(&url).await })
             })
             .collect();
-        // Kill at different moments: at once, while a fill is mid-write, or after some publish.
-        match round % 3 {
-            0 => {}
-            1 => {
-                berth_tests::eventually("a fill mid-write", Duration::from_secs(20), || {
-                    temp_files(&cache).iter().any(|len| *len > 0)
-                })
-                .await
-            }
-            _ => {
-                berth_tests::eventually("a fill published", Duration::from_secs(20), || {
-                    assert_cache_consistent(&cache) > 0
-                })
-                .await
-            }
-        }
+        // Kill while both held fills are mid-write at their offsets; in odd rounds, also only
+        // after the third blob was published, so a publication and two fills coexist.
+        let lowest = *offsets.iter().min().unwrap() as u64;
+        berth_tests::eventually("two fills mid-write at their offsets", Duration::from_secs(20), || {
+            temp_files(&cache).iter().filter(|len| **len >= lowest).count() >= 2
+                && (round % 2 == 0 || published(&cache, &blobs[2].0))
+        })
+        .await;
+        let at_kill = temp_files(&cache);
         edge.kill();
         for p in pulls {
             p.abort();
         }
         origin.clear_faults();
+        for (i, after) in offsets.iter().enumerate() {
+            assert!(!published(&cache, &blobs[i].0), "round {round}: held blob {i} was killed mid-fill");
+            let len = blobs[i].1.len() as u64;
+            assert!(
+                at_kill.iter().any(|l| *l >= *after as u64 && *l < len),
+                "round {round}: a temp file stopped part-way (offset {after} of {len}): {at_kill:?}"
+            );
+        }
+        all.extend(blobs);
     }
 
     let edge = EdgeProcess::start(&config, &work.path().join("final.log"));
     assert!(temp_files(&cache).is_empty());
     assert_cache_consistent(&cache);
-    for (d, body) in &blobs {
+    for (d, body) in &all {
         let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
         assert_eq!(r.bytes().as_ref(), body.as_slice(), "{d} served correctly after the crashes");
     }

@@ -116,6 +116,43 @@ fn flip_a_bit(file: &Path, at: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
+/// The README's promise: a verified file changed in place while the edge runs (same size, one bit,
+/// no restart, no scrub) is never served, neither from disk nor copied into the memory tier.
+#[tokio::test]
+async fn a_file_altered_in_place_while_running_is_hashed_again_and_never_served() {
+    let origin = Origin::start().await;
+    let small = random_bytes(64 << 10); // goes to the memory tier on its first disk hit
+    let large = random_bytes(3 << 20); // over memory_object_max: served from disk only
+    let (ds, dl) = (origin.put_blob(REPO, small.clone()), origin.put_blob(REPO, large.clone()));
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.cache.scrub_rate = ByteSize(0);
+        c.cache.memory_object_max = ByteSize::mib(1);
+    });
+    for (d, body) in [(ds, &small), (dl, &large)] {
+        assert_eq!(client::get(&blob_url(&edge, &d)).await.bytes().as_ref(), body.as_slice());
+        edge.published(d).await;
+        flip_a_bit(&blob_file(&edge, &d), 1000);
+        let r = client::get(&blob_url(&edge, &d)).await;
+        assert_eq!(r.bytes().as_ref(), body.as_slice(), "the altered copy is not served");
+        assert_eq!(r.header("x-berth-cache"), Some("miss"), "it was dropped and refetched");
+        edge.published(d).await;
+        for _ in 0..2 {
+            let r = client::get(&blob_url(&edge, &d)).await;
+            assert_eq!(r.bytes().as_ref(), body.as_slice(), "the refetched copy is served");
+            assert_eq!(r.header("x-berth-cache"), Some("hit"));
+        }
+    }
+    assert_eq!(edge.metric("berth_edge_changed_entries_total").await, 2.0);
+    assert_eq!(edge.metric("berth_edge_damaged_entries_total").await, 2.0);
+    assert_eq!(
+        edge.metric("berth_edge_responses_total{kind=\"blob\",tier=\"memory\"").await,
+        1.0,
+        "only the refetched small blob"
+    );
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{ds}")), 2);
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{dl}")), 2);
+}
+
 #[tokio::test]
 async fn the_scrub_finds_a_file_altered_while_running_and_it_is_refetched() {
     let origin = Origin::start().await;
@@ -244,8 +281,10 @@ async fn a_full_disk_mid_fill_still_serves_verified_bytes_and_reports_degraded()
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let Some(_fs) = SmallFs::mount(&cache, "8m") else {
-        eprintln!("SKIPPED: this machine does not allow mounting a tmpfs");
-        return;
+        return berth_tests::skip(
+            "a_full_disk_mid_fill_still_serves_verified_bytes_and_reports_degraded",
+            "mounting a tmpfs needs root",
+        );
     };
     let mut config = berth_tests::edge::test_config(&cache, &[("docker.io", &origin.url())], "");
     config.cache.disk_max = ByteSize::gib(1); // the budget believes there is room; the disk has not
@@ -281,8 +320,10 @@ async fn a_fill_that_loses_its_disk_never_mixes_two_fetches_in_one_response() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let Some(_fs) = SmallFs::mount(&cache, "8m") else {
-        eprintln!("SKIPPED: this machine does not allow mounting a tmpfs");
-        return;
+        return berth_tests::skip(
+            "a_fill_that_loses_its_disk_never_mixes_two_fetches_in_one_response",
+            "mounting a tmpfs needs root",
+        );
     };
     let mut config = berth_tests::edge::test_config(&cache, &[("docker.io", &origin.url())], "");
     config.cache.disk_max = ByteSize::gib(1);

@@ -69,6 +69,7 @@ async fn wrong_bytes_abort_every_concurrent_reader() {
         s.read_at_least(1).await.expect("first bytes arrive while the fill runs");
         readers.push(s);
     }
+    assert_eq!(origin.holding(&path), 1, "every reader joined while the origin held the rest back");
     gate.notify_one();
     for r in readers {
         assert!(r.finish().await.is_err(), "every reader is aborted");
@@ -117,9 +118,19 @@ async fn an_upstream_404_gives_blob_unknown() {
     assert_eq!(r.error_code(), "BLOB_UNKNOWN");
 }
 
+/// An edge whose upstream stall and first-byte timeouts are 1 s (the feature under test).
+fn impatient_edge(origin: &Origin) -> TestEdge {
+    edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.upstream[0].body_stall_timeout = berth_shared::HumanDuration::secs(1);
+        c.upstream[0].first_byte_timeout = berth_shared::HumanDuration::secs(1);
+    })
+}
+
 #[tokio::test]
 async fn a_stalled_body_times_out_and_aborts_the_response() {
-    let (origin, edge, body, url, path) = setup(1 << 20).await;
+    let (origin, _, body, _, path) = setup(1 << 20).await;
+    let edge = impatient_edge(&origin);
+    let url = format!("{}{path}", edge.url());
     origin.fault(&path, Fault::StallBody { after: 100 << 10 });
     let r = client::get(&url).await;
     assert!(r.status == 200 && r.body.is_err(), "a stall past body_stall_timeout aborts");
@@ -128,7 +139,9 @@ async fn a_stalled_body_times_out_and_aborts_the_response() {
 
 #[tokio::test]
 async fn stalled_response_headers_give_504() {
-    let (origin, edge, body, url, path) = setup(1 << 10).await;
+    let (origin, _, body, _, path) = setup(1 << 10).await;
+    let edge = impatient_edge(&origin);
+    let url = format!("{}{path}", edge.url());
     origin.fault(&path, Fault::StallHeaders);
     let r = client::get(&url).await;
     assert_eq!(r.status, 504);
@@ -137,9 +150,8 @@ async fn stalled_response_headers_give_504() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_gives_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let closed = berth_tests::tools::RefusingPort::new();
+    let url = format!("http://{}", closed.addr);
     let edge = edge::start(&url);
     let d = berth_shared::Digest::of(b"x");
     let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
@@ -173,10 +185,10 @@ async fn a_token_challenge_is_answered_and_the_token_reused() {
     let origin = Origin::start().await;
     origin.set_auth(Auth::Bearer { credentials: Some(("alice".into(), "s3cret".into())) });
     let blobs: Vec<_> = (0..3).map(|i| origin.put_blob(REPO, vec![i as u8; 1000])).collect();
-    std::env::set_var("BERTH_TEST_TOKEN_PASSWORD", "s3cret");
+    let password = berth_tests::secret_file("s3cret");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("alice".into());
-        c.upstream[0].password_env = Some("BERTH_TEST_TOKEN_PASSWORD".into());
+        c.upstream[0].password_file = Some(password.to_path_buf());
     });
     for d in &blobs {
         let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
@@ -193,10 +205,10 @@ async fn wrong_credentials_at_the_token_endpoint_give_403() {
     let origin = Origin::start().await;
     origin.set_auth(Auth::Bearer { credentials: Some(("alice".into(), "right".into())) });
     let d = origin.put_blob(REPO, vec![1u8; 10]);
-    std::env::set_var("BERTH_TEST_WRONG_PASSWORD", "wrong");
+    let password = berth_tests::secret_file("wrong");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("alice".into());
-        c.upstream[0].password_env = Some("BERTH_TEST_WRONG_PASSWORD".into());
+        c.upstream[0].password_file = Some(password.to_path_buf());
     });
     let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
     assert_eq!(r.status, 403);
@@ -209,10 +221,10 @@ async fn a_basic_auth_upstream_gets_the_configured_credentials() {
     let origin = Origin::start().await;
     origin.set_auth(Auth::Basic { username: "bob".into(), password: "pw".into() });
     let d = origin.put_blob(REPO, vec![7u8; 100]);
-    std::env::set_var("BERTH_TEST_BASIC_PASSWORD", "pw");
+    let password = berth_tests::secret_file("pw");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("bob".into());
-        c.upstream[0].password_env = Some("BERTH_TEST_BASIC_PASSWORD".into());
+        c.upstream[0].password_file = Some(password.to_path_buf());
     });
     let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
     assert_eq!(r.status, 200);
@@ -239,10 +251,10 @@ async fn a_challenge_from_a_redirect_target_never_gets_the_credentials() {
     let path = format!("/v2/{REPO}/blobs/{digest}");
     storage.put_raw(&path, body);
     origin.fault(&path, Fault::Redirect { base: storage.url() });
-    std::env::set_var("BERTH_TEST_REDIRECT_PASSWORD", "pw");
+    let password = berth_tests::secret_file("pw");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("carol".into());
-        c.upstream[0].password_env = Some("BERTH_TEST_REDIRECT_PASSWORD".into());
+        c.upstream[0].password_file = Some(password.to_path_buf());
     });
     let r = client::get(&format!("{}{path}", edge.url())).await;
     assert_eq!(r.status, 403, "the storage host's 401 is the answer");

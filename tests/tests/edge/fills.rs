@@ -32,6 +32,7 @@ async fn concurrent_requests_share_one_fill_and_are_served_while_it_is_written()
         s.read_at_least(512 << 10).await.expect("bytes before the fill completes");
         clients.push(s);
     }
+    assert_eq!(origin.holding(&path), 1, "every client got bytes while the origin held the rest back");
     gate.notify_one();
     for s in clients {
         assert_eq!(s.finish().await.expect("complete body").as_ref(), body.as_slice());
@@ -173,10 +174,7 @@ async fn a_failing_request_for_another_repository_does_not_fail_a_joined_pull() 
     let edge = edge::start(&origin.url());
     let bogus_url = format!("{}{bogus}", edge.url());
     let first = tokio::spawn(async move { client::get(&bogus_url).await });
-    berth_tests::eventually("the bogus fill reached the origin", Duration::from_secs(10), || {
-        origin.count("GET", &bogus) == 1
-    })
-    .await;
+    origin.wait_holding(&bogus, 1).await;
     let real_url = format!("{}/v2/{REPO}/blobs/{digest}", edge.url());
     let real = tokio::spawn(async move { client::get(&real_url).await });
     berth_tests::eventually("the real pull joined the bogus fill", Duration::from_secs(10), || {

@@ -12,18 +12,24 @@ use berth_tests::origin::Origin;
 use http::Method;
 
 fn image(origin: &Origin, repo: &str, tag: &str) -> (Digest, Vec<Digest>) {
+    image_of(origin, repo, tag, 7)
+}
+
+/// An image whose one layer is 50,000 bytes of `fill`.
+fn image_of(origin: &Origin, repo: &str, tag: &str, fill: u8) -> (Digest, Vec<Digest>) {
     let config = origin.put_blob(repo, br#"{"architecture":"amd64","os":"linux"}"#.to_vec());
-    let layer = origin.put_blob(repo, vec![7u8; 50_000]);
+    let layer = origin.put_blob(repo, vec![fill; 50_000]);
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":50000}}]}}"#
     );
     (origin.put_manifest(repo, Some(tag), OCI_MANIFEST, manifest), vec![config, layer])
 }
 
-/// The `[distributor]` table of an edge joined to `url`.
-fn link(url: String, report_interval: &str) -> berth_edge::config::DistributorLink {
+/// The `[distributor]` table of an edge joined to `url`, its token in `token`.
+fn link(url: String, report_interval: &str, token: &std::path::Path) -> berth_edge::config::DistributorLink {
     berth_edge::config::DistributorLink {
         url,
+        token_file: Some(token.to_owned()),
         report_interval: report_interval.parse().unwrap(),
         startup_sync_timeout: berth_shared::HumanDuration::secs(5),
         ..Default::default()
@@ -98,23 +104,27 @@ async fn an_unknown_image_fails_a_local_prefetch_with_a_clear_error() {
 
 #[tokio::test]
 async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
-    std::env::set_var("BERTH_ADMIN_TOKENS", ADMIN_TOKEN);
-    std::env::set_var("BERTH_EDGE_TOKENS", EDGE_TOKEN);
-    std::env::set_var("BERTH_EDGE_TOKEN", EDGE_TOKEN);
+    let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
     let work = tempfile::tempdir().unwrap();
     let config = berth_distributor::config::parse(&format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[log]\nkeep_events = 2\n",
-        work.path().join("store").display().to_string()
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[log]\nkeep_events = 2\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+        work.path().join("store").display().to_string(),
+        admin_tokens.display().to_string(),
+        edge_token.display().to_string(),
     ))
     .unwrap();
     let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
     let origin = Origin::start().await;
     let blob = origin.put_blob("team/app", vec![3u8; 10_000]);
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
-        c.distributor = Some(link(distributor.url(), "100ms"));
+        c.distributor = Some(link(distributor.url(), "100ms", &edge_token));
     });
     let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
     client::get(&url).await.bytes();
+    // On disk before the edge stops: otherwise the purge checks below would pass with nothing cached.
+    edge.published(blob).await;
+    let file = edge.running().state.fills.store().entry_path(&berth_edge::cache::EntryKey::blob(blob));
+    assert!(file.exists());
     let mut config = edge.running().state.config.clone();
     let dir = edge.stop();
 
@@ -134,6 +144,7 @@ async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
         edge.running().state.fills.store().contains(&berth_edge::cache::EntryKey::blob(blob)).is_none(),
         "the snapshot's purge was applied before serving"
     );
+    assert!(!file.exists(), "the purged file was deleted");
     let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
     assert_eq!(client::get(&url).await.header("x-berth-cache"), Some("miss"));
     drop(distributor);
@@ -180,14 +191,15 @@ async fn an_unfinished_prefetch_resumes_after_an_edge_restart() {
     assert_eq!(r.header("x-berth-cache"), Some("hit"));
 }
 
-/// A distributor stand-in whose watch stream carries an event of a kind this edge does not know,
-/// then an invalidation.
-async fn newer_distributor() -> std::net::SocketAddr {
+/// A distributor stand-in whose watch stream carries an event of a kind this edge does not know
+/// (version 1), then, once `release` is notified, an invalidation of `team/app`'s tags (version 2).
+async fn newer_distributor(release: std::sync::Arc<tokio::sync::Notify>) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let release = release.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 let n = socket.read(&mut buf).await.unwrap_or(0);
@@ -196,6 +208,13 @@ async fn newer_distributor() -> std::net::SocketAddr {
                     concat!(
                         r#"{"type":"event","version":1,"action":"reticulate","splines":3}"#,
                         "\n",
+                        r#"{"type":"synced","version":1}"#,
+                        "\n"
+                    )
+                    .to_owned()
+                } else if request.starts_with("GET /api/v1/watch?since=1 ") {
+                    release.notified().await;
+                    concat!(
                         r#"{"type":"event","version":2,"action":"invalidate","id":"i","repository":"team/app"}"#,
                         "\n",
                         r#"{"type":"synced","version":2}"#,
@@ -217,18 +236,43 @@ async fn newer_distributor() -> std::net::SocketAddr {
     addr
 }
 
+async fn tag_digest(edge: &edge::TestEdge) -> String {
+    let url = format!("{}/v2/team/app/manifests/v1", edge.url());
+    let r = client::request(Method::GET, &url, &[("Accept", OCI_MANIFEST)]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.header("docker-content-digest").unwrap_or_default().to_owned()
+}
+
 // Multi-threaded: the stand-in must answer while `start_custom` blocks on the edge's catch-up.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_of_an_unknown_kind_is_skipped_and_later_events_still_apply() {
-    std::env::set_var("BERTH_EDGE_TOKEN", EDGE_TOKEN);
-    let distributor = newer_distributor().await;
+    let edge_token = berth_tests::secret_file(EDGE_TOKEN);
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let distributor = newer_distributor(release.clone()).await;
     let origin = Origin::start().await;
+    let (first, _) = image(&origin, "team/app", "v1");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
-        c.distributor = Some(link(format!("http://{distributor}"), "1h"));
+        c.distributor = Some(link(format!("http://{distributor}"), "1h", &edge_token));
+        c.upstream[0].tag_ttl = berth_shared::HumanDuration::secs(3600);
     });
-    assert_eq!(
-        edge.metric("berth_edge_policy_version").await,
-        2.0,
-        "the unknown event did not block the invalidation after it"
-    );
+    assert_eq!(edge.metric("berth_edge_policy_version").await, 1.0, "the unknown event was skipped, not stuck on");
+    assert_eq!(tag_digest(&edge).await, first.to_string());
+    // The tag moves upstream; within its TTL the edge keeps the cached mapping...
+    let (second, _) = image_of(&origin, "team/app", "v1", 8);
+    assert_ne!(first, second);
+    assert_eq!(tag_digest(&edge).await, first.to_string(), "cached for the tag TTL");
+    // ...until the invalidation after the unknown event applies.
+    release.notify_one();
+    let metrics = format!("{}/metrics", edge.admin_url());
+    let mut version = 0.0;
+    for _ in 0..2000 {
+        let text = client::get(&metrics).await;
+        version = edge::metric_value(&String::from_utf8_lossy(text.bytes()), "berth_edge_policy_version");
+        if version == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(version, 2.0, "the invalidation was applied");
+    assert_eq!(tag_digest(&edge).await, second.to_string(), "the tag mapping was dropped by the invalidation");
 }

@@ -1,7 +1,7 @@
 //! The distributor's API refuses bad and unauthorized requests with clear errors.
 
 use berth_tests::client;
-use berth_tests::fleet::{free_addr, DistributorProcess, ADMIN_TOKEN, EDGE_TOKEN};
+use berth_tests::fleet::{listener, DistributorProcess, ADMIN_TOKEN, EDGE_TOKEN};
 use http::Method;
 
 async fn post(url: &str, token: Option<&str>, body: &str) -> client::Response {
@@ -16,7 +16,7 @@ async fn post(url: &str, token: Option<&str>, body: &str) -> client::Response {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
     let work = tempfile::tempdir().unwrap();
-    let d = DistributorProcess::start(work.path(), free_addr(), 100, &work.path().join("d.log"));
+    let d = DistributorProcess::start(work.path(), &listener(), 100, &work.path().join("d.log"));
     let prefetch = format!("{}/api/v1/prefetch", d.url());
     let good = r#"{"images":["registry.test/a/b:1"]}"#;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_tests::client;
 use berth_tests::edge::EdgeProcess;
-use berth_tests::fleet::{berthctl, edge_config, free_addr, start_edge, DistributorProcess, ADMIN_TOKEN, EDGE_TOKEN};
+use berth_tests::fleet::{berthctl, edge_config, listener, start_edge, DistributorProcess, ADMIN_TOKEN};
 use berth_tests::registry::{oci_layout, oci_multi_platform_layout, random_bytes, DockerRegistry};
 use berth_tests::tools::{have, skopeo};
 use http::Method;
@@ -19,6 +19,8 @@ struct Fleet {
     work: tempfile::TempDir,
     registry: DockerRegistry,
     distributor: DistributorProcess,
+    /// The distributor's address, bound for the whole test (kept across its restarts).
+    listener: std::net::TcpListener,
     a: EdgeProcess,
     b: EdgeProcess,
 }
@@ -30,8 +32,9 @@ impl Fleet {
         }
         let work = tempfile::tempdir().unwrap();
         let registry = DockerRegistry::start(&work.path().join("registry"));
+        let listener = listener();
         let distributor =
-            DistributorProcess::start(work.path(), free_addr(), 10_000, &work.path().join("distributor.log"));
+            DistributorProcess::start(work.path(), &listener, 10_000, &work.path().join("distributor.log"));
         let a = start_edge(
             &edge_config(work.path(), "edge-a", "region-a", &distributor.url(), &registry.url()),
             &work.path().join("a.log"),
@@ -40,7 +43,7 @@ impl Fleet {
             &edge_config(work.path(), "edge-b", "region-b", &distributor.url(), &registry.url()),
             &work.path().join("b.log"),
         );
-        Fleet { work, registry, distributor, a, b }
+        Fleet { work, registry, distributor, listener, a, b }
     }
 
     fn path(&self) -> &Path {
@@ -94,6 +97,18 @@ async fn wait_applied(edge: &EdgeProcess, version: u64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("edge did not apply policy version {version}");
+}
+
+/// Requests `url` until the edge answers it from its cache (fills publish just after serving):
+/// a purge test that checked a blob never cached would pass with nothing to purge.
+async fn wait_for_hit(url: &str) {
+    for _ in 0..2000 {
+        if client::get(url).await.header("x-berth-cache") == Some("hit") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{url} was never served from the cache");
 }
 
 /// The version number in berthctl's "(policy version N)" output.
@@ -212,15 +227,7 @@ async fn a_retag_with_a_tag_invalidation_is_served_at_once_and_a_digest_purge_re
     // Purge a blob: the next request is a miss again.
     let blob = format!("{}/v2/demo/retag/blobs/{}", fleet.a.url(), layers[1]);
     client::get(&blob).await.bytes();
-    let mut hit = false;
-    for _ in 0..200 {
-        if client::get(&blob).await.header("x-berth-cache") == Some("hit") {
-            hit = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(hit, "blob cached");
+    wait_for_hit(&blob).await;
     let (code, out) = fleet.ctl(&["invalidate", "--repository", "demo/retag", "--digest", &layers[1]]);
     assert_eq!(code, 0, "{out}");
     wait_applied(&fleet.a, version_in(&out)).await;
@@ -233,11 +240,14 @@ async fn edges_resume_after_a_distributor_restart_and_an_edge_that_was_down_appl
     let layers = fleet.push("demo/down", "v1", &[random_bytes(100 << 10)]).await;
     let blob_path = format!("/v2/demo/down/blobs/{}", layers[1]);
     client::get(&format!("{}{blob_path}", fleet.b.url())).await.bytes();
+    wait_for_hit(&format!("{}{blob_path}", fleet.b.url())).await;
+    let cached = fleet.path().join(format!("edge-b-cache/blobs/sha256/{}", &layers[1][7..9]));
+    assert!(cached.join(&layers[1][7..]).exists(), "on disk before the restart");
 
     // The distributor restarts on its store; the edges reconnect and miss nothing.
-    let addr = fleet.distributor.addr;
     fleet.distributor.kill();
-    fleet.distributor = DistributorProcess::start(fleet.path(), addr, 10_000, &fleet.path().join("distributor2.log"));
+    fleet.distributor =
+        DistributorProcess::start(fleet.path(), &fleet.listener, 10_000, &fleet.path().join("distributor2.log"));
     let mut last = 0;
     for i in 0..3 {
         let (code, out) = fleet.ctl(&["invalidate", "--repository", &format!("demo/other{i}")]);
@@ -256,6 +266,7 @@ async fn edges_resume_after_a_distributor_restart_and_an_edge_that_was_down_appl
     assert_eq!(code, 0, "{out}");
     let purge_version = version_in(&out);
     fleet.b = start_edge(&fleet.path().join("edge-b.toml"), &fleet.path().join("b2.log"));
+    assert!(!cached.join(&layers[1][7..]).exists(), "the purge deleted the file before the edge served");
     let r = client::get(&format!("{}{blob_path}", fleet.b.url())).await;
     assert_eq!(r.header("x-berth-cache"), Some("miss"), "the purge was applied before the first request");
     assert!(applied(&fleet.b).await >= purge_version as f64);
@@ -268,6 +279,5 @@ async fn an_unknown_image_fails_the_job_clearly() {
     let fleet = Fleet::start();
     let (code, out) = fleet.ctl(&["prefetch", "registry.test/does/not-exist:v9", "--wait", "--timeout", "60"]);
     assert_eq!(code, 1, "a failed job exits 1:\n{out}");
-    assert!(out.contains("MANIFEST_UNKNOWN") || out.contains("NAME_UNKNOWN") || out.contains("404"), "{out}");
-    let _ = EDGE_TOKEN;
+    assert!(out.contains("NAME_UNKNOWN"), "the origin's error code reaches the pipeline:\n{out}");
 }
