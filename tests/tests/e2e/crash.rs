@@ -49,6 +49,20 @@ fn write_config(work: &Path, origin: &str) -> std::path::PathBuf {
     path
 }
 
+/// Whether distinct temp files have reached each offset (largest offsets matched first).
+fn reached(lens: &[u64], offsets: &[usize]) -> bool {
+    let mut lens = lens.to_vec();
+    let mut offsets = offsets.to_vec();
+    offsets.sort_unstable_by(|a, b| b.cmp(a));
+    offsets.iter().all(|offset| match lens.iter().position(|l| *l >= *offset as u64) {
+        Some(i) => {
+            lens.remove(i);
+            true
+        }
+        None => false,
+    })
+}
+
 /// Whether the cache holds a published file for `d`.
 fn published(cache: &Path, d: &Digest) -> bool {
     let hex = d.hex();
@@ -90,9 +104,10 @@ async fn kill_9_during_fills_never_leaves_a_partial_or_unverified_entry() {
             .collect();
         // Kill while both held fills are mid-write at their offsets; in odd rounds, also only
         // after the third blob was published, so a publication and two fills coexist.
-        let lowest = *offsets.iter().min().unwrap() as u64;
-        berth_tests::eventually("two fills mid-write at their offsets", Duration::from_secs(20), || {
-            temp_files(&cache).iter().filter(|len| **len >= lowest).count() >= 2
+        let paths: Vec<String> = (0..2).map(|i| format!("/v2/{REPO}/blobs/{}", blobs[i].0)).collect();
+        berth_tests::eventually("both fills written up to their held offsets", Duration::from_secs(20), || {
+            paths.iter().all(|p| origin.holding(p) == 1)
+                && reached(&temp_files(&cache), &offsets)
                 && (round % 2 == 0 || published(&cache, &blobs[2].0))
         })
         .await;

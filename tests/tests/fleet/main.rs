@@ -279,5 +279,8 @@ async fn an_unknown_image_fails_the_job_clearly() {
     let fleet = Fleet::start();
     let (code, out) = fleet.ctl(&["prefetch", "registry.test/does/not-exist:v9", "--wait", "--timeout", "60"]);
     assert_eq!(code, 1, "a failed job exits 1:\n{out}");
-    assert!(out.contains("NAME_UNKNOWN"), "the origin's error code reaches the pipeline:\n{out}");
+    for edge in ["region-a/edge-a", "region-b/edge-b"] {
+        let line = format!("{edge}: registry.test/does/not-exist:v9: MANIFEST_UNKNOWN (404)");
+        assert!(out.contains(&line), "each edge's error reaches the pipeline:\n{out}");
+    }
 }
