@@ -135,19 +135,41 @@ async fn writes_get_405() {
 async fn the_upstream_is_picked_by_ns_then_path_prefix_then_default() {
     let hub = Origin::start().await;
     let ghcr = Origin::start().await;
-    let hub_blob = hub.put_blob("library/nginx", b"hub".to_vec());
-    let ghcr_blob = ghcr.put_blob("org/app", b"ghcr".to_vec());
+    // One blob per case: blobs are cached by digest, so a reused one would be a hit whatever
+    // upstream the request was routed to.
+    let by_ns = ghcr.put_blob("org/app", b"ghcr by ns".to_vec());
+    let by_prefix = ghcr.put_blob("org/app", b"ghcr by prefix".to_vec());
+    let by_default = hub.put_blob("library/nginx", b"hub by default".to_vec());
+    let by_hub_ns = hub.put_blob("library/nginx", b"hub by ns".to_vec());
     let edge = edge::start_custom(&[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())], "", |_| {});
-
-    let r = client::get(&format!("{}/v2/org/app/blobs/{ghcr_blob}?ns=ghcr.io", edge.url())).await;
-    assert_eq!(r.bytes().as_ref(), b"ghcr");
-    let r = client::get(&format!("{}/v2/ghcr.io/org/app/blobs/{ghcr_blob}", edge.url())).await;
-    assert_eq!(r.status, 200, "path prefix");
-    let r = client::get(&format!("{}/v2/nginx/blobs/{hub_blob}", edge.url())).await;
-    assert_eq!(r.bytes().as_ref(), b"hub", "default upstream, library/ added");
-    assert_eq!(hub.log()[0].path, format!("/v2/library/nginx/blobs/{hub_blob}"));
-    let r = client::get(&format!("{}/v2/nginx/blobs/{hub_blob}?ns=docker.io", edge.url())).await;
-    assert_eq!(r.status, 200);
+    let cases = [
+        (format!("/v2/org/app/blobs/{by_ns}?ns=ghcr.io"), &ghcr, format!("/v2/org/app/blobs/{by_ns}"), "ghcr by ns"),
+        (
+            format!("/v2/ghcr.io/org/app/blobs/{by_prefix}"),
+            &ghcr,
+            format!("/v2/org/app/blobs/{by_prefix}"),
+            "ghcr by prefix",
+        ),
+        (
+            format!("/v2/nginx/blobs/{by_default}"),
+            &hub,
+            format!("/v2/library/nginx/blobs/{by_default}"),
+            "hub by default",
+        ),
+        (
+            format!("/v2/nginx/blobs/{by_hub_ns}?ns=docker.io"),
+            &hub,
+            format!("/v2/library/nginx/blobs/{by_hub_ns}"),
+            "hub by ns",
+        ),
+    ];
+    for (request, origin, upstream_path, body) in cases {
+        let r = client::get(&format!("{}{request}", edge.url())).await;
+        assert_eq!(r.bytes().as_ref(), body.as_bytes(), "{request}");
+        assert_eq!(r.header("x-berth-cache"), Some("miss"), "{request}");
+        assert_eq!(origin.count("GET", &upstream_path), 1, "{request} went to {upstream_path}");
+    }
+    assert_eq!((hub.log().len(), ghcr.log().len()), (2, 2), "no request reached the other upstream");
 }
 
 #[tokio::test]
@@ -190,7 +212,8 @@ async fn the_admin_listener_serves_health_readiness_and_metrics() {
     client::get(&format!("{}/v2/m/n/blobs/{d}", edge.url())).await.bytes();
     client::get(&format!("{}/v2/m/n/blobs/{d}", edge.url())).await.bytes();
     assert_eq!(client::get(&format!("{}/healthz", edge.admin_url())).await.status, 200);
-    assert_eq!(client::get(&format!("{}/readyz", edge.admin_url())).await.status, 200);
+    let ready = client::get(&format!("{}/readyz", edge.admin_url())).await;
+    assert_eq!((ready.status, ready.bytes().as_ref()), (200, b"ready\n".as_ref()));
     let m = client::get(&format!("{}/metrics", edge.admin_url())).await;
     let text = String::from_utf8_lossy(m.bytes()).to_string();
     for series in [
@@ -219,4 +242,6 @@ async fn readyz_fails_when_the_cache_folder_is_gone() {
     std::fs::remove_dir_all(edge.dir.path().join("cache")).unwrap();
     let r = client::get(&format!("{}/readyz", edge.admin_url())).await;
     assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(r.bytes()).to_string();
+    assert!(body.starts_with("not ready: ") && body.contains("cache"), "the reason is given: {body}");
 }
