@@ -109,7 +109,12 @@ impl Drop for Origin {
 
 impl Origin {
     pub async fn start() -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// An origin on another loopback address (`127.0.0.2`: "another host" on this machine).
+    pub async fn start_on(ip: &str) -> Origin {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(Mutex::new(State::default()));
         let held = Arc::new(Notify::new());

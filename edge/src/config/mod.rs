@@ -179,6 +179,11 @@ pub struct UpstreamConfig {
     pub body_stall_timeout: HumanDuration,
     /// Extra PEM CA certificates to trust for this upstream (private registries). Default: none.
     pub ca_file: Option<PathBuf>,
+    /// Internal networks (CIDR, e.g. `"10.0.0.0/8"`) that this upstream's redirects and token
+    /// realms may lead to. The upstream's own host is always reachable; any other host must
+    /// resolve to public addresses unless its network is listed here (loopback, link-local,
+    /// private, shared and unspecified addresses are internal). Default: none.
+    pub allow_private_networks: Vec<crate::upstream::guard::Network>,
     /// Prefix one-segment repository names with `library/` (Docker Hub's official images).
     /// Default: `true` for the upstream named `docker.io`, else `false`.
     pub library_prefix: Option<bool>,
@@ -209,6 +214,7 @@ impl Default for UpstreamConfig {
             first_byte_timeout: HumanDuration::secs(30),
             body_stall_timeout: HumanDuration::secs(30),
             ca_file: None,
+            allow_private_networks: Vec::new(),
             library_prefix: None,
         }
     }

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::body::UpstreamBody;
+use super::guard::{Guard, GuardedResolver};
 use super::{Timeouts, UpstreamResponse};
 
 /// Redirect hops followed before giving up.
@@ -41,19 +42,23 @@ pub enum ClientError {
     TooManyRedirects,
     #[error("redirect to an invalid location {0:?}")]
     BadRedirect(String),
+    #[error("refused to connect: {0}")]
+    Refused(String),
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client for one upstream.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>,
     timeouts: Timeouts,
+    guard: Arc<Guard>,
 }
 
 impl HttpClient {
-    pub fn new(timeouts: Timeouts, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+    /// A client whose connections `guard` polices (see `guard.rs`).
+    pub fn new(timeouts: Timeouts, ca_file: Option<&Path>, guard: Arc<Guard>) -> Result<Self, ClientError> {
         let tls = tls_config(ca_file)?;
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { guard: Arc::clone(&guard) });
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
@@ -67,7 +72,7 @@ impl HttpClient {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .build(connector);
-        Ok(HttpClient { inner, timeouts })
+        Ok(HttpClient { inner, timeouts, guard })
     }
 
     /// Sends a request and follows redirects. `Authorization` goes only to the origin of `uri`.
@@ -113,11 +118,16 @@ impl HttpClient {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
         let request = builder.body(Empty::new()).map_err(|e| ClientError::Request(e.to_string()))?;
+        // IP literals skip the resolver: check them here, before any connection.
+        let host = request.uri().host().unwrap_or_default();
+        self.guard.check_literal(host).map_err(|e| ClientError::Refused(e.to_string()))?;
         let response = tokio::time::timeout(self.timeouts.first_byte, self.inner.request(request))
             .await
             .map_err(|_| ClientError::FirstByteTimeout(self.timeouts.first_byte))?
             .map_err(|e| {
-                if e.is_connect() {
+                if let Some(refused) = find_refusal(&e) {
+                    ClientError::Refused(refused)
+                } else if e.is_connect() {
                     ClientError::Connect(error_chain(&e))
                 } else {
                     ClientError::Request(error_chain(&e))
@@ -155,6 +165,18 @@ fn resolve_location(current: &Uri, location: &str) -> Result<Uri, ClientError> {
         return Err(bad());
     }
     Ok(uri)
+}
+
+/// The guard's refusal, if that is why a connection was not made.
+fn find_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<super::guard::Refused>() {
+            return Some(refused.to_string());
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 mod client;
+pub mod guard;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,7 +106,8 @@ impl Upstream {
             first_byte: config.first_byte_timeout.get(),
             body_stall: config.body_stall_timeout.get(),
         };
-        let client = HttpClient::new(timeouts, config.ca_file.as_deref())?;
+        let guard = guard::Guard::new(base.host().unwrap_or_default(), config.allow_private_networks.clone());
+        let client = HttpClient::new(timeouts, config.ca_file.as_deref(), guard)?;
         let credentials = config.username.as_ref().map(|user| Credentials {
             username: user.clone(),
             // Validated at start: a password that cannot be read is refused there.

@@ -264,3 +264,51 @@ async fn a_challenge_from_a_redirect_target_never_gets_the_credentials() {
     }
     assert_eq!(storage.tokens_issued(), 0, "no token was asked of the redirect target's realm");
 }
+
+/// A listener that records every connection made to it.
+struct ConnectRecorder {
+    listener: std::net::TcpListener,
+}
+
+impl ConnectRecorder {
+    fn on(ip: &str) -> ConnectRecorder {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind recorder");
+        listener.set_nonblocking(true).unwrap();
+        ConnectRecorder { listener }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.listener.local_addr().unwrap())
+    }
+
+    /// Connections made so far (accepted now, so none is missed).
+    fn connections(&self) -> usize {
+        std::iter::from_fn(|| self.listener.accept().ok()).count()
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_to_an_internal_address_is_refused_without_connecting() {
+    let origin = Origin::start().await; // on 127.0.0.1: the upstream's own host is trusted
+    let body = random_bytes(1000);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let internal = ConnectRecorder::on("127.0.0.2"); // another host, internal: never to be reached
+    origin.fault(&path, Fault::Redirect { base: internal.url() });
+    let edge = edge::start(&origin.url());
+    let r = client::get(&format!("{}{path}", edge.url())).await;
+    assert_eq!(r.status, 502);
+    assert!(String::from_utf8_lossy(r.bytes()).contains("allow_private_networks"), "{:?}", r.body);
+    assert_eq!(internal.connections(), 0, "no connection was made to the internal address");
+
+    // Allowlisted for the upstream, a redirect to that network is followed.
+    let storage = Origin::start_on("127.0.0.2").await;
+    storage.put_raw(&path, body.clone());
+    let allowed = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.upstream[0].allow_private_networks = vec!["127.0.0.2/32".parse().unwrap()];
+    });
+    origin.fault(&path, Fault::Redirect { base: storage.url() });
+    let r = client::get(&format!("{}{path}", allowed.url())).await;
+    assert_eq!(r.bytes().as_ref(), body.as_slice(), "allowlisted: followed");
+    assert_eq!(storage.count("GET", &path), 1);
+}
