@@ -135,6 +135,11 @@ async fn a_deleted_tag_is_forgotten() {
     origin.fault(&format!("/v2/{REPO}/manifests/v1"), Fault::Status(404));
     let r = get_manifest(&edge, "v1", &[OCI_MANIFEST]).await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    // Forgotten, not kept: a failing upstream now gets no stale answer for the deleted tag.
+    origin.fault(&format!("/v2/{REPO}/manifests/v1"), Fault::Status(503));
+    let r = get_manifest(&edge, "v1", &[OCI_MANIFEST]).await;
+    assert_eq!(r.status, 502, "no stale mapping of a deleted tag: {:?}", r.body);
+    assert_eq!(edge.metric("berth_edge_stale_served_total").await, 0.0);
 }
 
 #[tokio::test]

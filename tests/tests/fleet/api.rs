@@ -44,8 +44,11 @@ async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
     for (body, field) in cases {
         let r = post(&prefetch, Some(ADMIN_TOKEN), body).await;
         assert_eq!(r.status, 400, "{body}");
+        let code = r.json()["error"]["code"].as_str().unwrap_or_default().to_owned();
         let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
-        assert!(message.starts_with(field) || field.is_empty(), "{body}: {message} does not name {field}");
+        let expected = if field.is_empty() { "invalid_document" } else { "invalid_field" };
+        assert_eq!(code, expected, "{body}: {message}");
+        assert!(message.starts_with(field) && !message.is_empty(), "{body}: {message} does not name {field}");
     }
     let inv = format!("{}/api/v1/invalidations", d.url());
     let r = post(&inv, Some(ADMIN_TOKEN), r#"{"repository":"a/b","digest":"sha256:nope"}"#).await;

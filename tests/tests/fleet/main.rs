@@ -222,7 +222,13 @@ async fn a_retag_with_a_tag_invalidation_is_served_at_once_and_a_digest_purge_re
     assert_eq!(code, 0, "{out}");
     wait_applied(&fleet.a, version_in(&out)).await;
     let fresh = client::request(Method::GET, &url, &[("Accept", OCI_MANIFEST)]).await;
-    assert_ne!(fresh.header("docker-content-digest"), Some(old.as_str()), "the new digest is served at once");
+    assert_eq!(fresh.status, 200);
+    let at_origin = format!("{}/v2/demo/retag/manifests/v1", fleet.registry.url());
+    let at_origin = client::request(Method::HEAD, &at_origin, &[("Accept", OCI_MANIFEST)]).await;
+    let new = at_origin.header("docker-content-digest").expect("origin digest").to_owned();
+    assert_ne!(new, old);
+    assert_eq!(fresh.header("docker-content-digest"), Some(new.as_str()), "the new digest is served at once");
+    assert_eq!(berth_shared::Digest::of(fresh.bytes()).to_string(), new, "with the new manifest's bytes");
 
     // Purge a blob: the next request is a miss again.
     let blob = format!("{}/v2/demo/retag/blobs/{}", fleet.a.url(), layers[1]);
