@@ -1,8 +1,10 @@
 //! Test harness for Berth: a scripted origin registry whose endpoints misbehave on purpose, an
 //! HTTP client that reports cut-short bodies, in-process and real-binary edges, and wrappers
-//! for Debian's `docker-registry` and `skopeo`.
+//! for Debian's `docker-registry` and `skopeo`, and real pull clients (podman, containerd,
+//! Docker).
 
 pub mod client;
+pub mod clients;
 pub mod edge;
 pub mod fleet;
 pub mod origin;

@@ -89,8 +89,58 @@ fn layout_writer(dir: &Path) -> impl Fn(&[u8]) -> (String, usize) {
 }
 
 /// Writes an OCI image layout with one image of the given layers (tagged `tag`); returns the
-/// layer digests.
+/// layer digests. The config's `diff_ids` are the layers' digests: right for uncompressed tar
+/// layers (see [`tar_image_layout`]); other bytes do for clients that do not unpack.
 pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Vec<String> {
+    write_image(dir, tag, layers).1
+}
+
+/// Writes an OCI image layout of `layers` real tar layers (`application/vnd.oci.image.layer.v1.tar`),
+/// each holding a file of random bytes, so clients that unpack layers (podman, containerd,
+/// Docker) accept it and every call makes blobs no other test has. Returns the image's blobs:
+/// the config first, then the layers.
+pub fn tar_image_layout(dir: &Path, tag: &str, layers: usize) -> Vec<String> {
+    let layers: Vec<Vec<u8>> = (0..layers)
+        .map(|i| {
+            let note = format!("layer {i} of a Berth test image\n");
+            tar(&[("hello.txt", note.as_bytes()), (&format!("payload-{i}.bin"), &random_bytes(64 << 10))])
+        })
+        .collect();
+    let (config, mut blobs) = write_image(dir, tag, &layers);
+    blobs.insert(0, config);
+    blobs
+}
+
+/// A ustar archive of regular files (mode 0644, owner 0, mtime 0), ended by two zero blocks.
+pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, body) in files {
+        assert!(name.len() < 100, "tar: name too long: {name}");
+        let mut header = [0u8; 512];
+        let mut field = |at: usize, value: &[u8]| header[at..at + value.len()].copy_from_slice(value);
+        field(0, name.as_bytes());
+        field(100, b"0000644\0");
+        field(108, b"0000000\0");
+        field(116, b"0000000\0");
+        field(124, format!("{:011o}\0", body.len()).as_bytes());
+        field(136, b"00000000000\0");
+        field(156, b"0");
+        field(257, b"ustar\0");
+        field(263, b"00");
+        // The checksum is the sum of the header's bytes with its own field read as spaces.
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(body);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// Writes the blobs, manifest and index of one image; returns its config and layer digests.
+fn write_image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> (String, Vec<String>) {
     let put = layout_writer(dir);
     let layer_refs: Vec<(String, usize)> = layers.iter().map(|l| put(l)).collect();
     let config = serde_json::json!({
@@ -114,7 +164,7 @@ pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Vec<String> {
     });
     std::fs::write(dir.join("index.json"), index.to_string()).expect("index");
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
-    layer_refs.into_iter().map(|(d, _)| d).collect()
+    (config_digest, layer_refs.into_iter().map(|(d, _)| d).collect())
 }
 
 /// Random bytes (not compressible, so no tool can shrink them).

@@ -1,7 +1,9 @@
 //! End-to-end: Debian's `docker-registry` as the origin, the real `berth-edge` binary, and
-//! `skopeo` as the client. Needs docker-registry and skopeo (the README's test command installs
-//! them).
+//! `skopeo` as the client; in `clients`, podman, containerd and Docker. Needs docker-registry and
+//! skopeo (the README's test command installs them, and the clients; a test whose client is
+//! missing records a skip).
 
+mod clients;
 mod crash;
 
 use std::path::Path;
