@@ -29,15 +29,7 @@ pub fn run(cmd: &mut Command) -> Ran {
 /// Runs `cmd` in its own process group for at most `limit`; past that, kills the whole group
 /// (so no grandchild keeps its output open) and panics with what it printed.
 pub fn run_within(cmd: &mut Command, limit: Duration) -> Ran {
-    use std::os::unix::process::CommandExt;
-    let what = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let (child, what) = spawn_group(cmd);
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -66,6 +58,20 @@ pub fn run_ok(cmd: &mut Command) -> String {
     ran.output
 }
 
+/// Spawns `cmd` in a process group of its own, output piped; returns it and how it was called.
+fn spawn_group(cmd: &mut Command) -> (Child, String) {
+    use std::os::unix::process::CommandExt;
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    (child, what)
+}
+
 fn text_of(stdout: &[u8], stderr: &[u8]) -> String {
     format!("{}{}", String::from_utf8_lossy(stdout), String::from_utf8_lossy(stderr))
 }
@@ -82,15 +88,7 @@ fn no_internet(cmd: &mut Command, proxy: SocketAddr) -> &mut Command {
 /// Starts a daemon with its output copied to `log`, and waits (bounded) for a line containing
 /// `ready`; panics with the log if it exits or stays silent.
 fn start_daemon(cmd: &mut Command, log: &Path, ready: &'static str) -> Child {
-    use std::os::unix::process::CommandExt;
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let (mut child, what) = spawn_group(cmd);
     if crate::tools::follow_output(&mut child, log, move |line| line.contains(ready).then_some(())).is_none() {
         let _ = child.kill();
         let _ = child.wait();

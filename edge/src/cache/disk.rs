@@ -276,7 +276,11 @@ impl DiskStore {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
         let dir = self.root.join("tmp");
         let path = dir.join(format!("{}-{seq}.part", std::process::id()));
-        let open = || File::options().write(true).read(true).create_new(true).open(&path);
+        // Only the edge's own user may read what it caches (private images included).
+        let open = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options().write(true).read(true).create_new(true).mode(0o600).open(&path)
+        };
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tracing::warn!(dir = %dir.display(), "cache folder missing: recreating it");
@@ -491,6 +495,8 @@ mod tests {
         assert!(!dir.path().join("blobs/sha256/zz-not-hex").exists());
         let (file, size) = s.open_entry(a).await.unwrap();
         assert_eq!((file.metadata().unwrap().len(), size), (5, 5));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600, "cache files are private");
     }
 
     #[tokio::test]
