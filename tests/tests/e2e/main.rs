@@ -158,3 +158,13 @@ fn the_binary_runs_its_embedded_default_config_check() {
     let out = std::process::Command::new(berth_tests::edge::binary("berth-edge")).arg("--check").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn the_binary_prints_its_embedded_default_config() {
+    let edge = berth_tests::edge::binary("berth-edge");
+    let out = std::process::Command::new(&edge).arg("--print-default-config").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.trim(), berth_edge::config::DEFAULT_CONFIG.trim(), "the embedded default, as is");
+    berth_edge::config::parse(&printed).expect("the printed default is a valid config");
+}

@@ -232,6 +232,20 @@ async fn the_admin_listener_serves_health_readiness_and_metrics() {
     assert_eq!(edge.metric("berth_edge_served_bytes_total{tier=\"disk\"").await, 1234.0);
     assert_eq!(edge.metric("berth_edge_upstream_bytes_total").await, 1234.0);
     assert_eq!(edge.metric("berth_edge_cache_bytes{state=\"used\"").await, 1234.0);
+    assert_eq!(edge.metric("berth_edge_cache_entries").await, 1.0);
+    assert_eq!(edge.metric("berth_edge_cache_max_bytes").await, (1u64 << 30) as f64);
+    let blob_requests = text
+        .lines()
+        .find(|l| {
+            l.starts_with("berth_edge_upstream_requests_total{")
+                && l.contains("request=\"blob\"")
+                && l.contains("upstream=\"docker.io\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(blob_requests, Some(1.0), "one blob request upstream: {text}");
+    for line in text.lines().filter(|l| l.starts_with("berth_edge_")) {
+        assert!(line.contains("region=\"test\""), "every series carries the region: {line}");
+    }
     assert_eq!(client::get(&format!("{}/nope", edge.admin_url())).await.status, 404);
 }
 

@@ -127,6 +127,17 @@ async fn a_prefetch_to_region_a_warms_a_and_not_b_and_reaches_edges_that_join_la
     let (code, out) = fleet.ctl(&["prefetch", "registry.test/demo/app:v1", "--region", "region-a", "--wait"]);
     assert_eq!(code, 0, "prefetch --wait must succeed:\n{out}");
     assert!(out.contains("region-a") && out.contains("done"), "progress shown:\n{out}");
+    let (code, edges) = fleet.ctl(&["edges"]);
+    assert_eq!(code, 0, "{edges}");
+    for (edge, region) in [("edge-a", "region-a"), ("edge-b", "region-b")] {
+        assert!(
+            edges.lines().any(|l| l.starts_with(edge) && l.contains(region)),
+            "berthctl edges lists {edge}:\n{edges}"
+        );
+    }
+    let (code, jobs) = fleet.ctl(&["jobs"]);
+    assert_eq!(code, 0, "{jobs}");
+    assert!(jobs.lines().any(|l| l.starts_with("pf-") && l.contains("done")), "berthctl jobs lists the job:\n{jobs}");
 
     let before = fleet.registry.blob_gets("demo/app");
     fleet.pull(&fleet.a, "demo/app:v1");
