@@ -14,6 +14,7 @@ pub mod registry;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use config::EdgeConfig;

@@ -106,6 +106,8 @@ pub struct Metrics {
     /// Bytes and entries held by the memory tier.
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
+    /// Attempts to reload the TLS certificate, by result (`loaded`, `refused`).
+    pub tls_reloads: IntCounterVec,
     /// Request durations by kind, from request line to last byte.
     pub request_seconds: HistogramVec,
     /// Duration of a complete blob fill from upstream.
@@ -212,6 +214,12 @@ impl Metrics {
                 r,
                 "berth_edge_changed_entries_total",
                 "Verified blob files found changed on disk since they were hashed, and hashed again",
+            ),
+            tls_reloads: counter_vec(
+                r,
+                "berth_edge_tls_reloads_total",
+                "Certificate reloads by result (loaded; refused: the old pair stays in service)",
+                &["result"],
             ),
             request_seconds,
             fill_seconds,

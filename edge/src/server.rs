@@ -29,15 +29,22 @@ const RESPONSE_WRITE_BUFFER: usize = 16 << 10;
 pub struct EdgeServer {
     state: Arc<EdgeState>,
     server: Server,
-    http_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
 }
 
 impl EdgeServer {
     /// Opens the cache, builds the upstream clients and binds both listeners.
     pub fn build(config: EdgeConfig) -> Result<Self, StartError> {
-        let (http_socket, http_addr) = bind(config.listen.http)?;
+        let http = config.listen.http.map(bind).transpose()?;
+        let https = config.listen.https.map(bind).transpose()?;
         let (admin_socket, admin_addr) = bind(config.listen.admin)?;
+        let tls = match (&https, &config.tls) {
+            (Some(_), Some(files)) => Some(crate::tls::settings(files)?),
+            (Some(_), None) => return Err(StartError::Tls(berth_shared::tls::TlsError::Missing)),
+            _ => None,
+        };
         let state = EdgeState::new(config)?;
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&state.config));
         server.bootstrap();
@@ -48,8 +55,21 @@ impl EdgeServer {
         // A write buffer that holds a response head and a small body, so a manifest or a small
         // blob leaves in one write; large bodies bypass it.
         let buffers = L4BufferSettings { read: None, write: Some(RESPONSE_WRITE_BUFFER) };
-        proxy.add_listener(ListenerConfig::tcp(http_addr.to_string()).l4_buffer(buffers));
-        server.add_service(PreBound::new(proxy, vec![(http_addr.to_string(), http_socket)]));
+        let mut sockets = Vec::new();
+        let (http_addr, https_addr) = (http.as_ref().map(|h| h.1), https.as_ref().map(|h| h.1));
+        if let Some((socket, addr)) = http {
+            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers.clone()));
+            sockets.push((addr.to_string(), socket));
+        }
+        if let (Some((socket, addr)), Some((settings, cert))) = (https, tls) {
+            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers).tls(settings));
+            sockets.push((addr.to_string(), socket));
+            let watch = crate::tls::CertWatch { cert, metrics: Arc::clone(&state.metrics) };
+            let mut watch = background_service("tls", watch);
+            watch.threads = Some(1);
+            server.add_service(watch);
+        }
+        server.add_service(PreBound::new(proxy, sockets));
 
         let policy = Policy::new(Arc::clone(&state));
         let link = state.config.distributor.as_ref().map(|c| Arc::new(Link::new(c)));
@@ -70,12 +90,17 @@ impl EdgeServer {
         scrub.threads = Some(1);
         server.add_service(scrub);
 
-        tracing::info!(http = %http_addr, admin = %admin_addr, region = %state.config.region, "edge ready to serve");
-        Ok(EdgeServer { state, server, http_addr, admin_addr })
+        let off = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+        tracing::info!(http = %off(http_addr), https = %off(https_addr), admin = %admin_addr, region = %state.config.region, "edge ready to serve");
+        Ok(EdgeServer { state, server, http_addr, https_addr, admin_addr })
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -97,7 +122,8 @@ impl EdgeServer {
     /// Runs on a new thread; the handle stops it.
     pub fn spawn(self) -> RunningEdge {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (http_addr, admin_addr, state) = (self.http_addr, self.admin_addr, Arc::clone(&self.state));
+        let (http_addr, https_addr, admin_addr) = (self.http_addr, self.https_addr, self.admin_addr);
+        let state = Arc::clone(&self.state);
         let signal = Box::new(Draining {
             state: Arc::clone(&state),
             inner: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
@@ -106,7 +132,7 @@ impl EdgeServer {
             .name("berth-edge".into())
             .spawn(move || self.server.run(RunArgs { shutdown_signal: signal }))
             .ok();
-        RunningEdge { http_addr, admin_addr, state, stop: tx, thread }
+        RunningEdge { http_addr, https_addr, admin_addr, state, stop: tx, thread }
     }
 }
 
@@ -127,7 +153,10 @@ fn server_conf(config: &EdgeConfig) -> ServerConf {
 
 /// A running edge; dropping it stops the edge.
 pub struct RunningEdge {
-    pub http_addr: SocketAddr,
+    /// The plain-HTTP pull listener, when on.
+    pub http_addr: Option<SocketAddr>,
+    /// The TLS pull listener, when on.
+    pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub state: Arc<EdgeState>,
     stop: mpsc::UnboundedSender<ShutdownSignal>,

@@ -15,6 +15,8 @@ pub enum StartError {
     Disk(#[from] DiskError),
     #[error("upstream client: {0}")]
     Upstream(#[from] ClientError),
+    #[error("tls: {0}")]
+    Tls(#[from] berth_shared::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }

@@ -154,3 +154,49 @@ pub async fn open(url: &str, headers: &[(&str, &str)]) -> Streaming {
     let (parts, body) = response.into_parts();
     Streaming { status: parts.status.as_u16(), headers: parts.headers, body, received: BytesMut::new() }
 }
+
+/// A client over TLS that trusts `tls` (its roots), speaking HTTP/2 when `h2` (by ALPN) else
+/// HTTP/1.1, one new connection per client.
+pub struct TlsClient {
+    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>,
+}
+
+impl TlsClient {
+    pub fn new(tls: rustls::ClientConfig, h2: bool) -> TlsClient {
+        Self::build(tls, h2, 0)
+    }
+
+    /// A client that keeps its connections open between requests.
+    pub fn pooled(tls: rustls::ClientConfig, h2: bool) -> TlsClient {
+        Self::build(tls, h2, 8)
+    }
+
+    fn build(tls: rustls::ClientConfig, h2: bool, idle: usize) -> TlsClient {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
+        let connector = if h2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
+        let mut client = Client::builder(TokioExecutor::new());
+        client.pool_max_idle_per_host(idle).http2_only(h2);
+        TlsClient { client: client.build(connector) }
+    }
+
+    /// Sends a request; returns the whole response and the HTTP version it came over.
+    pub async fn request(&self, method: Method, url: &str, headers: &[(&str, &str)]) -> (Response, http::Version) {
+        let response = bounded(url, self.client.request(build(method, url, headers))).await.expect("response headers");
+        let version = response.version();
+        let (parts, body) = response.into_parts();
+        let body = collect(body).await;
+        (Response { status: parts.status.as_u16(), headers: parts.headers, body }, version)
+    }
+}
+
+/// The leaf certificate (DER) a TLS server at `addr` presents in a fresh handshake.
+pub async fn peer_certificate(addr: std::net::SocketAddr, tls: rustls::ClientConfig) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        connector.connect(name, tcp).await.expect("TLS handshake")
+    };
+    let stream = bounded("TLS handshake", handshake).await;
+    stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default()
+}

@@ -14,7 +14,7 @@ pub struct TestEdge {
 
 impl TestEdge {
     pub fn url(&self) -> String {
-        format!("http://{}", self.running().http_addr)
+        format!("http://{}", self.running().http_addr.expect("plain-HTTP listener on"))
     }
 
     pub fn admin_url(&self) -> String {
@@ -144,7 +144,9 @@ fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
 /// are read from its start-up log line. Killed when dropped.
 pub struct EdgeProcess {
     pub child: Child,
-    pub http: std::net::SocketAddr,
+    /// The plain-HTTP and TLS pull listeners (each when on).
+    pub plain: Option<std::net::SocketAddr>,
+    pub tls: Option<std::net::SocketAddr>,
     pub admin: std::net::SocketAddr,
     pub log: PathBuf,
 }
@@ -166,22 +168,27 @@ impl EdgeProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start berth-edge");
-        let (http, admin) = crate::tools::follow_output(&mut child, log, |line| {
+        let (plain, tls, admin) = crate::tools::follow_output(&mut child, log, |line| {
             let field = |name: &str| -> Option<std::net::SocketAddr> {
                 line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse().ok())
             };
             if line.contains("edge ready to serve") {
-                Some((field("http=")?, field("admin=")?))
+                Some((field("http="), field("https="), field("admin=")?))
             } else {
                 None
             }
         })
         .unwrap_or_else(|| panic!("berth-edge did not start: {}", std::fs::read_to_string(log).unwrap_or_default()));
-        EdgeProcess { child, http, admin, log: log.to_owned() }
+        EdgeProcess { child, plain, tls, admin, log: log.to_owned() }
+    }
+
+    /// The plain-HTTP pull listener; panics when it is off.
+    pub fn http(&self) -> std::net::SocketAddr {
+        self.plain.expect("the edge's plain-HTTP listener is on")
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        format!("http://{}", self.http())
     }
 
     /// Sends SIGKILL and reaps the process.

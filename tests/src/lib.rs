@@ -8,6 +8,7 @@ pub mod clients;
 pub mod edge;
 pub mod fleet;
 pub mod origin;
+pub mod pki;
 pub mod registry;
 pub mod tools;
 
@@ -20,6 +21,21 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, limit: std::time::Durati
             panic!("timed out waiting for: {what}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Like [`eventually`], for a condition that has to await (a request, a handshake).
+pub async fn eventually_async<F, Fut>(what: &str, limit: std::time::Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -31,7 +31,7 @@ mod tests {
     #[test]
     fn should_load_the_embedded_default() {
         let c = EdgeConfig::embedded_default().unwrap();
-        assert_eq!(c.listen.http.to_string(), "0.0.0.0:5000");
+        assert_eq!(c.listen.http.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:5000"));
         assert_eq!(c.listen.admin.to_string(), "127.0.0.1:9400");
         assert_eq!(c.cache.dir, std::path::PathBuf::from("./berth-data"));
         assert_eq!(c.default_upstream().unwrap().name, "docker.io");

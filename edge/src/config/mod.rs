@@ -28,6 +28,9 @@ pub struct EdgeConfig {
     pub distributor: Option<DistributorLink>,
     /// Listening addresses.
     pub listen: ListenConfig,
+    /// The certificate chain and key served on `listen.https`, reloaded when the files change
+    /// and on SIGHUP. Default: none (required with `listen.https`).
+    pub tls: Option<berth_shared::tls::TlsFiles>,
     /// The on-disk and in-memory cache.
     pub cache: CacheConfig,
     /// Process settings (worker threads, shutdown).
@@ -43,6 +46,7 @@ impl Default for EdgeConfig {
             node_id: None,
             distributor: None,
             listen: ListenConfig::default(),
+            tls: None,
             cache: CacheConfig::default(),
             server: ServerConfig::default(),
             upstream: Vec::new(),
@@ -91,15 +95,48 @@ impl DistributorLink {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ListenConfig {
-    /// The OCI pull API (plain HTTP). Default: `"0.0.0.0:5000"`.
-    pub http: SocketAddr,
+    /// The OCI pull API over plain HTTP; `"off"` turns it off. Default: `"0.0.0.0:5000"`.
+    #[serde(with = "optional_addr")]
+    pub http: Option<SocketAddr>,
+    /// The OCI pull API over TLS (HTTP/2 and HTTP/1.1, by ALPN), with the pair in `[tls]`.
+    /// Default: off.
+    #[serde(with = "optional_addr")]
+    pub https: Option<SocketAddr>,
     /// Health, readiness and metrics. Default: `"127.0.0.1:9400"`.
     pub admin: SocketAddr,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig { http: SocketAddr::from(([0, 0, 0, 0], 5000)), admin: SocketAddr::from(([127, 0, 0, 1], 9400)) }
+        ListenConfig {
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 5000))),
+            https: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 9400)),
+        }
+    }
+}
+
+/// A listening address, or `"off"`.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("{text:?} is not an address like \"0.0.0.0:5000\" (or \"off\")"))
+        })
     }
 }
 

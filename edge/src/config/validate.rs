@@ -13,9 +13,7 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
     if config.cache.disk_max.bytes() == 0 {
         problems.push("cache.disk_max: must be greater than zero".to_owned());
     }
-    if config.listen.http == config.listen.admin && config.listen.http.port() != 0 {
-        problems.push("listen.admin: must differ from listen.http".to_owned());
-    }
+    problems.extend(validate_listen(config));
     if let Some(link) = &config.distributor {
         match link.url.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
@@ -46,6 +44,35 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
             problems.push(format!("upstream[{i}].name: {:?} is configured twice", upstream.name));
         }
         problems.extend(validate_upstream(i, upstream));
+    }
+    problems
+}
+
+fn validate_listen(config: &EdgeConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let listen = &config.listen;
+    if listen.http.is_none() && listen.https.is_none() {
+        problems.push("listen: set http or https (or both); both are off".to_owned());
+    }
+    let addrs = [("http", listen.http), ("https", listen.https), ("admin", Some(listen.admin))];
+    for (i, (name, addr)) in addrs.iter().enumerate() {
+        for (other, other_addr) in &addrs[..i] {
+            if let (Some(a), Some(b)) = (addr, other_addr) {
+                if a == b && a.port() != 0 {
+                    problems.push(format!("listen.{name}: must differ from listen.{other}"));
+                }
+            }
+        }
+    }
+    match (&listen.https, &config.tls) {
+        (Some(_), None) => problems.push("tls: listen.https needs [tls] cert and key".to_owned()),
+        (None, Some(_)) => problems.push("tls: set, but listen.https is off".to_owned()),
+        (Some(_), Some(files)) => {
+            if let Err(e) = berth_shared::tls::load_pair(files) {
+                problems.push(format!("tls: {e}"));
+            }
+        }
+        (None, None) => {}
     }
     problems
 }

@@ -148,7 +148,7 @@ async fn podman_pulls_through_a_registries_conf_mirror_and_the_edge_serves_it() 
     }
     let setup = Setup::start();
     let blobs = setup.push("podman/app");
-    let podman = Podman::new(&setup.dir("podman"), setup.edge.http, setup.proxy.addr);
+    let podman = Podman::new(&setup.dir("podman"), setup.edge.http(), setup.proxy.addr);
     setup
         .assert_served_by_the_edge("podman/app", &blobs, ("containers/", "docker.io"), |state| {
             podman.pull("docker.io/podman/app:v1", state);
@@ -166,8 +166,8 @@ async fn containerd_pulls_through_a_hosts_toml_mirror_for_docker_io_and_for_a_re
     let containerd = Containerd::start(&setup.dir("containerd"), setup.proxy.addr);
     let hosts = setup.dir("hosts");
     let origin_name = setup.origin.addr.to_string();
-    Containerd::mirror(&hosts, "docker.io", "https://registry-1.docker.io", setup.edge.http);
-    Containerd::mirror(&hosts, &origin_name, &setup.origin.url(), setup.edge.http);
+    Containerd::mirror(&hosts, "docker.io", "https://registry-1.docker.io", setup.edge.http());
+    Containerd::mirror(&hosts, &origin_name, &setup.origin.url(), setup.edge.http());
 
     let hub = setup.push("ctr/hub");
     setup
@@ -205,7 +205,7 @@ async fn docker_pulls_through_registry_mirrors_and_the_edge_serves_it() {
             // A fresh daemon each time: its own data root and containerd namespace.
             let dir = setup.dir(&format!("docker-{state}"));
             let dockerd =
-                Dockerd::start(&dir, &containerd, &format!("moby-{state}"), setup.edge.http, setup.proxy.addr);
+                Dockerd::start(&dir, &containerd, &format!("moby-{state}"), setup.edge.http(), setup.proxy.addr);
             dockerd.pull("dockertest/app:v1");
         })
         .await;

@@ -76,12 +76,12 @@ async fn skopeo_pulls_a_multi_layer_image_cold_then_warm_byte_exact_with_one_ori
 
     let edge = start_edge(work.path(), &registry.url(), "edge");
     let cold = work.path().join("cold");
-    pull(&format!("docker://{}/demo/app:v1", edge.http), &cold);
+    pull(&format!("docker://{}/demo/app:v1", edge.http()), &cold);
     assert_eq!(blob_set(&cold), blob_set(&direct), "byte-exact through the edge");
     assert_eq!(registry.blob_gets("demo/app"), 2 * per_pull, "the cold pull fetched each blob once");
 
     let warm = work.path().join("warm");
-    pull(&format!("docker://{}/demo/app:v1", edge.http), &warm);
+    pull(&format!("docker://{}/demo/app:v1", edge.http()), &warm);
     assert_eq!(blob_set(&warm), blob_set(&direct));
     assert_eq!(registry.blob_gets("demo/app"), 2 * per_pull, "the warm pull made no blob GET at the origin");
 
@@ -98,7 +98,7 @@ async fn skopeo_pulls_a_multi_layer_image_cold_then_warm_byte_exact_with_one_ori
     registry.stop();
     let edge = start_edge(work.path(), &registry.url(), "restarted");
     let offline = work.path().join("offline");
-    pull(&format!("docker://{}/demo/app@{digest}", edge.http), &offline);
+    pull(&format!("docker://{}/demo/app@{digest}", edge.http()), &offline);
     assert_eq!(blob_set(&offline), blob_set(&direct), "served from the cache without the origin");
 }
 

@@ -6,3 +6,4 @@ mod fills;
 mod manifests;
 mod policy;
 mod pull_api;
+mod tls;

@@ -194,7 +194,7 @@ const CLIENT_HELLO: &[u8] = &[
 async fn a_tls_handshake_on_the_plain_port_is_refused_at_once() {
     let origin = Origin::start().await;
     let edge = edge::start(&origin.url());
-    let mut socket = tokio::net::TcpStream::connect(edge.running().http_addr).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(edge.running().http_addr.unwrap()).await.unwrap();
     socket.write_all(CLIENT_HELLO).await.unwrap();
     let mut buf = Vec::new();
     // The edge must close the connection on its own; a peer that waits for an idle timeout

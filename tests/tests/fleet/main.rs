@@ -73,7 +73,7 @@ impl Fleet {
         skopeo(&[
             "copy",
             "--src-tls-verify=false",
-            &format!("docker://{}/{image}", edge.http),
+            &format!("docker://{}/{image}", edge.http()),
             &format!("oci:{}:x", dest.display()),
         ]);
     }

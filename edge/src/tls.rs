@@ -1,0 +1,72 @@
+//! The pull API over TLS: Pingora's rustls listener with ALPN `h2` and `http/1.1`, serving the
+//! pair from `[tls]` through a resolver that swaps it when the files change (checked every
+//! `[tls] watch`, every second by default) and on SIGHUP. A new pair that does not load keeps the old one in service; the
+//! attempt is logged and counted (`berth_edge_tls_reloads_total{result="refused"}`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_shared::tls::{Reload, ReloadingCert, TlsError, TlsFiles};
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::ShutdownWatch;
+
+use crate::metrics::Metrics;
+
+/// Loads the pair and builds the listener settings serving it.
+pub fn settings(files: &TlsFiles) -> Result<(TlsSettings, Arc<ReloadingCert>), TlsError> {
+    let cert = ReloadingCert::load(files.clone())?;
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let mut settings = TlsSettings::intermediate(&path(&files.cert), &path(&files.key))
+        .map_err(|e| TlsError::File { path: files.cert.clone(), message: e.to_string() })?;
+    settings.set_cert_resolver(Arc::clone(&cert) as Arc<dyn rustls::server::ResolvesServerCert>);
+    settings.enable_h2();
+    Ok((settings, cert))
+}
+
+/// Reloads the certificate on file change and SIGHUP, as a Pingora background service.
+pub struct CertWatch {
+    pub cert: Arc<ReloadingCert>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl CertWatch {
+    fn attempt(&self, force: bool) {
+        match self.cert.reload(force) {
+            Reload::Unchanged => {}
+            Reload::Loaded => {
+                self.metrics.tls_reloads.with_label_values(&["loaded"]).inc();
+                tracing::info!(cert = %self.cert.files().cert.display(), "TLS certificate reloaded");
+            }
+            Reload::Refused(e) => {
+                self.metrics.tls_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %e, "new TLS certificate refused: the previous one stays in service");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for CertWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let every = self.cert.files().watch.get();
+        // "0s": SIGHUP only (an interval of a day stands in for never).
+        let mut tick = tokio::time::interval(if every.is_zero() { Duration::from_secs(86_400) } else { every });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let sighup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.attempt(false),
+                _ = sighup => self.attempt(true),
+            }
+        }
+    }
+}
