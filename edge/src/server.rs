@@ -58,7 +58,7 @@ impl EdgeServer {
         let mut sockets = Vec::new();
         let (http_addr, https_addr) = (http.as_ref().map(|h| h.1), https.as_ref().map(|h| h.1));
         if let Some((socket, addr)) = http {
-            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers.clone()));
+            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
             sockets.push((addr.to_string(), socket));
         }
         if let (Some((socket, addr)), Some((settings, cert))) = (https, tls) {
