@@ -3,6 +3,7 @@
 //! A request flows `proxy` (Pingora glue) → `registry` (routing, OCI rules) → `cache` (lookup,
 //! fills, tiers) → `upstream` (client, token auth). See docs/architecture.md.
 
+pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;

@@ -106,6 +106,10 @@ pub struct Metrics {
     /// Bytes and entries held by the memory tier.
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
+    /// Authorization events by result: `issued` (a token), `refused` (bad credentials at
+    /// `/token`), `unavailable` (the upstream could not be asked), `challenged` (a request
+    /// without a valid token got 401).
+    pub auth: IntCounterVec,
     /// Attempts to reload the TLS certificate, by result (`loaded`, `refused`).
     pub tls_reloads: IntCounterVec,
     /// Request durations by kind, from request line to last byte.
@@ -215,6 +219,7 @@ impl Metrics {
                 "berth_edge_changed_entries_total",
                 "Verified blob files found changed on disk since they were hashed, and hashed again",
             ),
+            auth: counter_vec(r, "berth_edge_auth_total", "Authorization events by result", &["result"]),
             tls_reloads: counter_vec(
                 r,
                 "berth_edge_tls_reloads_total",

@@ -15,6 +15,8 @@ pub enum StartError {
     Disk(#[from] DiskError),
     #[error("upstream client: {0}")]
     Upstream(#[from] ClientError),
+    #[error("{0}")]
+    Access(#[from] crate::access::AccessError),
     #[error("tls: {0}")]
     Tls(#[from] berth_shared::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -26,6 +28,7 @@ pub struct EdgeState {
     pub config: EdgeConfig,
     pub router: Router,
     pub upstreams: Upstreams,
+    pub access: crate::access::Access,
     pub fills: Arc<Fills>,
     pub manifests: Arc<ManifestCache>,
     pub memory: Arc<MemoryTier>,
@@ -40,10 +43,12 @@ impl EdgeState {
         let store = DiskStore::open(&config.cache.dir, config.cache.disk_max.bytes(), Arc::clone(&metrics))?;
         let upstreams = Upstreams::new(&config.upstream)?;
         let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
+        let access = crate::access::Access::new(&config)?;
         let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
         Ok(Arc::new(EdgeState {
             router,
             upstreams,
+            access,
             fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics)),
             manifests: ManifestCache::new(store, Arc::clone(&memory), Arc::clone(&metrics)),
             memory,

@@ -53,6 +53,25 @@ pub enum Auth {
         username: String,
         password: String,
     },
+    /// A token server with users, each allowed to pull only some repositories (as a real
+    /// registry's token service decides): `/token` with a user's Basic credentials issues
+    /// `tok-u-<user>-<n>`, without credentials `tok-anon-<n>` (no rights), wrong ones 401.
+    Users(Vec<User>),
+}
+
+/// A user of [`Auth::Users`].
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    /// Repositories the user may pull (exact names).
+    pub repos: Vec<String>,
+}
+
+impl User {
+    pub fn new(name: &str, password: &str, repos: &[&str]) -> User {
+        User { name: name.into(), password: password.into(), repos: repos.iter().map(|r| (*r).to_owned()).collect() }
+    }
 }
 
 /// A request the origin received.
@@ -399,9 +418,23 @@ fn auth_challenge(req: &Logged, state: &Arc<Mutex<State>>, addr: std::net::Socke
     let repo = req
         .path
         .strip_prefix("/v2/")
-        .and_then(|p| p.rsplit_once("/blobs/").or(p.rsplit_once("/manifests/")))
+        .and_then(|p| p.rsplit_once("/blobs/").or(p.rsplit_once("/manifests/")).or(p.rsplit_once("/tags/")))
         .map(|(r, _)| r);
+    let challenge = |scope: &str| {
+        Some(format!(r#"Bearer realm="http://{addr}/token",service="scripted",scope="repository:{scope}:pull""#))
+    };
     match auth {
+        Auth::Users(users) => {
+            let user = presented.strip_prefix("Bearer tok-u-").and_then(|t| t.rsplit_once('-')).map(|(u, _)| u);
+            let allowed = users
+                .iter()
+                .any(|u| Some(u.name.as_str()) == user && repo.is_some_and(|r| u.repos.iter().any(|x| x == r)));
+            if allowed {
+                None
+            } else {
+                challenge(repo.unwrap_or_default())
+            }
+        }
         Auth::None => None,
         Auth::Bearer { .. } if presented.starts_with("Bearer tok-") => None,
         Auth::Bearer { .. } => Some(format!(
@@ -420,6 +453,22 @@ pub fn basic(username: &str, password: &str) -> String {
 
 async fn issue_token(socket: &mut TcpStream, req: &Logged, state: &Arc<Mutex<State>>) -> bool {
     let auth = state.lock().auth.clone();
+    if let Auth::Users(users) = &auth {
+        let presented = req.header("Authorization");
+        let user = users.iter().find(|u| presented == Some(basic(&u.name, &u.password).as_str()));
+        let n = {
+            let mut s = state.lock();
+            s.tokens_issued += 1;
+            s.tokens_issued
+        };
+        let token = match (user, presented) {
+            (Some(u), _) => format!("tok-u-{}-{n}", u.name),
+            (None, None) => format!("tok-anon-{n}"),
+            (None, Some(_)) => return simple(socket, 401, &[], br#"{"details":"bad credentials"}"#, false).await,
+        };
+        let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+        return simple(socket, 200, &[], body.as_bytes(), false).await;
+    }
     if let Auth::Bearer { credentials: Some((u, p)) } = auth {
         if req.header("Authorization") != Some(basic(&u, &p).as_str()) {
             return simple(socket, 401, &[], br#"{"details":"bad credentials"}"#, false).await;

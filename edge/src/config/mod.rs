@@ -35,6 +35,10 @@ pub struct EdgeConfig {
     pub cache: CacheConfig,
     /// Process settings (worker threads, shutdown).
     pub server: ServerConfig,
+    /// Client authorization: the edge's token service.
+    pub auth: AuthConfig,
+    /// The admin API (prefetch, purge) on the admin listener.
+    pub admin: AdminConfig,
     /// The registries this edge mirrors. Only these are ever contacted.
     pub upstream: Vec<UpstreamConfig>,
 }
@@ -49,6 +53,8 @@ impl Default for EdgeConfig {
             tls: None,
             cache: CacheConfig::default(),
             server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             upstream: Vec::new(),
         }
     }
@@ -186,6 +192,77 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[auth]`: the token service of the edge (`/token`), used by every upstream whose `access`
+/// is not `"anonymous"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// A file holding the key that signs the edge's tokens (at least 32 bytes). Give the edges
+    /// of a region the same key so a token from one is accepted by all. Default: none.
+    pub signing_key_file: Option<PathBuf>,
+    /// An environment variable holding the signing key instead. Default: none. With neither set,
+    /// each start makes a random key (tokens are then valid on this edge, until it restarts).
+    pub signing_key_env: Option<String>,
+    /// How long a token the edge issues is valid. Default: `"5m"`.
+    pub token_ttl: HumanDuration,
+    /// How long an upstream's answer (may these credentials pull that repository?) and a
+    /// confirmation that a repository holds a digest are reused. Default: `"60s"`.
+    pub authz_ttl: HumanDuration,
+    /// The `service` named in challenges and tokens. Default: `"berth-edge"`.
+    pub service: String,
+    /// The base URL clients reach this edge at, for the challenge's realm
+    /// (`<realm_base>/token`), e.g. `"https://pull.example.com"`. Default: none (taken from
+    /// each request's Host and the listener's scheme).
+    pub realm_base: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            signing_key_file: None,
+            signing_key_env: None,
+            token_ttl: HumanDuration::secs(300),
+            authz_ttl: HumanDuration::secs(60),
+            service: "berth-edge".into(),
+            realm_base: None,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Environment variable holding the bearer tokens (comma- or newline-separated) the admin
+    /// API (prefetch, purge, cache stats) accepts. `/healthz`, `/readyz` and `/metrics` stay
+    /// open. Default: none (the admin API is open: bind the admin listener to loopback).
+    pub tokens_env: Option<String>,
+    /// A file holding those tokens instead. Default: none.
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// The accepted tokens; `None` when the admin API is open.
+    pub fn tokens(&self) -> Option<Result<Vec<String>, String>> {
+        match (&self.tokens_file, &self.tokens_env) {
+            (None, None) => None,
+            (file, env) => Some(berth_shared::secret::read_list(file.as_deref(), env.as_deref().unwrap_or_default())),
+        }
+    }
+}
+
+/// Who may pull through an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Everyone (public content).
+    Anonymous,
+    /// Those the upstream itself lets pull the repository (asked with their credentials).
+    Upstream,
+    /// The users of `htpasswd_file`, each on the repositories `grants` gives them.
+    Htpasswd,
+}
+
 /// One `[[upstream]]` registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -224,6 +301,18 @@ pub struct UpstreamConfig {
     /// Prefix one-segment repository names with `library/` (Docker Hub's official images).
     /// Default: `true` for the upstream named `docker.io`, else `false`.
     pub library_prefix: Option<bool>,
+    /// Who may pull: `"anonymous"`, `"upstream"` or `"htpasswd"`. Default: `"upstream"` when
+    /// the upstream has credentials (`username`), else `"anonymous"`.
+    pub access: Option<AccessMode>,
+    /// Lets `access = "anonymous"` be combined with credentials (anyone can then read what the
+    /// edge's credentials can). Default: `false`.
+    pub allow_anonymous_with_credentials: bool,
+    /// With `access = "htpasswd"`: the htpasswd file (bcrypt entries, `htpasswd -B`). Default: none.
+    pub htpasswd_file: Option<PathBuf>,
+    /// With `access = "htpasswd"`: user → repository patterns the user may pull (`*` matches
+    /// within one path segment, `**` across segments), e.g. `alice = ["team-a/**"]`.
+    /// Default: empty.
+    pub grants: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl UpstreamConfig {
@@ -253,11 +342,20 @@ impl Default for UpstreamConfig {
             ca_file: None,
             allow_private_networks: Vec::new(),
             library_prefix: None,
+            access: None,
+            allow_anonymous_with_credentials: false,
+            htpasswd_file: None,
+            grants: Default::default(),
         }
     }
 }
 
 impl UpstreamConfig {
+    /// The access mode in force (the configured one, or the default for these credentials).
+    pub fn access_mode(&self) -> AccessMode {
+        self.access.unwrap_or(if self.username.is_some() { AccessMode::Upstream } else { AccessMode::Anonymous })
+    }
+
     pub fn uses_library_prefix(&self) -> bool {
         self.library_prefix.unwrap_or(self.name == "docker.io")
     }

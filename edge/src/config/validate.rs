@@ -14,6 +14,7 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
         problems.push("cache.disk_max: must be greater than zero".to_owned());
     }
     problems.extend(validate_listen(config));
+    problems.extend(validate_auth(config));
     if let Some(link) = &config.distributor {
         match link.url.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
@@ -44,6 +45,7 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
             problems.push(format!("upstream[{i}].name: {:?} is configured twice", upstream.name));
         }
         problems.extend(validate_upstream(i, upstream));
+        problems.extend(validate_access(i, upstream));
     }
     problems
 }
@@ -73,6 +75,65 @@ fn validate_listen(config: &EdgeConfig) -> Vec<String> {
             }
         }
         (None, None) => {}
+    }
+    problems
+}
+
+fn validate_auth(config: &EdgeConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let auth = &config.auth;
+    if auth.signing_key_file.is_some() && auth.signing_key_env.is_some() {
+        problems.push("auth.signing_key_file: set signing_key_file or signing_key_env, not both".to_owned());
+    }
+    if let Err(e) = crate::access::SigningKey::from_config(auth) {
+        let key = if auth.signing_key_file.is_some() { "signing_key_file" } else { "signing_key_env" };
+        problems.push(format!("auth.{key}: {e}"));
+    }
+    if auth.token_ttl.get().is_zero() {
+        problems.push("auth.token_ttl: must be greater than zero".to_owned());
+    }
+    if let Some(base) = &auth.realm_base {
+        match base.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
+            _ => problems.push(format!("auth.realm_base: {base:?} is not an http:// or https:// base URL")),
+        }
+    }
+    if let Some(Err(e)) = config.admin.tokens() {
+        let key = if config.admin.tokens_file.is_some() { "tokens_file" } else { "tokens_env" };
+        problems.push(format!("admin.{key}: {e}"));
+    }
+    problems
+}
+
+fn validate_access(i: usize, u: &UpstreamConfig) -> Vec<String> {
+    use super::AccessMode;
+    let mut problems = Vec::new();
+    let key = |k: &str| format!("upstream[{i}].{k}");
+    match u.access_mode() {
+        AccessMode::Anonymous if u.username.is_some() && !u.allow_anonymous_with_credentials => problems.push(format!(
+            "{}: \"anonymous\" with credentials would let anyone read what they can; set \
+             allow_anonymous_with_credentials = true if that is meant",
+            key("access")
+        )),
+        AccessMode::Htpasswd => match &u.htpasswd_file {
+            None => problems.push(format!("{}: access = \"htpasswd\" needs htpasswd_file", key("htpasswd_file"))),
+            Some(path) => {
+                if let Err(e) = crate::access::htpasswd::Htpasswd::load(path) {
+                    problems.push(format!("{}: {e}", key("htpasswd_file")));
+                }
+            }
+        },
+        _ => {}
+    }
+    if u.access_mode() != AccessMode::Htpasswd && (u.htpasswd_file.is_some() || !u.grants.is_empty()) {
+        problems.push(format!("{}: htpasswd_file and grants apply only with access = \"htpasswd\"", key("access")));
+    }
+    for (user, patterns) in &u.grants {
+        for pattern in patterns {
+            if let Err(e) = crate::access::glob::Pattern::parse(pattern) {
+                problems.push(format!("{}: {e}", key(&format!("grants.{user}"))));
+            }
+        }
     }
     problems
 }

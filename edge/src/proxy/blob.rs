@@ -55,7 +55,9 @@ async fn open_source(
     digest: Digest,
 ) -> Result<BlobSource, ApiError> {
     let key = EntryKey::blob(digest);
+    let holds = |subject| super::authz::ensure_holds(state, upstream, repository, digest, subject);
     if let Some(object) = state.memory.get(&key) {
+        holds(Subject::Blob).await?;
         // Keep the disk copy as recent as the memory one: a hot blob must not age out on disk.
         state.fills.store().index().touch(&key);
         ctx.outcome = "hit";
@@ -73,6 +75,7 @@ async fn open_source(
         let lookup = state.fills.lookup(upstream, repository, digest).await.map_err(|e| ApiError::from_fill(&e))?;
         let (fill, started) = match lookup {
             Lookup::Cached(file, size) => {
+                holds(Subject::Blob).await?;
                 ctx.outcome = "hit";
                 ctx.tier = Some(SourceKind::Disk.as_str());
                 return Ok(promote(state, key, file, size).await);
@@ -93,6 +96,12 @@ async fn open_source(
         // A verified fill is local bytes; one still running is the upstream's.
         ctx.tier = Some(if ctx.outcome == "hit" { SourceKind::Disk } else { SourceKind::Upstream }.as_str());
         let foreign = fill.upstream != upstream.name || &fill.repository != repository;
+        if started {
+            // This request's own fill, from this repository: the upstream's answer confirms it.
+            state.access.confirm(upstream.index, repository, digest);
+        } else if foreign {
+            holds(Subject::Blob).await?;
+        }
         let fallback = Fallback {
             upstream: Arc::clone(upstream),
             repository: repository.clone(),
@@ -190,21 +199,28 @@ async fn head(
     let in_memory = state.memory.get(&key).map(|o| o.bytes.len() as u64);
     let cached = in_memory.or_else(|| state.fills.store().contains(&key));
     let filling = || state.fills.in_flight_for(&digest).and_then(|f| f.known_size());
-    let size = match (cached, cached.is_none().then(filling).flatten()) {
-        (Some(size), _) => {
-            ctx.outcome = "hit";
+    let local = match (cached, cached.is_none().then(filling).flatten()) {
+        (Some(size), _) => Some(("hit", size)),
+        (None, Some(size)) => Some(("coalesced", size)),
+        (None, None) => None,
+    };
+    if local.is_some() {
+        if let Err(e) = super::authz::ensure_holds(state, upstream, repository, digest, Subject::Blob).await {
+            return respond::error(session, ctx, &e).await;
+        }
+    }
+    let size = match local {
+        Some((outcome, size)) => {
+            ctx.outcome = outcome;
             size
         }
-        (None, Some(size)) => {
-            ctx.outcome = "coalesced";
-            size
-        }
-        (None, None) => {
+        None => {
             state.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob_head"]).inc();
             let path = format!("blobs/{digest}");
             match upstream.fetch(Method::HEAD, repository, &path, None).await {
                 Ok(r) => match r.content_length() {
                     Some(size) => {
+                        state.access.confirm(upstream.index, repository, digest);
                         ctx.outcome = "miss";
                         size
                     }

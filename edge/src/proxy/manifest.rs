@@ -10,6 +10,7 @@ use pingora::Result;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
 use crate::cache::manifests::{Found, Freshness, StoredManifest, TagEntry};
+use crate::registry::error::Subject;
 use crate::registry::{AcceptList, ApiError};
 use crate::state::EdgeState;
 use crate::upstream::Upstream;
@@ -29,9 +30,17 @@ pub(super) async fn serve(
     );
     let manifests = &state.manifests;
     let (digest, freshness) = match reference {
-        Reference::Digest(d) => (*d, None),
+        Reference::Digest(d) => {
+            let holds = super::authz::ensure_holds(state, upstream, repository, *d, Subject::Manifest).await;
+            if let Err(e) = holds {
+                return respond::error(session, ctx, &e).await;
+            }
+            (*d, None)
+        }
         Reference::Tag(tag) => match manifests.resolve_tag(upstream, repository, tag, &accept).await {
             Ok((entry, freshness)) => {
+                // The upstream mapped this repository's tag to the digest: it holds it.
+                state.access.confirm(upstream.index, repository, entry.digest);
                 if freshness == Freshness::Stale {
                     state.metrics.stale_served.inc();
                 }

@@ -1,9 +1,11 @@
 //! Pingora glue: every pull request is answered in `request_filter` by Berth's own cache logic;
 //! Pingora owns the downstream connection (HTTP/1.1, HTTP/2, keep-alive, shutdown).
 
+mod authz;
 mod blob;
 mod manifest;
 mod respond;
+mod token;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -135,11 +137,17 @@ fn raw_ns(query: Option<&str>) -> &str {
 async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let req = session.req_header();
     let is_head = req.method == http::Method::HEAD;
+    if req.uri.path() == "/token" {
+        return token::serve(state, session, ctx).await;
+    }
     let routed = state.router.route(req.method.as_str(), req.uri.path(), req.uri.query());
     match routed {
         Err(e) => respond::error(session, ctx, &ApiError::from(e)).await,
         Ok(Request::Base) => {
             ctx.kind = "base";
+            if let Err(challenge) = authz::authorize_base(state, session) {
+                return respond::error(session, ctx, &challenge).await;
+            }
             ctx.outcome = "hit";
             respond::base(session, ctx, is_head).await
         }
@@ -151,6 +159,9 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
             };
             ctx.span.record("repository", route.repository.as_str());
             ctx.span.record("upstream", upstream.name.as_str());
+            if let Err(challenge) = authz::authorize(state, session, &upstream, &route.repository) {
+                return respond::error(session, ctx, &challenge).await;
+            }
             match &route.target {
                 crate::registry::Target::Blob(digest) => {
                     ctx.span.record("reference", tracing::field::display(digest));

@@ -30,7 +30,7 @@ impl ApiError {
         ApiError { status, code, message: message.into(), headers: Vec::new() }
     }
 
-    fn with_header(mut self, name: &'static str, value: String) -> Self {
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
         self.headers.push((name, value));
         self
     }

@@ -119,6 +119,17 @@ impl Router {
         Ok(Request::Pull(Route { upstream, repository, target }))
     }
 
+    /// The upstream and repository a client-side repository name stands for (a path prefix
+    /// naming an upstream, else the default upstream), as in a token scope.
+    pub fn resolve_name(&self, name: &str) -> Result<(usize, RepositoryName), RouteError> {
+        let (upstream, name) = self.pick_upstream(name, None)?;
+        let mut repository = RepositoryName::parse(name)?;
+        if self.library_prefix[upstream] {
+            repository = repository.with_library_prefix();
+        }
+        Ok((upstream, repository))
+    }
+
     /// `?ns=` first, then a path prefix naming an upstream, then the default.
     fn pick_upstream<'p>(&self, name: &'p str, ns: Option<&str>) -> Result<(usize, &'p str), RouteError> {
         if let Some(ns) = ns {

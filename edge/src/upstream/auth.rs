@@ -152,10 +152,16 @@ impl Authenticator {
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Arc<Token>, AuthError> {
-        let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, encode(scope));
-        if let Some(service) = service {
-            url.push_str(&format!("&service={}", encode(service)));
+        // A login check asks for no scope at all.
+        let mut params = Vec::new();
+        if !scope.is_empty() {
+            params.push(format!("scope={}", encode(scope)));
         }
+        if let Some(service) = service {
+            params.push(format!("service={}", encode(service)));
+        }
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let url = if params.is_empty() { realm.to_owned() } else { format!("{realm}{separator}{}", params.join("&")) };
         let basic = self.credentials.as_ref().and_then(Credentials::basic_header);
         let started = Instant::now();
         let mut response = self

@@ -50,6 +50,16 @@ impl UpstreamError {
     }
 }
 
+/// The upstream's answer to "may these credentials pull this repository (or log in)?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// The credentials are valid (or absent) but may not pull the repository.
+    Denied,
+    /// The upstream refused the credentials themselves.
+    BadCredentials,
+}
+
 /// Timeouts for one upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -84,6 +94,8 @@ fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Opt
 
 /// One configured upstream registry.
 pub struct Upstream {
+    /// Position in the config (the router's and the access policy's index).
+    pub index: usize,
     pub name: String,
     pub config: UpstreamConfig,
     base: http::Uri,
@@ -99,7 +111,7 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds the client for one upstream; credentials are read (file or environment) here.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, ClientError> {
+    pub fn new(index: usize, config: &UpstreamConfig) -> Result<Self, ClientError> {
         let base: http::Uri = config.url.parse().map_err(|_| ClientError::BadUrl(config.url.clone()))?;
         let timeouts = Timeouts {
             connect: config.connect_timeout.get(),
@@ -114,6 +126,7 @@ impl Upstream {
             password: config.password().and_then(Result::ok).unwrap_or_default(),
         });
         Ok(Upstream {
+            index,
             name: config.name.clone(),
             config: config.clone(),
             auth: auth::Authenticator::new(client.clone(), credentials, base.scheme_str() == Some("https")),
@@ -162,6 +175,53 @@ impl Upstream {
         }
     }
 
+    /// Asks the upstream, with the client's credentials (or none), whether they may pull
+    /// `repository` (`GET /v2/<repository>/tags/list?n=1`, which needs pull access), or with
+    /// `None` whether they may log in (`GET /v2/`); through the upstream's own token realm or
+    /// Basic auth, exactly as a client would.
+    pub async fn check_access(
+        &self,
+        credentials: Option<Credentials>,
+        repository: Option<&RepositoryName>,
+    ) -> Result<Verdict, UpstreamError> {
+        let has_credentials = credentials.is_some();
+        let auth = auth::Authenticator::new(self.client.clone(), credentials, self.base.scheme_str() == Some("https"));
+        let (uri, scope) = match repository {
+            Some(r) => (format!("{}/v2/{r}/tags/list?n=1", self.base_str()), format!("repository:{r}:pull")),
+            None => (format!("{}/v2/", self.base_str()), String::new()),
+        };
+        let mut retried = false;
+        loop {
+            let authorization = match auth.header_for(&scope).await {
+                Ok(a) => a,
+                Err(AuthError::TokenStatus(s)) if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN => {
+                    return Ok(if has_credentials { Verdict::BadCredentials } else { Verdict::Denied });
+                }
+                Err(source) => return Err(self.auth_error(source)),
+            };
+            let response = self
+                .client
+                .send(Method::GET, &uri, Some("application/json"), authorization.as_ref())
+                .await
+                .map_err(|source| UpstreamError::Client { upstream: self.name.clone(), source })?;
+            let status = response.status;
+            if status == StatusCode::UNAUTHORIZED && !retried && response.from_origin {
+                retried = true;
+                let challenge = response.headers.get(http::header::WWW_AUTHENTICATE).cloned();
+                if auth.on_challenge(&scope, challenge.as_ref()).await.map_err(|s| self.auth_error(s))? {
+                    continue;
+                }
+            }
+            return match status.as_u16() {
+                // 404: the repository does not exist but the credentials passed (nothing to serve).
+                200..=299 | 404 => Ok(Verdict::Allowed),
+                401 if repository.is_none() && has_credentials => Ok(Verdict::BadCredentials),
+                401 | 403 => Ok(Verdict::Denied),
+                _ => Err(UpstreamError::Status { upstream: self.name.clone(), status, retry_after: None }),
+            };
+        }
+    }
+
     fn base_str(&self) -> String {
         let scheme = self.base.scheme_str().unwrap_or("https");
         let authority = self.base.authority().map(|a| a.as_str()).unwrap_or_default();
@@ -179,7 +239,11 @@ pub struct Upstreams(Arc<Vec<Arc<Upstream>>>);
 
 impl Upstreams {
     pub fn new(configs: &[UpstreamConfig]) -> Result<Self, ClientError> {
-        let list = configs.iter().map(|c| Upstream::new(c).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+        let list = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Upstream::new(i, c).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams(Arc::new(list)))
     }
 

@@ -188,6 +188,9 @@ async fn a_token_challenge_is_answered_and_the_token_reused() {
     let password = berth_tests::secret_file("s3cret");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("alice".into());
+        // These tests are about the edge as a client of the upstream: its own clients are not asked.
+        c.upstream[0].access = Some(berth_edge::config::AccessMode::Anonymous);
+        c.upstream[0].allow_anonymous_with_credentials = true;
         c.upstream[0].password_file = Some(password.to_path_buf());
     });
     for d in &blobs {
@@ -208,6 +211,9 @@ async fn wrong_credentials_at_the_token_endpoint_give_403() {
     let password = berth_tests::secret_file("wrong");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("alice".into());
+        // These tests are about the edge as a client of the upstream: its own clients are not asked.
+        c.upstream[0].access = Some(berth_edge::config::AccessMode::Anonymous);
+        c.upstream[0].allow_anonymous_with_credentials = true;
         c.upstream[0].password_file = Some(password.to_path_buf());
     });
     let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
@@ -224,6 +230,9 @@ async fn a_basic_auth_upstream_gets_the_configured_credentials() {
     let password = berth_tests::secret_file("pw");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("bob".into());
+        // These tests are about the edge as a client of the upstream: its own clients are not asked.
+        c.upstream[0].access = Some(berth_edge::config::AccessMode::Anonymous);
+        c.upstream[0].allow_anonymous_with_credentials = true;
         c.upstream[0].password_file = Some(password.to_path_buf());
     });
     let r = client::get(&format!("{}/v2/{REPO}/blobs/{d}", edge.url())).await;
@@ -254,6 +263,9 @@ async fn a_challenge_from_a_redirect_target_never_gets_the_credentials() {
     let password = berth_tests::secret_file("pw");
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.upstream[0].username = Some("carol".into());
+        // These tests are about the edge as a client of the upstream: its own clients are not asked.
+        c.upstream[0].access = Some(berth_edge::config::AccessMode::Anonymous);
+        c.upstream[0].allow_anonymous_with_credentials = true;
         c.upstream[0].password_file = Some(password.to_path_buf());
     });
     let r = client::get(&format!("{}{path}", edge.url())).await;

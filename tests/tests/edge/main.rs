@@ -1,5 +1,6 @@
 //! In-process integration tests: the edge on port 0 against a scripted origin.
 
+mod access;
 mod durability;
 mod faults;
 mod fills;

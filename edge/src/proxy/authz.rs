@@ -1,0 +1,121 @@
+//! Authorization on the request path: the Bearer challenge for requests without a valid token,
+//! and the check that a repository holds a digest before a cached copy is served under it.
+
+use std::sync::Arc;
+
+use berth_shared::manifest::MANIFEST_MEDIA_TYPES;
+use berth_shared::{Digest, RepositoryName};
+use http::{Method, StatusCode};
+use pingora::prelude::Session;
+
+use crate::access::TokenError;
+use crate::registry::error::Subject;
+use crate::registry::ApiError;
+use crate::state::EdgeState;
+use crate::upstream::Upstream;
+
+/// The base URL clients reach this edge at: `[auth] realm_base`, else the scheme of the
+/// listener and the request's host (only host characters are kept: it goes into a header).
+pub(super) fn base_url(state: &EdgeState, session: &Session) -> String {
+    if let Some(base) = &state.config.auth.realm_base {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let req = session.req_header();
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
+        .or_else(|| session.server_addr().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{}://{host}", if tls { "https" } else { "http" })
+}
+
+/// `401` with `WWW-Authenticate: Bearer realm=…/token,service=…[,scope=…][,error=…]`.
+pub(super) fn challenge(
+    state: &EdgeState,
+    session: &Session,
+    scope: Option<String>,
+    error: Option<TokenError>,
+) -> ApiError {
+    let mut value =
+        format!("Bearer realm=\"{}/token\",service=\"{}\"", base_url(state, session), state.config.auth.service);
+    if let Some(scope) = scope {
+        value.push_str(&format!(",scope=\"{scope}\""));
+    }
+    let message = match error {
+        Some(TokenError::Expired) => {
+            value.push_str(",error=\"invalid_token\"");
+            "token expired: log in again"
+        }
+        Some(TokenError::BadSignature) => {
+            value.push_str(",error=\"invalid_token\"");
+            "token not issued by this edge"
+        }
+        _ => "authentication required",
+    };
+    state.metrics.auth.with_label_values(&["challenged"]).inc();
+    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).with_header("WWW-Authenticate", value)
+}
+
+/// Checks a pull request's token against its route; `Err` is the challenge to answer with.
+pub(super) fn authorize(
+    state: &EdgeState,
+    session: &Session,
+    upstream: &Upstream,
+    repository: &RepositoryName,
+) -> Result<(), ApiError> {
+    let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    match state.access.authorize(upstream.index, &upstream.name, repository.as_str(), authorization) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let scope = crate::access::challenge_scope(&upstream.name, repository.as_str());
+            Err(challenge(state, session, Some(scope), authorization.is_some().then_some(e)))
+        }
+    }
+}
+
+/// `/v2/` on an edge with a protected upstream: a token (of any scope) is needed, so that
+/// clients that log in only after a challenge there (Docker) do.
+pub(super) fn authorize_base(state: &EdgeState, session: &Session) -> Result<(), ApiError> {
+    if !state.access.any_protected() {
+        return Ok(());
+    }
+    let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    match state.access.claims(authorization) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(challenge(state, session, None, authorization.is_some().then_some(e))),
+    }
+}
+
+/// Holding a digest is not permission: before a cached (or another repository's in-flight)
+/// copy is served under `repository` of a protected upstream, the upstream confirms with a HEAD
+/// that the repository holds the digest. Confirmations are cached for `authz_ttl`.
+pub(super) async fn ensure_holds(
+    state: &Arc<EdgeState>,
+    upstream: &Upstream,
+    repository: &RepositoryName,
+    digest: Digest,
+    subject: Subject,
+) -> Result<(), ApiError> {
+    if state.access.holds(upstream.index, repository, digest) {
+        return Ok(());
+    }
+    let (path, accept) = match subject {
+        Subject::Blob => (format!("blobs/{digest}"), None),
+        Subject::Manifest => (format!("manifests/{digest}"), Some(MANIFEST_MEDIA_TYPES.join(", "))),
+    };
+    state.metrics.upstream_requests.with_label_values(&[&upstream.name, "confirm"]).inc();
+    match upstream.fetch(Method::HEAD, repository, &path, accept.as_deref()).await {
+        Ok(_) => {
+            state.access.confirm(upstream.index, repository, digest);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "the upstream did not confirm that the repository holds the digest");
+            Err(ApiError::from_upstream(&e, subject))
+        }
+    }
+}
