@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (it should get traffic:
 //! what GeoDNS health checks and anycast route withdrawal key on), `/metrics`, and the local
-//! admin API for an edge run without a distributor: prefetch and purge.
+//! admin API for an edge run without a distributor: prefetch and purge. With `[admin]
+//! tokens_env` (or `tokens_file`) the admin API needs `Authorization: Bearer <token>`; the
+//! health, readiness and metrics endpoints stay open.
 
 use std::sync::Arc;
 
@@ -19,13 +21,26 @@ const MAX_BODY: usize = 1 << 20;
 pub struct AdminApp {
     state: Arc<EdgeState>,
     policy: Arc<Policy>,
+    /// The accepted bearer tokens; empty when the admin API is open.
+    tokens: Vec<String>,
 }
 
 type Answer = (StatusCode, &'static str, Vec<u8>);
 
 impl AdminApp {
     pub fn new(state: Arc<EdgeState>, policy: Arc<Policy>) -> Self {
-        AdminApp { state, policy }
+        // Validated at start: unreadable tokens refuse the config.
+        let tokens = state.config.admin.tokens().and_then(Result::ok).unwrap_or_default();
+        AdminApp { state, policy, tokens }
+    }
+
+    /// Whether the request may use the admin API.
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        if self.tokens.is_empty() {
+            return true;
+        }
+        let presented = authorization.and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
+        self.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), presented))
     }
 
     async fn route(&self, method: &Method, path: &str, body: &[u8]) -> Answer {
@@ -87,6 +102,11 @@ impl AdminApp {
     }
 }
 
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Parses a JSON document; a bad or unknown field is named.
 fn document<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
     berth_shared::protocol::document(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()))
@@ -121,12 +141,21 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Answer> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let (method, path) = (session.req_header().method.clone(), session.req_header().uri.path().to_owned());
-        let (status, content_type, body) = match read_body(session).await {
-            Ok(body) => self.route(&method, &path, &body).await,
-            Err(answer) => answer,
+        let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+        let (status, content_type, body) = if !open && !self.authorized(authorization) {
+            error(StatusCode::UNAUTHORIZED, "unauthorized", "the admin API needs a bearer token ([admin] tokens_env)")
+        } else {
+            match read_body(session).await {
+                Ok(body) => self.route(&method, &path, &body).await,
+                Err(answer) => answer,
+            }
         };
-        Response::builder()
-            .status(status)
+        let mut response = Response::builder().status(status);
+        if status == StatusCode::UNAUTHORIZED {
+            response = response.header("WWW-Authenticate", "Bearer realm=\"berth-admin\"");
+        }
+        response
             .header("Content-Type", content_type)
             .header("Content-Length", body.len())
             .body(body)

@@ -276,3 +276,27 @@ async fn an_event_of_an_unknown_kind_is_skipped_and_later_events_still_apply() {
     assert_eq!(version, 2.0, "the invalidation was applied");
     assert_eq!(tag_digest(&edge).await, second.to_string(), "the tag mapping was dropped by the invalidation");
 }
+
+#[tokio::test]
+async fn the_admin_api_needs_a_bearer_token_when_tokens_are_configured_and_health_stays_open() {
+    let origin = Origin::start().await;
+    let digest = origin.put_blob("a/b", vec![1u8; 100]);
+    let tokens = berth_tests::secret_file("ops-token-1\nops-token-2\n");
+    let path = tokens.to_path_buf();
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| c.admin.tokens_file = Some(path));
+    let purge = format!("{}/api/v1/purge", edge.admin_url());
+    let doc = format!(r#"{{"repository":"a/b","digest":"{digest}"}}"#);
+    let r = client::send(Method::POST, &purge, &[], doc.clone()).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"berth-admin\""));
+    assert_eq!(r.json()["error"]["code"], "unauthorized");
+    let r = client::send(Method::POST, &purge, &[("authorization", "Bearer wrong")], doc.clone()).await;
+    assert_eq!(r.status, 401);
+    let r = client::send(Method::POST, &purge, &[("authorization", "Bearer ops-token-2")], doc).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let jobs = client::get(&format!("{}/api/v1/prefetch/nope", edge.admin_url())).await;
+    assert_eq!(jobs.status, 401, "reading jobs needs the token too");
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(client::get(&format!("{}{open}", edge.admin_url())).await.status, 200, "{open} stays open");
+    }
+}
