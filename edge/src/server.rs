@@ -114,6 +114,10 @@ impl EdgeServer {
     /// Runs until SIGTERM (graceful: in-flight requests get `server.grace_period`), SIGINT
     /// (fast) or SIGQUIT (graceful upgrade).
     pub fn run(self) {
+        // A SIGHUP before the certificate watch takes it over must not end the process (its
+        // default action): ignored until then.
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         let state = Arc::clone(&self.state);
         let signal = Box::new(Draining { state, inner: Box::new(pingora::server::UnixShutdownSignalWatch) });
         self.server.run(RunArgs { shutdown_signal: signal });

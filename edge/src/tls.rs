@@ -50,6 +50,7 @@ impl CertWatch {
 impl pingora::services::background::BackgroundService for CertWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tracing::info!(cert = %self.cert.files().cert.display(), sighup = hangup.is_some(), "watching the TLS certificate");
         let every = self.cert.files().watch.get();
         // "0s": SIGHUP only (an interval of a day stands in for never).
         let mut tick = tokio::time::interval(if every.is_zero() { Duration::from_secs(86_400) } else { every });

@@ -135,12 +135,17 @@ pub struct Podman {
 
 impl Podman {
     pub fn new(dir: &Path, edge: SocketAddr, proxy: SocketAddr) -> Podman {
+        Self::with_mirror(dir, "docker.io", edge, true, proxy)
+    }
+
+    /// `registry` mirrored by the edge at `edge`, over HTTPS unless `insecure`.
+    pub fn with_mirror(dir: &Path, registry: &str, edge: SocketAddr, insecure: bool, proxy: SocketAddr) -> Podman {
         std::fs::create_dir_all(dir).expect("podman dir");
         let d = dir.display();
         let files = [
             (
                 "registries.conf",
-                format!("unqualified-search-registries = []\n\n[[registry]]\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"{edge}\"\ninsecure = true\n"),
+                format!("unqualified-search-registries = []\n\n[[registry]]\nlocation = \"{registry}\"\n\n[[registry.mirror]]\nlocation = \"{edge}\"\ninsecure = {insecure}\n"),
             ),
             ("storage.conf", format!("[storage]\ndriver = \"vfs\"\nrunroot = \"{d}/run\"\ngraphroot = \"{d}/root\"\n")),
             (
@@ -156,6 +161,26 @@ impl Podman {
 
     /// `podman pull image` into a fresh storage root named `state` (a client that has nothing).
     pub fn pull(&self, image: &str, state: &str) -> String {
+        run_ok(&mut self.command(image, state, &[]))
+    }
+
+    /// `podman login` to `registry`, storing the credentials in `authfile`.
+    pub fn login(&self, registry: &str, user: &str, password: &str, authfile: &Path, cert_dir: &str) -> Ran {
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_REGISTRIES_CONF", self.dir.join("registries.conf"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .args(["login", "--cert-dir", cert_dir, "--authfile"])
+            .arg(authfile)
+            .args(["-u", user, "-p", password, registry]);
+        run(no_internet(&mut cmd, self.proxy))
+    }
+
+    /// `podman pull` with extra flags (`--cert-dir`, `--creds`); the run, failed or not.
+    pub fn pull_with(&self, image: &str, state: &str, flags: &[&str]) -> Ran {
+        run(&mut self.command(image, state, flags))
+    }
+
+    fn command(&self, image: &str, state: &str, flags: &[&str]) -> Command {
         let root = self.dir.join(state);
         let mut cmd = Command::new("podman");
         cmd.env("CONTAINERS_REGISTRIES_CONF", self.dir.join("registries.conf"))
@@ -166,8 +191,11 @@ impl Podman {
             .arg("--runroot")
             .arg(root.join("run"))
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .args(["pull", image]);
-        run_ok(no_internet(&mut cmd, self.proxy))
+            .arg("pull")
+            .args(flags)
+            .arg(image);
+        no_internet(&mut cmd, self.proxy);
+        cmd
     }
 }
 
@@ -217,13 +245,39 @@ impl Containerd {
         std::fs::write(dir.join("hosts.toml"), text).expect("hosts.toml");
     }
 
+    /// Writes `<hosts>/<registry>/hosts.toml`: `registry` mirrored by the edge over HTTPS,
+    /// trusting the CA in `ca`.
+    pub fn mirror_tls(hosts: &Path, registry: &str, server: &str, edge: SocketAddr, ca: &Path) {
+        let dir = hosts.join(registry);
+        std::fs::create_dir_all(&dir).expect("hosts dir");
+        let text = format!(
+            "server = \"{server}\"\n\n[host.\"https://{edge}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n",
+            ca.display()
+        );
+        std::fs::write(dir.join("hosts.toml"), text).expect("hosts.toml");
+    }
+
     /// `ctr images pull --hosts-dir hosts image` (fetched in `ctr`, unpacked by containerd) in
     /// the namespace `namespace`.
     pub fn pull(&self, hosts: &Path, image: &str, namespace: &str) -> String {
+        run_ok(&mut self.command(hosts, image, namespace, None))
+    }
+
+    /// The same with `--user user:password`; the run, failed or not.
+    pub fn pull_as(&self, hosts: &Path, image: &str, namespace: &str, user: &str) -> Ran {
+        run(&mut self.command(hosts, image, namespace, Some(user)))
+    }
+
+    fn command(&self, hosts: &Path, image: &str, namespace: &str, user: Option<&str>) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address").arg(&self.socket).args(["--namespace", namespace, "images", "pull", "--hosts-dir"]);
-        cmd.arg(hosts).arg(image);
-        run_ok(no_internet(&mut cmd, self.proxy))
+        cmd.arg(hosts);
+        if let Some(user) = user {
+            cmd.args(["--user", user]);
+        }
+        cmd.arg(image);
+        no_internet(&mut cmd, self.proxy);
+        cmd
     }
 }
 

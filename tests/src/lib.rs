@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod origin;
 pub mod pki;
 pub mod registry;
+pub mod token_server;
 pub mod tools;
 
 /// Waits until `cond` holds, polling on events of the runtime rather than sleeping blindly;

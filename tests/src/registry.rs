@@ -17,12 +17,17 @@ pub struct DockerRegistry {
 impl DockerRegistry {
     /// Starts a registry storing its data under `dir`.
     pub fn start(dir: &Path) -> DockerRegistry {
+        Self::start_with(dir, "")
+    }
+
+    /// Starts a registry with extra top-level config (e.g. an `auth:` section).
+    pub fn start_with(dir: &Path, extra_yaml: &str) -> DockerRegistry {
         std::fs::create_dir_all(dir).expect("registry dir");
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{extra_yaml}",
                 dir.join("data").display()
             ),
         )
