@@ -15,6 +15,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 #[serde(default)]
 pub struct DistributorConfig {
     pub listen: ListenConfig,
+    /// Serve the API over TLS with this certificate chain and key (reloaded when the files
+    /// change and on SIGHUP). Default: none (plain HTTP).
+    pub tls: Option<berth_shared::tls::TlsFiles>,
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
@@ -149,6 +152,11 @@ fn validate(config: &DistributorConfig) -> Vec<String> {
         if let Err(e) = secret::read_list(file.as_deref(), var) {
             let key = if file.is_some() { format!("auth.{key}_file") } else { format!("auth.{key}_env") };
             problems.push(format!("{key}: {e} (comma-separated bearer tokens)"));
+        }
+    }
+    if let Some(files) = &config.tls {
+        if let Err(e) = berth_shared::tls::load_pair(files) {
+            problems.push(format!("tls: {e}"));
         }
     }
     if config.log.keep_events == 0 {

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod push;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::DistributorConfig;
 pub use server::{Distributor, RunningDistributor};

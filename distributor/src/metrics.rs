@@ -14,6 +14,8 @@ pub struct Metrics {
     pub log_version: IntGauge,
     /// Edges known.
     pub edges: IntGauge,
+    /// Certificate reloads by result (`loaded`, `refused`).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,7 +37,13 @@ impl Metrics {
         registry.register(Box::new(watchers.clone())).expect("unique metric");
         registry.register(Box::new(log_version.clone())).expect("unique metric");
         registry.register(Box::new(edges.clone())).expect("unique metric");
-        Metrics { registry, events, reports, watchers, log_version, edges }
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("berth_distributor_tls_reloads_total", "Certificate reloads by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(tls_reloads.clone())).expect("unique metric");
+        Metrics { registry, events, reports, watchers, log_version, edges, tls_reloads }
     }
 
     pub fn render(&self) -> String {

@@ -18,6 +18,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("tls: {0}")]
+    Tls(#[from] berth_shared::tls::TlsError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -28,6 +30,7 @@ pub struct Distributor {
     addr: SocketAddr,
     state: Arc<AppState>,
     closing: tokio::sync::watch::Sender<bool>,
+    tls: Option<Arc<berth_shared::tls::ReloadingCert>>,
 }
 
 impl Distributor {
@@ -41,6 +44,7 @@ impl Distributor {
         };
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
+        let tls = config.tls.clone().map(berth_shared::tls::ReloadingCert::load).transpose()?;
         let store = Arc::new(Store::open(&config.store.dir)?);
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let state = Arc::new(AppState {
@@ -52,8 +56,9 @@ impl Distributor {
             keepalive: config.watch.keepalive.get(),
             closing: closing_rx,
         });
-        tracing::info!(http = %addr, "distributor ready to serve");
-        Ok(Distributor { listener, addr, state, closing })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(http = %addr, scheme, "distributor ready to serve");
+        Ok(Distributor { listener, addr, state, closing, tls })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -68,11 +73,24 @@ impl Distributor {
             shutdown.await;
             let _ = closing.send(true);
         };
-        axum::serve(listener, api::router(self.state)).with_graceful_shutdown(signal).await
+        let metrics = Arc::clone(&self.state.metrics);
+        let router = api::router(self.state);
+        match self.tls {
+            Some(cert) => crate::tls::serve(listener, router, cert, metrics, signal).await,
+            None => axum::serve(listener, router).with_graceful_shutdown(signal).await,
+        }
     }
 
-    /// Runs until SIGTERM or SIGINT.
+    /// Whether the API is served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Runs until SIGTERM or SIGINT (SIGHUP reloads the TLS certificate).
     pub fn run(self) -> Result<(), StartError> {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions. A SIGHUP must
+        // not end the process (its default action) before the certificate watch takes it over.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         let runtime = tokio::runtime::Runtime::new().map_err(StartError::Runtime)?;
         runtime.block_on(async move {
             let shutdown = async {
@@ -89,7 +107,7 @@ impl Distributor {
 
     /// Runs on a new thread with its own runtime.
     pub fn spawn(self) -> RunningDistributor {
-        let addr = self.addr;
+        let (addr, tls) = (self.addr, self.tls.is_some());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("berth-distributor".into())
@@ -101,20 +119,21 @@ impl Distributor {
                 runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             })
             .ok();
-        RunningDistributor { addr, stop: Some(tx), thread }
+        RunningDistributor { addr, tls, stop: Some(tx), thread }
     }
 }
 
 /// A running distributor; dropping it stops it.
 pub struct RunningDistributor {
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RunningDistributor {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     pub fn stop(mut self) {

@@ -52,8 +52,7 @@ impl pingora::services::background::BackgroundService for CertWatch {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tracing::info!(cert = %self.cert.files().cert.display(), sighup = hangup.is_some(), "watching the TLS certificate");
         let every = self.cert.files().watch.get();
-        // "0s": SIGHUP only (an interval of a day stands in for never).
-        let mut tick = tokio::time::interval(if every.is_zero() { Duration::from_secs(86_400) } else { every });
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -65,7 +64,8 @@ impl pingora::services::background::BackgroundService for CertWatch {
             };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => self.attempt(false),
+                // "0s": SIGHUP only.
+                _ = async { if every.is_zero() { std::future::pending().await } else { tick.tick().await } } => self.attempt(false),
                 _ = sighup => self.attempt(true),
             }
         }

@@ -181,6 +181,17 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsEr
     Ok(roots)
 }
 
+/// A rustls client configuration trusting the public web roots plus `ca_file`.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = root_store(ca_file)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::File { path: ca_file.map(Path::to_owned).unwrap_or_default(), message: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

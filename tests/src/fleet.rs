@@ -12,6 +12,7 @@ pub const EDGE_TOKEN: &str = "edge-token-for-tests";
 pub struct DistributorProcess {
     pub child: Child,
     pub addr: std::net::SocketAddr,
+    tls: bool,
 }
 
 impl DistributorProcess {
@@ -19,12 +20,26 @@ impl DistributorProcess {
     /// bound, so a restart keeps the address edges know, with no window in which another
     /// process could take the port), with its store under `dir`.
     pub fn start(dir: &Path, listener: &std::net::TcpListener, keep_events: u64, log: &Path) -> DistributorProcess {
+        Self::start_with(dir, listener, keep_events, log, None)
+    }
+
+    /// The same, serving over TLS with `tls` (certificate, key) when given.
+    pub fn start_with(
+        dir: &Path,
+        listener: &std::net::TcpListener,
+        keep_events: u64,
+        log: &Path,
+        tls: Option<(&Path, &Path)>,
+    ) -> DistributorProcess {
         let addr = listener.local_addr().expect("listener address");
+        let tls_table = tls.map_or(String::new(), |(cert, key)| {
+            format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string())
+        });
         let config = dir.join("distributor.toml");
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{addr}\"\n[store]\ndir = {:?}\n[log]\nkeep_events = {keep_events}\n[watch]\nkeepalive = \"1s\"\n",
+                "[listen]\nhttp = \"{addr}\"\n{tls_table}[store]\ndir = {:?}\n[log]\nkeep_events = {keep_events}\n[watch]\nkeepalive = \"1s\"\n",
                 dir.join("store").display().to_string()
             ),
         )
@@ -59,11 +74,11 @@ impl DistributorProcess {
             "berth-distributor did not start: {}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
-        DistributorProcess { child, addr }
+        DistributorProcess { child, addr, tls: tls.is_some() }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     pub fn kill(&mut self) {
@@ -106,9 +121,15 @@ pub fn start_edge(config: &Path, log: &Path) -> EdgeProcess {
 
 /// Runs `berthctl` against a distributor; returns (exit code, stdout + stderr).
 pub fn berthctl(distributor: &str, args: &[&str]) -> (i32, String) {
+    berthctl_with(distributor, args, &[])
+}
+
+/// The same with extra environment variables (e.g. `BERTH_CA_FILE`).
+pub fn berthctl_with(distributor: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(binary("berthctl"))
         .args(["--server", distributor, "--token", ADMIN_TOKEN])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("berthctl runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

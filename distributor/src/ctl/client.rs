@@ -15,12 +15,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: &str) -> Result<Self> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .build();
+    /// `ca_file`: extra PEM CA certificates to trust (a distributor with a private CA).
+    pub fn new(base: &str, token: &str, ca_file: Option<&std::path::Path>) -> Result<Self> {
+        let tls = berth_shared::tls::client_config(ca_file).context("--ca-file")?;
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),

@@ -23,6 +23,9 @@ pub struct Args {
     /// Admin bearer token.
     #[arg(long, env = "BERTH_TOKEN", default_value = "", hide_env_values = true, global = true)]
     pub token: String,
+    /// Extra PEM CA certificates to trust for an https:// distributor.
+    #[arg(long, env = "BERTH_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,7 +72,7 @@ pub enum Command {
 
 /// Runs a command; returns the process exit code.
 pub async fn run(args: Args) -> Result<i32> {
-    let client = Client::new(&args.server, &args.token)?;
+    let client = Client::new(&args.server, &args.token, args.ca_file.as_deref())?;
     match args.command {
         Command::Prefetch { images, regions, platforms, wait, timeout } => {
             let created = client

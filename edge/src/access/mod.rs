@@ -94,8 +94,18 @@ pub struct Access {
     token_ttl: Duration,
     policies: Vec<Policy>,
     decisions: moka::future::Cache<DecisionKey, Verdict>,
-    confirmed: moka::sync::Cache<(usize, RepositoryName, Digest), ()>,
+    /// Confirmations younger than `authz_ttl`: served without asking.
+    confirmed: moka::sync::Cache<Confirmation, ()>,
+    /// Every confirmation of the last [`KNOWN_FOR`]: served when the upstream cannot be asked
+    /// (it is down), as tags are served stale.
+    known: moka::sync::Cache<Confirmation, ()>,
 }
+
+/// (upstream, repository, digest): the repository holds the digest.
+type Confirmation = (usize, RepositoryName, Digest);
+
+/// How long a confirmation is trusted while the upstream cannot be reached.
+const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 impl Access {
     pub fn new(config: &EdgeConfig) -> Result<Self, AccessError> {
@@ -116,6 +126,7 @@ impl Access {
             policies,
             decisions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
             confirmed: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(ttl).build(),
+            known: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(KNOWN_FOR).build(),
         })
     }
 
@@ -249,10 +260,17 @@ impl Access {
         !self.is_protected(upstream) || self.confirmed.contains_key(&(upstream, repository.clone(), digest))
     }
 
+    /// Whether the repository was confirmed to hold the digest within the last day (what is
+    /// served while the upstream cannot be asked).
+    pub fn held_before(&self, upstream: usize, repository: &RepositoryName, digest: Digest) -> bool {
+        self.known.contains_key(&(upstream, repository.clone(), digest))
+    }
+
     /// Records that the upstream showed this repository to hold the digest.
     pub fn confirm(&self, upstream: usize, repository: &RepositoryName, digest: Digest) {
         if self.is_protected(upstream) {
             self.confirmed.insert((upstream, repository.clone(), digest), ());
+            self.known.insert((upstream, repository.clone(), digest), ());
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct DistributorLink {
     /// A file holding the bearer token instead (e.g. a mounted secret); when set, `token_env` is
     /// not read. Default: none.
     pub token_file: Option<std::path::PathBuf>,
+    /// Extra PEM CA certificates to trust for an `https://` distributor (e.g. a private CA).
+    /// Default: none (the public web roots).
+    pub ca_file: Option<PathBuf>,
     /// How often the edge reports its counters and prefetch progress. Default: `"5s"`.
     pub report_interval: HumanDuration,
     /// How long a starting edge waits to catch up with the policy log before it serves anyway
@@ -84,6 +87,7 @@ impl Default for DistributorLink {
             url: String::new(),
             token_env: "BERTH_EDGE_TOKEN".into(),
             token_file: None,
+            ca_file: None,
             report_interval: HumanDuration::secs(5),
             startup_sync_timeout: HumanDuration::secs(10),
         }

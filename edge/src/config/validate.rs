@@ -24,6 +24,9 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
             let key = if link.token_file.is_some() { "token_file" } else { "token_env" };
             problems.push(format!("distributor.{key}: {e}"));
         }
+        if let Err(e) = berth_shared::tls::client_config(link.ca_file.as_deref()) {
+            problems.push(format!("distributor.ca_file: {e}"));
+        }
         if link.report_interval.get().is_zero() {
             problems.push("distributor.report_interval: must be greater than zero".into());
         }
@@ -92,11 +95,26 @@ fn validate_auth(config: &EdgeConfig) -> Vec<String> {
     if auth.token_ttl.get().is_zero() {
         problems.push("auth.token_ttl: must be greater than zero".to_owned());
     }
+    if auth.authz_ttl.get().is_zero() {
+        problems.push("auth.authz_ttl: must be greater than zero".to_owned());
+    }
     if let Some(base) = &auth.realm_base {
         match base.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
-            _ => problems.push(format!("auth.realm_base: {base:?} is not an http:// or https:// base URL")),
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && matches!(u.path(), "" | "/") => {}
+            _ => problems.push(format!(
+                "auth.realm_base: {base:?} is not a base URL like \"https://pull.example.com\" (no path: /token is served at the root)"
+            )),
         }
+    }
+    if !config.listen.admin.ip().is_loopback() && config.admin.tokens().is_none() {
+        problems.push(format!(
+            "admin.tokens_env: the admin listener {} is reachable from other hosts: set [admin] tokens_env or tokens_file so prefetch and purge need a token",
+            config.listen.admin
+        ));
     }
     if let Some(Err(e)) = config.admin.tokens() {
         let key = if config.admin.tokens_file.is_some() { "tokens_file" } else { "tokens_env" };

@@ -37,16 +37,19 @@ impl Link {
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map(|b| b.https_or_http().enable_http1().wrap_connector(http.clone()))
+        // Validated at start: a CA file that does not load refuses the config.
+        let tls = berth_shared::tls::client_config(config.ca_file.as_deref())
+            .or_else(|_| berth_shared::tls::client_config(None))
             .unwrap_or_else(|_| {
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_webpki_roots()
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http)
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
             });
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Link {
             base: config.url.trim_end_matches('/').to_owned(),
             // Validated at start; an unreadable token shows as 401s from the distributor.

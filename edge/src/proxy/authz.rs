@@ -92,7 +92,8 @@ pub(super) fn authorize_base(state: &EdgeState, session: &Session) -> Result<(),
 
 /// Holding a digest is not permission: before a cached (or another repository's in-flight)
 /// copy is served under `repository` of a protected upstream, the upstream confirms with a HEAD
-/// that the repository holds the digest. Confirmations are cached for `authz_ttl`.
+/// that the repository holds the digest. Confirmations are cached for `authz_ttl`; while the
+/// upstream is unavailable, one from the last day still counts.
 pub(super) async fn ensure_holds(
     state: &Arc<EdgeState>,
     upstream: &Upstream,
@@ -111,6 +112,10 @@ pub(super) async fn ensure_holds(
     match upstream.fetch(Method::HEAD, repository, &path, accept.as_deref()).await {
         Ok(_) => {
             state.access.confirm(upstream.index, repository, digest);
+            Ok(())
+        }
+        Err(e) if e.is_unavailable() && state.access.held_before(upstream.index, repository, digest) => {
+            tracing::warn!(error = %e, "upstream unavailable: serving on an earlier confirmation");
             Ok(())
         }
         Err(e) => {

@@ -300,3 +300,38 @@ fn credentials_with_anonymous_access_refuse_to_start_unless_allowed() {
     let err = berth_edge::config::parse(&short).unwrap_err().to_string();
     assert!(err.contains("auth.signing_key_env"), "{err}");
 }
+
+#[tokio::test]
+async fn a_cached_private_blob_stays_served_while_the_upstream_cannot_confirm_but_only_where_it_was_confirmed() {
+    let (origin, edge, _p, _k) = delegated("[auth]\nauthz_ttl = \"100ms\"\n").await;
+    let body = vec![4u8; 3000];
+    let digest = origin.put_blob("team/app", body.clone());
+    origin.put_blob("team/copy", body.clone());
+    let all = bearer(
+        &token(
+            &edge,
+            "repository:docker.io/team/app:pull repository:docker.io/team/copy:pull",
+            Some(("edge", "edge-pw")),
+        )
+        .await,
+    );
+    let app = format!("/v2/team/app/blobs/{digest}");
+    assert_eq!(get_with(&format!("{}{app}", edge.url()), &all).await.status, 200);
+    edge.published(digest).await;
+
+    // Once the fresh confirmation has aged out, the upstream fails the re-confirmation: the
+    // confirmation of the last day keeps the cached blob served.
+    origin.fault(&app, berth_tests::origin::Fault::Status(503));
+    berth_tests::eventually_async("a re-confirmation was asked", Duration::from_secs(10), || async {
+        let r = get_with(&format!("{}{app}", edge.url()), &all).await;
+        assert_eq!(r.status, 200, "served on the earlier confirmation");
+        origin.count("HEAD", &app) >= 1
+    })
+    .await;
+
+    // A repository never confirmed is not served while the upstream fails.
+    let copy = format!("/v2/team/copy/blobs/{digest}");
+    origin.fault(&copy, berth_tests::origin::Fault::Status(503));
+    let r = get_with(&format!("{}{copy}", edge.url()), &all).await;
+    assert_eq!((r.status, r.error_code().as_str()), (502, "UNAVAILABLE"));
+}
