@@ -60,7 +60,9 @@ pub struct AuthConfig {
     /// Environment variable with the comma-separated bearer tokens of the admin API.
     /// Default: `"BERTH_ADMIN_TOKENS"`.
     pub admin_tokens_env: String,
-    /// Environment variable with the comma-separated bearer tokens edges present.
+    /// Environment variable with the bearer tokens edges present (comma- or newline-separated).
+    /// Each entry is `<token>` (any edge) or `<node_id> <region> <token>` (only that edge may
+    /// report with it).
     /// Default: `"BERTH_EDGE_TOKENS"`.
     pub edge_tokens_env: String,
     /// A file with the admin tokens (comma- or newline-separated) instead of
@@ -152,6 +154,14 @@ fn validate(config: &DistributorConfig) -> Vec<String> {
         if let Err(e) = secret::read_list(file.as_deref(), var) {
             let key = if file.is_some() { format!("auth.{key}_file") } else { format!("auth.{key}_env") };
             problems.push(format!("{key}: {e} (comma-separated bearer tokens)"));
+        }
+    }
+    if let Ok(entries) = secret::read_list(a.edge_tokens_file.as_deref(), &a.edge_tokens_env) {
+        let key = if a.edge_tokens_file.is_some() { "auth.edge_tokens_file" } else { "auth.edge_tokens_env" };
+        for (i, entry) in entries.iter().enumerate() {
+            if let Err(e) = crate::api::EdgeToken::parse(entry) {
+                problems.push(format!("{key}: entry {}: {e}", i + 1));
+            }
         }
     }
     if let Some(files) = &config.tls {

@@ -2,6 +2,7 @@
 //! edges, health and metrics. JSON in, JSON out, versioned under `/api/v1/`.
 
 mod auth;
+pub use auth::EdgeToken;
 pub mod error;
 
 use std::sync::Arc;
@@ -133,13 +134,26 @@ async fn list_edges(State(s): Shared, headers: HeaderMap) -> Result<Response, Ap
 }
 
 async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
-    auth::check(&headers, &s.tokens.edge, Role::Edge)?;
+    let bound_to = auth::check_edge(&headers, &s.tokens.edge)?;
     let report: EdgeReport = document(&body)?;
     if report.id.trim().is_empty() {
         return Err(ApiError::bad_field("id", "must not be empty"));
     }
     if report.region.trim().is_empty() {
         return Err(ApiError::bad_field("region", "must not be empty"));
+    }
+    if let Some((id, region)) = bound_to {
+        if report.id != id || report.region != region {
+            tracing::warn!(claimed = %report.id, claimed_region = %report.region, bound = %id, "report refused: the token is bound to another edge");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_edge",
+                format!(
+                    "this token belongs to edge {id:?} in region {region:?}; it cannot report as {:?} in {:?}",
+                    report.id, report.region
+                ),
+            ));
+        }
     }
     let fleet = Arc::clone(&s.fleet);
     tokio::task::spawn_blocking(move || fleet.record(report))
@@ -155,7 +169,7 @@ struct WatchQuery {
 }
 
 async fn watch(State(s): Shared, headers: HeaderMap, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
-    auth::check(&headers, &s.tokens.edge, Role::Edge)?;
+    auth::check_edge(&headers, &s.tokens.edge)?;
     let since = match q.since.as_deref() {
         None | Some("") => 0,
         Some(v) => v.parse::<u64>().map_err(|_| ApiError::bad_field("since", "must be a version number"))?,

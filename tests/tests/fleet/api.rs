@@ -89,3 +89,41 @@ async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
     assert_eq!(accepted.status, 202);
     assert!(accepted.json()["id"].as_str().unwrap().starts_with("pf-"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge() {
+    let work = tempfile::tempdir().unwrap();
+    let tokens = work.path().join("edge-tokens");
+    std::fs::write(&tokens, "shared-token\nedge-1 eu-west bound-token\n").unwrap();
+    let admin = berth_tests::secret_file(ADMIN_TOKEN);
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+        work.path().join("store").display().to_string(),
+        admin.display().to_string(),
+        tokens.display().to_string()
+    );
+    let config = berth_distributor::config::parse(&text).unwrap();
+    let d = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let report = format!("{}/api/v1/edges/report", d.url());
+    let as_edge =
+        |id: &str, region: &str| format!(r#"{{"id":"{id}","region":"{region}","version":"t","applied_version":0}}"#);
+    assert_eq!(post(&report, Some("bound-token"), &as_edge("edge-1", "eu-west")).await.status, 204);
+    for (id, region) in [("edge-2", "eu-west"), ("edge-1", "us-east")] {
+        let r = post(&report, Some("bound-token"), &as_edge(id, region)).await;
+        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (403, Some("wrong_edge")), "{id} {region}");
+    }
+    assert_eq!(post(&report, Some("shared-token"), &as_edge("edge-9", "ap-south")).await.status, 204);
+    let edges = client::request(
+        Method::GET,
+        &format!("{}/api/v1/edges", d.url()),
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await
+    .json();
+    let ids: Vec<&str> = edges.as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+    assert!(ids.contains(&"edge-1") && ids.contains(&"edge-9") && !ids.contains(&"edge-2"), "{ids:?}");
+
+    std::fs::write(&tokens, "edge-1 eu-west\n").unwrap();
+    let err = berth_distributor::config::parse(&text).unwrap_err().to_string();
+    assert!(err.contains("auth.edge_tokens_file: entry 1"), "{err}");
+}
