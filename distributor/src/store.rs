@@ -17,6 +17,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const PURGES: TableDefinition<u64, &[u8]> = TableDefinition::new("purges");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
+/// Digests in quarantine now (digest text → the order), kept in step with the log.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
 const NEXT_VERSION: &str = "next_version";
 const COMPACTED_THROUGH: &str = "compacted_through";
@@ -72,6 +74,7 @@ impl Store {
             w.open_table(PURGES)?;
             w.open_table(JOBS)?;
             w.open_table(EDGES)?;
+            w.open_table(QUARANTINE)?;
         }
         w.commit()?;
         Ok(Store { db })
@@ -91,10 +94,31 @@ impl Store {
                 let job = Job { id: order.job.clone(), order: order.clone(), version, created_ms: now_ms };
                 w.open_table(JOBS)?.insert(job.id.as_str(), json(&job)?.as_slice())?;
             }
+            if let Action::Quarantine(order) = &event.action {
+                let mut table = w.open_table(QUARANTINE)?;
+                let key = order.digest.to_string();
+                if order.lifted {
+                    table.remove(key.as_str())?;
+                } else {
+                    table.insert(key.as_str(), json(order)?.as_slice())?;
+                }
+            }
             event
         };
         w.commit()?;
         Ok(event)
+    }
+
+    /// The digests in quarantine now.
+    pub fn quarantined(&self) -> Result<Vec<berth_shared::protocol::QuarantineOrder>, StoreError> {
+        let r = self.db.begin_read()?;
+        let table = r.open_table(QUARANTINE)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (_, v) = item?;
+            out.push(parse(v.value())?);
+        }
+        Ok(out)
     }
 
     /// (latest version, version through which the log was compacted).

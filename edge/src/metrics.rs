@@ -110,6 +110,10 @@ pub struct Metrics {
     /// `/token`), `unavailable` (the upstream could not be asked), `challenged` (a request
     /// without a valid token got 401).
     pub auth: IntCounterVec,
+    /// Digests in quarantine now.
+    pub quarantined: IntGauge,
+    /// Requests refused because their digest is quarantined.
+    pub quarantine_refusals: IntCounter,
     /// Attempts to reload the TLS certificate, by result (`loaded`, `refused`).
     pub tls_reloads: IntCounterVec,
     /// Request durations by kind, from request line to last byte.
@@ -218,6 +222,12 @@ impl Metrics {
                 r,
                 "berth_edge_changed_entries_total",
                 "Verified blob files found changed on disk since they were hashed, and hashed again",
+            ),
+            quarantined: gauge(r, "berth_edge_quarantined_digests", "Digests in quarantine"),
+            quarantine_refusals: counter(
+                r,
+                "berth_edge_quarantine_refusals_total",
+                "Requests refused because their digest is quarantined",
             ),
             auth: counter_vec(r, "berth_edge_auth_total", "Authorization events by result", &["result"]),
             tls_reloads: counter_vec(

@@ -29,6 +29,7 @@ pub struct EdgeState {
     pub router: Router,
     pub upstreams: Upstreams,
     pub access: crate::access::Access,
+    pub quarantine: crate::policy::quarantine::Quarantine,
     pub fills: Arc<Fills>,
     pub manifests: Arc<ManifestCache>,
     pub memory: Arc<MemoryTier>,
@@ -44,11 +45,14 @@ impl EdgeState {
         let upstreams = Upstreams::new(&config.upstream)?;
         let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
         let access = crate::access::Access::new(&config)?;
+        let quarantine = crate::policy::quarantine::Quarantine::load(&config.cache.dir);
+        metrics.quarantined.set(quarantine.len() as i64);
         let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
         Ok(Arc::new(EdgeState {
             router,
             upstreams,
             access,
+            quarantine,
             fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics)),
             manifests: ManifestCache::new(store, Arc::clone(&memory), Arc::clone(&metrics)),
             memory,

@@ -22,6 +22,8 @@ pub struct PolicyEvent {
 pub enum Action {
     Prefetch(PrefetchOrder),
     Invalidate(Invalidation),
+    /// Refuse a digest everywhere (or stop refusing it): fleet-wide, never per region.
+    Quarantine(QuarantineOrder),
 }
 
 impl Action {
@@ -30,6 +32,7 @@ impl Action {
         match self {
             Action::Prefetch(p) => &p.regions,
             Action::Invalidate(i) => &i.regions,
+            Action::Quarantine(_) => &[],
         }
     }
 
@@ -63,6 +66,46 @@ pub struct Invalidation {
     pub upstream: Option<String>,
     #[serde(default)]
     pub regions: Vec<String>,
+}
+
+/// A deny order for one digest (a manifest or a blob), or its lifting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineOrder {
+    pub id: String,
+    pub digest: Digest,
+    /// Why (shown to clients in the 403's error message). Empty when lifted.
+    #[serde(default)]
+    pub reason: String,
+    /// `true`: the quarantine of this digest ends.
+    #[serde(default)]
+    pub lifted: bool,
+}
+
+/// `POST /api/v1/quarantine`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineRequest {
+    pub digest: Digest,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub lift: bool,
+}
+
+/// Longest quarantine reason accepted.
+pub const MAX_REASON: usize = 512;
+
+impl QuarantineRequest {
+    pub fn into_order(self, id: String) -> Result<QuarantineOrder, FieldError> {
+        let field = |message: &str| FieldError { field: "reason".into(), message: message.into() };
+        if !self.lift && self.reason.trim().is_empty() {
+            return Err(field("a quarantine needs a reason (clients see it)"));
+        }
+        if self.reason.len() > MAX_REASON || self.reason.chars().any(char::is_control) {
+            return Err(field("at most 512 characters, no control characters"));
+        }
+        Ok(QuarantineOrder { id, digest: self.digest, reason: self.reason, lifted: self.lift })
+    }
 }
 
 /// `POST /api/v1/prefetch` (the distributor's, and an edge's own admin port, where `regions`
@@ -142,6 +185,10 @@ pub struct Snapshot {
     pub purged: Vec<Invalidation>,
     /// The edge must forget every tag mapping (tag invalidations were compacted away).
     pub reset_tags: bool,
+    /// Every digest in quarantine now (the edge's set is replaced by this one; the events after
+    /// the snapshot then apply on top).
+    #[serde(default)]
+    pub quarantined: Vec<QuarantineOrder>,
 }
 
 /// Where an edge is with one prefetch order.

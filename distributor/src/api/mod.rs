@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use berth_shared::protocol::{Action, EdgeReport, InvalidationRequest, PrefetchRequest};
+use berth_shared::protocol::{Action, EdgeReport, InvalidationRequest, PrefetchRequest, QuarantineRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/prefetch/{id}", get(prefetch_status))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/invalidations", post(create_invalidation))
+        .route("/api/v1/quarantine", post(create_quarantine).get(list_quarantine))
         .route("/api/v1/edges", get(list_edges))
         .route("/api/v1/edges/report", post(edge_report))
         .route("/api/v1/watch", get(watch))
@@ -109,6 +110,27 @@ async fn create_invalidation(State(s): Shared, headers: HeaderMap, body: Bytes) 
     s.metrics.events.with_label_values(&["invalidate"]).inc();
     tracing::info!(id = %id, version = event.version, "invalidation recorded");
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+async fn create_quarantine(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let request: QuarantineRequest = document(&body)?;
+    let id = random_id("qr");
+    let order = request.into_order(id.clone()).map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let (digest, lifted) = (order.digest, order.lifted);
+    let event = s.log.append(Action::Quarantine(order)).await?;
+    s.metrics.events.with_label_values(&["quarantine"]).inc();
+    tracing::info!(id = %id, %digest, lifted, version = event.version, "quarantine recorded");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+async fn list_quarantine(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let store = Arc::clone(&s.store);
+    let list = tokio::task::spawn_blocking(move || store.quarantined())
+        .await
+        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    Ok(Json(list).into_response())
 }
 
 async fn list_edges(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -64,6 +64,17 @@ pub enum Command {
         #[arg(long = "region")]
         regions: Vec<String>,
     },
+    /// Refuse a digest (manifest or blob) on every edge, with a reason clients see (403).
+    Quarantine {
+        /// The digest, e.g. sha256:...
+        digest: String,
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// End the quarantine of a digest.
+    Lift { digest: String },
+    /// List the digests in quarantine.
+    Quarantined,
     /// List the edges of the fleet.
     Edges,
     /// List prefetch jobs.
@@ -89,6 +100,16 @@ pub async fn run(args: Args) -> Result<i32> {
             let body = json!({"repository": repository, "tag": tag, "digest": digest, "upstream": upstream, "regions": regions});
             let created = client.post("/api/v1/invalidations", &body).await?;
             println!("invalidation {} (policy version {})", created["id"].as_str().unwrap_or("?"), created["version"]);
+            Ok(0)
+        }
+        Command::Quarantine { digest, reason } => quarantine(&client, &digest, &reason, false).await,
+        Command::Lift { digest } => quarantine(&client, &digest, "", true).await,
+        Command::Quarantined => {
+            let list = client.get("/api/v1/quarantine").await?;
+            println!("{:<72} REASON", "DIGEST");
+            for q in list.as_array().into_iter().flatten() {
+                println!("{:<72} {}", q["digest"].as_str().unwrap_or("?"), q["reason"].as_str().unwrap_or(""));
+            }
             Ok(0)
         }
         Command::Edges => {
@@ -122,6 +143,14 @@ pub async fn run(args: Args) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Records a quarantine (or its lifting) in the policy log.
+async fn quarantine(client: &Client, digest: &str, reason: &str, lift: bool) -> Result<i32> {
+    let created = client.post("/api/v1/quarantine", &json!({"digest": digest, "reason": reason, "lift": lift})).await?;
+    let what = if lift { "lifted" } else { "quarantined" };
+    println!("{digest} {what} (policy version {})", created["version"]);
+    Ok(0)
 }
 
 /// Polls a job, drawing progress, until it is done (0) or failed (1), or time runs out (3).

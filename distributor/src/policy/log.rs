@@ -77,7 +77,9 @@ impl PolicyLog {
             jobs.sort_by_key(|j| std::cmp::Reverse(j.version));
             jobs.truncate(SNAPSHOT_JOBS);
             let prefetch = jobs.into_iter().rev().map(|j| j.order).collect();
-            Ok(Snapshot { version: compacted, prefetch, purged: store.compacted_purges()?, reset_tags: true })
+            let purged = store.compacted_purges()?;
+            let quarantined = store.quarantined()?;
+            Ok(Snapshot { version: compacted, prefetch, purged, reset_tags: true, quarantined })
         })
         .await
     }

@@ -29,6 +29,7 @@ impl Policy {
                     self.prefetch.enqueue(order);
                     Ok(())
                 }
+                Action::Quarantine(order) => self.quarantine(order).await,
             };
             if let Err(e) = result {
                 // A malformed event cannot become valid by waiting: record it and move on.
@@ -41,6 +42,13 @@ impl Policy {
     /// Applies a snapshot: the state of a log compacted past this edge's version.
     pub async fn apply_snapshot(self: &Arc<Self>, snapshot: Snapshot) {
         tracing::info!(version = snapshot.version, "applying policy snapshot");
+        let state = Arc::clone(&self.state);
+        let quarantined = snapshot.quarantined.clone();
+        let replaced = crate::cache::blocking(move || state.quarantine.replace(&quarantined)).await;
+        if let Err(e) = replaced {
+            tracing::error!(error = %e, "cannot keep the quarantine list on disk");
+        }
+        self.state.metrics.quarantined.set(self.state.quarantine.len() as i64);
         if snapshot.reset_tags {
             self.state.manifests.invalidate_all_tags();
         }
@@ -55,6 +63,20 @@ impl Policy {
             }
         }
         self.set_applied(snapshot.version);
+    }
+
+    /// Applies a quarantine order (kept on disk before its version counts as applied).
+    async fn quarantine(&self, order: berth_shared::protocol::QuarantineOrder) -> Result<(), ApplyError> {
+        let state = Arc::clone(&self.state);
+        let (digest, lifted) = (order.digest, order.lifted);
+        let kept = crate::cache::blocking(move || state.quarantine.apply(&order)).await;
+        if let Err(e) = kept {
+            // Applied in memory: refused from now on; lost on restart until the next snapshot.
+            tracing::error!(error = %e, "cannot keep the quarantine list on disk");
+        }
+        self.state.metrics.quarantined.set(self.state.quarantine.len() as i64);
+        tracing::warn!(%digest, lifted, "quarantine applied");
+        Ok(())
     }
 
     /// Drops tag mappings of a repository (one tag, or all) and purges a digest from every tier.

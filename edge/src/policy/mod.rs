@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod link;
 pub mod prefetch;
+pub mod quarantine;
 pub mod report;
 pub mod watch;
 

@@ -124,3 +124,15 @@ pub(super) async fn ensure_holds(
         }
     }
 }
+
+/// `403 DENIED` naming the reason, when the digest is quarantined.
+pub(super) fn quarantined(state: &EdgeState, digest: &Digest) -> Result<(), ApiError> {
+    match state.quarantine.reason(digest) {
+        None => Ok(()),
+        Some(reason) => {
+            state.metrics.quarantine_refusals.inc();
+            tracing::warn!(%digest, %reason, "quarantined digest refused");
+            Err(ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("{digest} is quarantined: {reason}")))
+        }
+    }
+}

@@ -39,6 +39,9 @@ pub(super) async fn serve(
         }
         Reference::Tag(tag) => match manifests.resolve_tag(upstream, repository, tag, &accept).await {
             Ok((entry, freshness)) => {
+                if let Err(denied) = super::authz::quarantined(state, &entry.digest) {
+                    return respond::error(session, ctx, &denied).await;
+                }
                 // The upstream mapped this repository's tag to the digest: it holds it.
                 state.access.confirm(upstream.index, repository, entry.digest);
                 if freshness == Freshness::Stale {

@@ -162,6 +162,14 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
             if let Err(challenge) = authz::authorize(state, session, &upstream, &route.repository) {
                 return respond::error(session, ctx, &challenge).await;
             }
+            let digest = match &route.target {
+                crate::registry::Target::Blob(d)
+                | crate::registry::Target::Manifest(berth_shared::Reference::Digest(d)) => Some(d),
+                crate::registry::Target::Manifest(berth_shared::Reference::Tag(_)) => None,
+            };
+            if let Some(Err(denied)) = digest.map(|d| authz::quarantined(state, d)) {
+                return respond::error(session, ctx, &denied).await;
+            }
             match &route.target {
                 crate::registry::Target::Blob(digest) => {
                     ctx.span.record("reference", tracing::field::display(digest));

@@ -103,7 +103,7 @@ async fn an_unknown_image_fails_a_local_prefetch_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
+async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges_and_quarantines() {
     let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
     let work = tempfile::tempdir().unwrap();
     let config = berth_distributor::config::parse(&format!(
@@ -133,6 +133,10 @@ async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let purge = format!(r#"{{"repository":"team/app","digest":"{blob}"}}"#);
     assert_eq!(client::send(Method::POST, &inv, &headers, purge).await.status, 202);
+    let banned = origin.put_blob("team/app", vec![6u8; 500]);
+    let quarantine = format!("{}/api/v1/quarantine", distributor.url());
+    let order = format!(r#"{{"digest":"{banned}","reason":"compromised build"}}"#);
+    assert_eq!(client::send(Method::POST, &quarantine, &headers, order).await.status, 202);
     for i in 0..4 {
         let body = format!(r#"{{"repository":"team/other{i}"}}"#);
         assert_eq!(client::send(Method::POST, &inv, &headers, body).await.status, 202);
@@ -147,6 +151,8 @@ async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges() {
     assert!(!file.exists(), "the purged file was deleted");
     let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
     assert_eq!(client::get(&url).await.header("x-berth-cache"), Some("miss"));
+    let r = client::get(&format!("{}/v2/team/app/blobs/{banned}", edge.url())).await;
+    assert_eq!(r.status, 403, "the snapshot carried the quarantine (its event was compacted away)");
     drop(distributor);
 }
 

@@ -302,3 +302,56 @@ async fn an_unknown_image_fails_the_job_clearly() {
         assert!(out.contains(&line), "each edge's error reaches the pipeline:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quarantined_digest_is_refused_by_every_edge_across_restarts_until_lifted() {
+    let mut fleet = Fleet::start();
+    let blobs = fleet.push("demo/bad", "v1", &[random_bytes(80 << 10)]).await;
+    let layer = blobs[1].clone();
+    let blob_path = format!("/v2/demo/bad/blobs/{layer}");
+    for edge in [&fleet.a, &fleet.b] {
+        client::get(&format!("{}{blob_path}", edge.url())).await.bytes();
+        wait_for_hit(&format!("{}{blob_path}", edge.url())).await;
+    }
+    let manifest_url = |edge: &EdgeProcess| format!("{}/v2/demo/bad/manifests/v1", edge.url());
+    let manifest = client::request(Method::GET, &manifest_url(&fleet.a), &[("Accept", OCI_MANIFEST)]).await;
+    let manifest_digest = manifest.header("docker-content-digest").unwrap().to_owned();
+
+    let (code, out) = fleet.ctl(&["quarantine", &layer, "--reason", "CVE-2026-0001 in libfoo"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = fleet.ctl(&["quarantine", &manifest_digest, "--reason", "image withdrawn"]);
+    assert_eq!(code, 0, "{out}");
+    let version = version_in(&out);
+    for edge in [&fleet.a, &fleet.b] {
+        wait_applied(edge, version).await;
+        let r = client::get(&format!("{}{blob_path}", edge.url())).await;
+        assert_eq!((r.status, r.error_code().as_str()), (403, "DENIED"), "the cached blob is refused");
+        assert!(String::from_utf8_lossy(r.bytes()).contains("CVE-2026-0001 in libfoo"), "the reason is named");
+        let by_tag = client::request(Method::GET, &manifest_url(edge), &[("Accept", OCI_MANIFEST)]).await;
+        assert_eq!(by_tag.status, 403, "the manifest is refused by tag");
+        let head = client::request(Method::HEAD, &format!("{}{blob_path}", edge.url()), &[]).await;
+        assert_eq!(head.status, 403, "and by HEAD");
+    }
+    let (code, out) = fleet.ctl(&["quarantined"]);
+    assert!(code == 0 && out.contains(&layer) && out.contains("image withdrawn"), "{out}");
+
+    // Restarted, the edge resumes after the quarantine events: the refusal comes from its disk.
+    fleet.a.kill();
+    fleet.a = start_edge(&fleet.path().join("edge-a.toml"), &fleet.path().join("a2.log"));
+    let r = client::get(&format!("{}{blob_path}", fleet.a.url())).await;
+    assert_eq!(r.status, 403, "refused across a restart");
+
+    let (code, out) = fleet.ctl(&["lift", &layer]);
+    assert_eq!(code, 0, "{out}");
+    let version = version_in(&out);
+    for edge in [&fleet.a, &fleet.b] {
+        wait_applied(edge, version).await;
+        let r = client::get(&format!("{}{blob_path}", edge.url())).await;
+        assert_eq!(r.status, 200, "served again once lifted");
+        assert_eq!(berth_shared::Digest::of(r.bytes()).to_string(), layer);
+        let by_tag = client::request(Method::GET, &manifest_url(edge), &[("Accept", OCI_MANIFEST)]).await;
+        assert_eq!(by_tag.status, 403, "the manifest stays quarantined");
+    }
+    let (code, out) = fleet.ctl(&["quarantine", &layer, "--reason", ""]);
+    assert_ne!(code, 0, "a quarantine without a reason is refused: {out}");
+}
