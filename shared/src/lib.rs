@@ -15,7 +15,7 @@ pub mod secret;
 pub mod size;
 pub mod tls;
 
-pub use digest::{Digest, DigestError};
+pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use duration::{DurationError, HumanDuration};
 pub use image_ref::{ImageReference, ImageReferenceError};
 pub use name::{NameError, RepositoryName};

@@ -179,6 +179,15 @@ impl Origin {
         digest
     }
 
+    /// Stores a blob of `repo` under its sha512 digest; returns the digest.
+    pub fn put_blob_sha512(&self, repo: &str, body: impl Into<Bytes>) -> Digest {
+        let body = body.into();
+        let digest = Digest::of_with(berth_shared::Algorithm::Sha512, &body);
+        let object = Object { body, content_type: "application/octet-stream".into(), digest };
+        self.state.lock().objects.insert(format!("/v2/{repo}/blobs/{digest}"), object);
+        digest
+    }
+
     /// Stores a manifest under its digest and, if given, a tag; returns the digest.
     pub fn put_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, body: impl Into<Bytes>) -> Digest {
         let body = body.into();

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_shared::Algorithm;
 use berth_shared::Digest;
 use parking_lot::Mutex;
-use sha2::{Digest as _, Sha256};
 
 use super::flight::Flight;
 use super::index::{DiskIndex, FileStamp, NoRoom, Reservation, Victims};
@@ -55,8 +55,10 @@ impl DiskStore {
     /// files present, and evicts down to `max_bytes` if the folder holds more.
     pub fn open(root: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Arc<Self>, DiskError> {
         for kind in [Kind::Blob, Kind::Manifest] {
-            let dir = root.join(kind.folder()).join("sha256");
-            fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            for algorithm in Algorithm::ALL {
+                let dir = root.join(kind.folder()).join(algorithm.name());
+                fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            }
         }
         let tmp = root.join("tmp");
         if tmp.exists() {
@@ -144,7 +146,7 @@ impl DiskStore {
         let store = Arc::clone(self);
         let check = move || async move {
             let checked = blocking(move || {
-                let matches = hash_file(&file)? == key.digest;
+                let matches = hash_file(&file, key.digest)? == key.digest;
                 // A write during the hash changes the stamp: only an unchanged file counts.
                 Ok(matches && FileStamp::of(&file.metadata()?) == stamp)
             })
@@ -184,7 +186,7 @@ impl DiskStore {
             }
             Err(e) => return Err(e),
         };
-        let (mut hasher, mut offset) = (Some(Sha256::new()), 0u64);
+        let (mut hasher, mut offset) = (Some(key.digest.hasher()), 0u64);
         loop {
             let (f, mut h) = (Arc::clone(&file), hasher.take().unwrap_or_default());
             let (h, n) = blocking(move || {
@@ -209,7 +211,7 @@ impl DiskStore {
                 tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
             }
         }
-        let ok = offset == size && Digest::from_sha256(hasher.unwrap_or_default()) == key.digest;
+        let ok = offset == size && hasher.unwrap_or_default().finish() == key.digest;
         let unchanged = blocking(move || Ok(FileStamp::of(&file.metadata()?) == stamp)).await.unwrap_or(false);
         if ok && unchanged {
             self.index.mark_verified(&key, stamp);
@@ -364,20 +366,22 @@ impl DiskStore {
     fn rebuild_index(&self) -> Result<(), DiskError> {
         let mut found: Vec<(i64, EntryKey, u64)> = Vec::new();
         for kind in [Kind::Blob, Kind::Manifest] {
-            let base = self.root.join(kind.folder()).join("sha256");
-            let shards = fs::read_dir(&base).map_err(io_err(format!("reading {}", base.display())))?;
-            for shard in shards.flatten() {
-                let path = shard.path();
-                let is_shard = shard.file_type().is_ok_and(|t| t.is_dir())
-                    && shard
-                        .file_name()
-                        .to_str()
-                        .is_some_and(|n| n.len() == 2 && Digest::from_hex(&n.repeat(32)).is_ok());
-                if is_shard {
-                    scan_shard(&path, kind, &mut found, &self.metrics);
-                } else {
-                    tracing::warn!(path = %path.display(), "stray entry in cache folder: removed");
-                    let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            for algorithm in Algorithm::ALL {
+                let base = self.root.join(kind.folder()).join(algorithm.name());
+                let shards = fs::read_dir(&base).map_err(io_err(format!("reading {}", base.display())))?;
+                for shard in shards.flatten() {
+                    let path = shard.path();
+                    let is_shard = shard.file_type().is_ok_and(|t| t.is_dir())
+                        && shard
+                            .file_name()
+                            .to_str()
+                            .is_some_and(|n| n.len() == 2 && Digest::from_hex(&n.repeat(32)).is_ok());
+                    if is_shard {
+                        scan_shard(&path, kind, algorithm, &mut found, &self.metrics);
+                    } else {
+                        tracing::warn!(path = %path.display(), "stray entry in cache folder: removed");
+                        let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+                    }
                 }
             }
         }
@@ -397,11 +401,17 @@ impl DiskStore {
 
 fn entry_path(root: &Path, key: &EntryKey) -> PathBuf {
     let hex = key.digest.hex();
-    root.join(key.kind.folder()).join("sha256").join(&hex[..2]).join(hex)
+    root.join(key.kind.folder()).join(key.digest.algorithm()).join(&hex[..2]).join(hex)
 }
 
 /// Adds the entries of one `<2 hex>` folder; removes stray files.
-fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>, metrics: &Metrics) {
+fn scan_shard(
+    shard: &Path,
+    kind: Kind,
+    algorithm: Algorithm,
+    found: &mut Vec<(i64, EntryKey, u64)>,
+    metrics: &Metrics,
+) {
     let Some(prefix) = shard.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
         return;
     };
@@ -413,7 +423,7 @@ fn scan_shard(shard: &Path, kind: Kind, found: &mut Vec<(i64, EntryKey, u64)>, m
         let parsed = name
             .to_str()
             .filter(|n| n.starts_with(&prefix) && prefix.len() == 2)
-            .and_then(|n| Digest::from_hex(n).ok());
+            .and_then(|n| Digest::from_hex_with(algorithm, n).ok());
         match (parsed, file.metadata()) {
             (Some(digest), Ok(meta)) if meta.is_file() => match xattr::get_size(&file.path()) {
                 Some(expected) if expected != meta.len() => {
@@ -440,16 +450,16 @@ fn unlink(path: &Path) {
     }
 }
 
-/// The sha256 of a whole file.
-fn hash_file(file: &File) -> io::Result<Digest> {
+/// The digest of a whole file, with the algorithm of `like`.
+fn hash_file(file: &File, like: Digest) -> io::Result<Digest> {
     use std::os::unix::fs::FileExt;
-    let mut hasher = Sha256::new();
+    let mut hasher = like.hasher();
     let mut buf = vec![0u8; HASH_CHUNK];
     let mut offset = 0;
     loop {
         let n = file.read_at(&mut buf, offset)?;
         if n == 0 {
-            return Ok(Digest::from_sha256(hasher));
+            return Ok(hasher.finish());
         }
         hasher.update(&buf[..n]);
         offset += n as u64;

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use berth_shared::DigestHasher;
 use berth_shared::{Digest, RepositoryName};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::Method;
 use parking_lot::Mutex;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::disk::DiskStore;
@@ -320,7 +320,7 @@ impl FillJob {
         let client_error = |source: ClientError| {
             FillError::Upstream(UpstreamError::Client { upstream: upstream.name.clone(), source })
         };
-        let mut sink = Sink { file: Some(writer), hasher: Some(Sha256::new()), written: 0 };
+        let mut sink = Sink { file: Some(writer), hasher: Some(fill.digest.hasher()), written: 0 };
         loop {
             let Some(first) = response.body.chunk().await.map_err(client_error)? else {
                 break;
@@ -357,7 +357,7 @@ impl FillJob {
         if let Some(expected) = total.filter(|t| *t != received) {
             return Err(FillError::Truncated { expected, received });
         }
-        let actual = Digest::from_sha256(sink.hasher.take().unwrap_or_default());
+        let actual = sink.hasher.take().unwrap_or_default().finish();
         if actual != fill.digest {
             return Err(FillError::DigestMismatch { expected: fill.digest, actual });
         }
@@ -395,7 +395,7 @@ async fn publish(
 /// The temp file and the running hash.
 struct Sink {
     file: Option<File>,
-    hasher: Option<Sha256>,
+    hasher: Option<DigestHasher>,
     written: u64,
 }
 

@@ -339,9 +339,18 @@ async fn receive(
         .map_err(|source| UpstreamError::Client { upstream: upstream.to_owned(), source })?
         .ok_or(ManifestError::TooLarge { size: MAX_MANIFEST_BYTES + 1 })?;
     metrics.upstream_bytes.with_label_values(&[upstream]).inc_by(bytes.len() as u64);
-    let actual = Digest::of(&bytes);
+    // Hashed with the algorithm of the digest it must match (sha256 for a tag).
+    let with = |d: &Digest| {
+        if d.kind() == berth_shared::Algorithm::Sha256 {
+            Digest::of(&bytes)
+        } else {
+            Digest::of_with(d.kind(), &bytes)
+        }
+    };
+    let actual = expected.as_ref().map_or_else(|| Digest::of(&bytes), with);
     let announced = response.header(DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok());
     for expected in expected.into_iter().chain(announced) {
+        let actual = if expected.kind() == actual.kind() { actual } else { with(&expected) };
         if expected != actual {
             metrics.digest_mismatches.inc();
             return Err(ManifestError::DigestMismatch { expected, actual });
@@ -369,7 +378,7 @@ async fn read_stored(store: &Arc<DiskStore>, digest: Digest) -> Option<StoredMan
         let newline = c.iter().position(|b| *b == b'\n')?;
         let media_type: Arc<str> = std::str::from_utf8(&c[..newline]).ok()?.into();
         let bytes = Bytes::copy_from_slice(&c[newline + 1..]);
-        (Digest::of(&bytes) == digest).then_some(StoredManifest { digest, media_type, bytes })
+        (Digest::of_with(digest.kind(), &bytes) == digest).then_some(StoredManifest { digest, media_type, bytes })
     });
     if parsed.is_none() {
         tracing::warn!(%digest, "stored manifest does not verify: dropped");

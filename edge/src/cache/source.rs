@@ -5,10 +5,10 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use berth_shared::DigestHasher;
 use berth_shared::{Digest, RepositoryName};
 use bytes::Bytes;
 use http::Method;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::blocking;
@@ -317,7 +317,7 @@ pub struct DirectReader {
     response: UpstreamResponse,
     digest: Digest,
     total: Option<u64>,
-    hasher: Sha256,
+    hasher: DigestHasher,
     /// Bytes received from the upstream so far.
     received: u64,
     /// Received but not yet returned: (offset of first byte, bytes).
@@ -342,7 +342,7 @@ impl DirectReader {
             total: response.content_length(),
             response,
             digest,
-            hasher: Sha256::new(),
+            hasher: digest.hasher(),
             received: 0,
             pending: None,
             upstream: upstream.name.clone(),
@@ -413,7 +413,7 @@ impl DirectReader {
         if let Some(expected) = self.total.filter(|t| *t != self.received) {
             return Err(FillError::Truncated { expected, received: self.received });
         }
-        let actual = Digest::from_sha256(std::mem::take(&mut self.hasher));
+        let actual = std::mem::take(&mut self.hasher).finish();
         if actual != self.digest {
             self.metrics.digest_mismatches.inc();
             return Err(FillError::DigestMismatch { expected: self.digest, actual });

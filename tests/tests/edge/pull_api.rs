@@ -98,7 +98,7 @@ async fn bad_names_and_digests_get_400_before_any_upstream_access() {
         (format!("/v2/a/%2e%2e/b/blobs/{good}"), "NAME_INVALID"),
         (format!("/v2/a/%2fetc/blobs/{good}"), "NAME_INVALID"),
         ("/v2/a/b/blobs/sha256:1234".to_owned(), "DIGEST_INVALID"),
-        (format!("/v2/a/b/blobs/sha512:{}", "a".repeat(128)), "DIGEST_INVALID"),
+        (format!("/v2/a/b/blobs/sha384:{}", "a".repeat(96)), "DIGEST_INVALID"),
         ("/v2/a/b/blobs/latest".to_owned(), "DIGEST_INVALID"),
         ("/v2/a/b/manifests/sha256:zz".to_owned(), "DIGEST_INVALID"),
         ("/v2/a/b/manifests/-tag".to_owned(), "TAG_INVALID"),
@@ -258,4 +258,44 @@ async fn readyz_fails_when_the_cache_folder_is_gone() {
     assert_eq!(r.status, 503);
     let body = String::from_utf8_lossy(r.bytes()).to_string();
     assert!(body.starts_with("not ready: ") && body.contains("cache"), "the reason is given: {body}");
+}
+
+#[tokio::test]
+async fn sha512_digests_are_verified_and_cached_like_sha256_and_other_algorithms_get_400() {
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let digest = origin.put_blob_sha512("a/b", body.clone());
+    assert!(digest.to_string().starts_with("sha512:") && digest.to_string().len() == 135);
+    let edge = edge::start(&origin.url());
+    let url = format!("{}/v2/a/b/blobs/{digest}", edge.url());
+    let r = client::get(&url).await;
+    assert_eq!((r.status, r.header("x-berth-cache")), (200, Some("miss")));
+    assert!(r.bytes().as_ref() == body.as_slice());
+    assert_eq!(r.header("docker-content-digest"), Some(digest.to_string().as_str()));
+    edge.published(digest).await;
+    let path = edge.running().state.fills.store().entry_path(&berth_edge::cache::EntryKey::blob(digest));
+    assert!(path.to_string_lossy().contains("/blobs/sha512/"), "{}", path.display());
+
+    // Kept across a restart (the index is rebuilt from the sha512 folder).
+    let mut config = edge.running().state.config.clone();
+    let dir = edge.stop();
+    config.listen.http = "127.0.0.1:0".parse().ok();
+    config.listen.admin = "127.0.0.1:0".parse().unwrap();
+    let edge = edge::start_with(config, dir);
+    let r = client::get(&format!("{}/v2/a/b/blobs/{digest}", edge.url())).await;
+    assert_eq!((r.status, r.header("x-berth-cache")), (200, Some("hit")));
+    assert!(r.bytes().as_ref() == body.as_slice());
+
+    // Wrong bytes for a sha512 digest are refused like for sha256.
+    let other = origin.put_blob_sha512("a/b", vec![1u8; 1000]);
+    origin.fault(&format!("/v2/a/b/blobs/{other}"), berth_tests::origin::Fault::WrongBytes);
+    let r = client::get(&format!("{}/v2/a/b/blobs/{other}", edge.url())).await;
+    assert!(r.body.is_err() || r.status == 502, "wrong bytes never arrive complete: {}", r.status);
+
+    for bad in
+        [format!("md5:{}", "a".repeat(32)), format!("sha384:{}", "a".repeat(96)), format!("sha512:{}", "a".repeat(64))]
+    {
+        let r = client::get(&format!("{}/v2/a/b/blobs/{bad}", edge.url())).await;
+        assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"), "{bad}");
+    }
 }
