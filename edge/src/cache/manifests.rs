@@ -28,7 +28,7 @@ pub enum ManifestError {
     #[error("manifest of {size} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")]
     TooLarge { size: u64 },
     #[error("upstream sent a manifest with digest {actual}, not {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    DigestMismatch { expected: Box<Digest>, actual: Box<Digest> },
     #[error("the manifest is {media_type}, which the request's Accept header does not allow")]
     NotAcceptable { media_type: String },
     #[error("upstream sent an invalid manifest response: {0}")]
@@ -353,7 +353,7 @@ async fn receive(
         let actual = if expected.kind() == actual.kind() { actual } else { with(&expected) };
         if expected != actual {
             metrics.digest_mismatches.inc();
-            return Err(ManifestError::DigestMismatch { expected, actual });
+            return Err(ManifestError::DigestMismatch { expected: Box::new(expected), actual: Box::new(actual) });
         }
     }
     let media_type = media_type_header(response)
