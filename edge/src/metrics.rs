@@ -110,6 +110,8 @@ pub struct Metrics {
     /// `/token`), `unavailable` (the upstream could not be asked), `challenged` (a request
     /// without a valid token got 401).
     pub auth: IntCounterVec,
+    /// Manifests refused because their declared types and content disagree.
+    pub invalid_manifests: IntCounter,
     /// Digests in quarantine now.
     pub quarantined: IntGauge,
     /// Requests refused because their digest is quarantined.
@@ -224,6 +226,11 @@ impl Metrics {
                 "Verified blob files found changed on disk since they were hashed, and hashed again",
             ),
             quarantined: gauge(r, "berth_edge_quarantined_digests", "Digests in quarantine"),
+            invalid_manifests: counter(
+                r,
+                "berth_edge_invalid_manifests_total",
+                "Manifests refused: declared media types and content disagree",
+            ),
             quarantine_refusals: counter(
                 r,
                 "berth_edge_quarantine_refusals_total",

@@ -30,6 +30,8 @@ pub struct EdgeState {
     pub upstreams: Upstreams,
     pub access: crate::access::Access,
     pub quarantine: crate::policy::quarantine::Quarantine,
+    /// Upstream 404s, remembered for each upstream's `negative_ttl`.
+    pub negative: crate::cache::negative::NegativeCache,
     pub fills: Arc<Fills>,
     pub manifests: Arc<ManifestCache>,
     pub memory: Arc<MemoryTier>,
@@ -53,6 +55,9 @@ impl EdgeState {
             upstreams,
             access,
             quarantine,
+            negative: crate::cache::negative::NegativeCache::new(
+                config.upstream.iter().map(|u| u.negative_ttl.get()).max().unwrap_or_default(),
+            ),
             fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics)),
             manifests: ManifestCache::new(store, Arc::clone(&memory), Arc::clone(&metrics)),
             memory,

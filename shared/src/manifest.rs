@@ -110,6 +110,33 @@ pub fn detect_media_type(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// The media type a manifest is served with, once its declared types and its content agree:
+/// the `Content-Type` the upstream sent (when specific), the document's `mediaType` field and its
+/// shape (an index has `manifests`; an image has `config` and `layers`, never both) must all say
+/// the same kind, and each declared type must be one Berth serves. `Err` says what disagrees.
+pub fn checked_media_type(bytes: &[u8], header: Option<&str>) -> Result<String, String> {
+    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
+    let shape_is_index = match (&raw.manifests, &raw.config, &raw.layers) {
+        (Some(_), None, None) => true,
+        (None, Some(_), _) => false,
+        (Some(_), _, _) => return Err("the document has both `manifests` and `config`/`layers`".into()),
+        (None, None, _) => return Err("the document has neither `manifests` nor `config`".into()),
+    };
+    let declared = [("Content-Type", header), ("mediaType", raw.media_type.as_deref())];
+    for (what, value) in declared {
+        let Some(value) = value else { continue };
+        if !MANIFEST_MEDIA_TYPES.contains(&value) {
+            return Err(format!("{what} {value:?} is not a manifest type this mirror serves"));
+        }
+        if is_index_type(value) != shape_is_index {
+            let shape = if shape_is_index { "an index" } else { "an image manifest" };
+            return Err(format!("{what} says {value} but the document is {shape}"));
+        }
+    }
+    let detected = if shape_is_index { OCI_INDEX } else { OCI_MANIFEST };
+    Ok(header.or(raw.media_type.as_deref()).unwrap_or(detected).to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +173,24 @@ mod tests {
         assert_eq!(config.size, 2);
         assert_eq!(layers.len(), 1);
         assert_eq!(detect_media_type(json.as_bytes()).as_deref(), Some(OCI_MANIFEST));
+    }
+
+    #[test]
+    fn should_refuse_declared_types_that_contradict_the_content() {
+        let image =
+            format!(r#"{{"mediaType":"{DOCKER_MANIFEST}","config":{{"digest":"{}","size":2}},"layers":[]}}"#, d('c'));
+        assert_eq!(checked_media_type(image.as_bytes(), None).unwrap(), DOCKER_MANIFEST);
+        assert_eq!(checked_media_type(image.as_bytes(), Some(OCI_MANIFEST)).unwrap(), OCI_MANIFEST);
+        assert!(checked_media_type(image.as_bytes(), Some(OCI_INDEX)).unwrap_err().contains("Content-Type"));
+        let lying = image.replace(DOCKER_MANIFEST, DOCKER_MANIFEST_LIST);
+        assert!(checked_media_type(lying.as_bytes(), None).unwrap_err().contains("mediaType"));
+        let both = format!(r#"{{"manifests":[],"config":{{"digest":"{}","size":2}},"layers":[]}}"#, d('c'));
+        assert!(checked_media_type(both.as_bytes(), None).unwrap_err().contains("both"));
+        let unknown = image.replace(DOCKER_MANIFEST, "application/vnd.example+json");
+        assert!(checked_media_type(unknown.as_bytes(), None).is_err());
+        assert!(checked_media_type(b"{}", None).is_err());
+        let index = r#"{"manifests":[]}"#;
+        assert_eq!(checked_media_type(index.as_bytes(), None).unwrap(), OCI_INDEX);
     }
 
     #[test]

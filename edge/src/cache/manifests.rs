@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_shared::manifest::{detect_media_type, MAX_MANIFEST_BYTES};
+use berth_shared::manifest::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
 use berth_shared::{Digest, RepositoryName, Tag};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -289,9 +289,11 @@ async fn revalidate(job: RevalidateJob) -> Result<(TagEntry, Freshness), Manifes
     Ok((entry, Freshness::Revalidated))
 }
 
+/// A tag mapping from a HEAD; `None` (then the manifest is fetched and checked whole) unless the
+/// HEAD names a digest, a size and a manifest media type.
 fn entry_from_head(response: &UpstreamResponse) -> Option<TagEntry> {
     let digest: Digest = response.header(DIGEST_HEADER)?.parse().ok()?;
-    let media_type = media_type_header(response)?;
+    let media_type = media_type_header(response).filter(|t| MANIFEST_MEDIA_TYPES.contains(&t.as_str()))?;
     let size: u64 = response.header(CONTENT_LENGTH)?.parse().ok()?;
     if size > MAX_MANIFEST_BYTES {
         return None;
@@ -356,9 +358,12 @@ async fn receive(
             return Err(ManifestError::DigestMismatch { expected: Box::new(expected), actual: Box::new(actual) });
         }
     }
-    let media_type = media_type_header(response)
-        .or_else(|| detect_media_type(&bytes))
-        .ok_or_else(|| ManifestError::Invalid("no media type in the header or the document".into()))?;
+    // Declared types and content must agree, or the manifest is refused and nothing is kept.
+    let media_type = berth_shared::manifest::checked_media_type(&bytes, media_type_header(response).as_deref())
+        .map_err(|why| {
+            metrics.invalid_manifests.inc();
+            ManifestError::Invalid(why)
+        })?;
     Ok(StoredManifest { digest: actual, media_type: media_type.into(), bytes: Bytes::from(bytes) })
 }
 

@@ -7,6 +7,7 @@ pub mod flight;
 pub mod index;
 pub mod manifests;
 pub mod memory;
+pub mod negative;
 pub mod scrub;
 pub mod source;
 mod xattr;

@@ -286,6 +286,10 @@ pub struct UpstreamConfig {
     pub password_file: Option<PathBuf>,
     /// How long a tag→digest mapping is served before it is revalidated upstream. Default: `"60s"`.
     pub tag_ttl: HumanDuration,
+    /// How long an upstream's 404 for a manifest or blob is answered from memory without asking
+    /// again (`"0s"`: not at all). An invalidation from the distributor or the admin API clears
+    /// these answers. Default: `"10s"`.
+    pub negative_ttl: HumanDuration,
     /// How long past its last confirmation a tag may be served while the upstream fails.
     /// Default: `"24h"`.
     pub stale_if_error: HumanDuration,
@@ -339,6 +343,7 @@ impl Default for UpstreamConfig {
             password_env: None,
             password_file: None,
             tag_ttl: HumanDuration::secs(60),
+            negative_ttl: HumanDuration::secs(10),
             stale_if_error: HumanDuration::secs(24 * 3600),
             connect_timeout: HumanDuration::secs(10),
             first_byte_timeout: HumanDuration::secs(30),

@@ -84,6 +84,8 @@ impl Policy {
         let invalid = |field, message: String| ApplyError::Invalid { field, message };
         let repository = RepositoryName::parse(&inv.repository).map_err(|e| invalid("repository", e.to_string()))?;
         let tag = inv.tag.as_deref().map(Tag::parse).transpose().map_err(|e| invalid("tag", e.to_string()))?;
+        // Something may have been pushed: remembered 404s no longer hold.
+        self.state.negative.clear();
         for upstream in self.state.upstreams.iter() {
             if inv.upstream.as_deref().is_some_and(|u| u != upstream.name) {
                 continue;

@@ -16,8 +16,11 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorType, Result};
 use tracing::Instrument;
 
+use berth_shared::Reference;
+
 use crate::registry::route::Request;
 use crate::registry::ApiError;
+use crate::registry::Target;
 use crate::state::EdgeState;
 
 /// Per-request facts for metrics and the request log.
@@ -33,6 +36,8 @@ pub struct RequestCtx {
     status: u16,
     body_bytes: u64,
     headers_sent: bool,
+    /// The answer was the upstream's 404 (cached for `negative_ttl`).
+    upstream_not_found: bool,
 }
 
 impl RequestCtx {
@@ -46,6 +51,7 @@ impl RequestCtx {
             status: 0,
             body_bytes: 0,
             headers_sent: false,
+            upstream_not_found: false,
         }
     }
 }
@@ -96,8 +102,10 @@ impl ProxyHttp for EdgeProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         ctx.outcome = "error";
         if !ctx.headers_sent {
-            // Nothing sent yet (an internal failure): answer with a proper error.
-            let err = ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string());
+            // Nothing sent yet (an internal failure): answer with a proper error; the detail is
+            // logged, not sent.
+            tracing::warn!(error = %e, "internal error before the response");
+            let err = ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "internal error");
             let _ = respond::error(session, ctx, &err).await;
         }
         // Headers were sent: the body is cut short and the connection closed, so the client
@@ -151,35 +159,79 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
             ctx.outcome = "hit";
             respond::base(session, ctx, is_head).await
         }
-        Ok(Request::Pull(route)) => {
-            let Some(upstream) = state.upstreams.get(route.upstream).cloned() else {
-                let err =
-                    ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upstream table out of sync");
-                return respond::error(session, ctx, &err).await;
-            };
-            ctx.span.record("repository", route.repository.as_str());
-            ctx.span.record("upstream", upstream.name.as_str());
-            if let Err(challenge) = authz::authorize(state, session, &upstream, &route.repository) {
-                return respond::error(session, ctx, &challenge).await;
-            }
-            let digest = match &route.target {
-                crate::registry::Target::Blob(d)
-                | crate::registry::Target::Manifest(berth_shared::Reference::Digest(d)) => Some(d),
-                crate::registry::Target::Manifest(berth_shared::Reference::Tag(_)) => None,
-            };
-            if let Some(Err(denied)) = digest.map(|d| authz::quarantined(state, d)) {
-                return respond::error(session, ctx, &denied).await;
-            }
-            match &route.target {
-                crate::registry::Target::Blob(digest) => {
-                    ctx.span.record("reference", tracing::field::display(digest));
-                    blob::serve(state, session, ctx, &upstream, &route.repository, *digest, is_head).await
-                }
-                crate::registry::Target::Manifest(reference) => {
-                    ctx.span.record("reference", tracing::field::display(reference));
-                    manifest::serve(state, session, ctx, &upstream, &route.repository, reference, is_head).await
-                }
-            }
+        Ok(Request::Pull(route)) => pull(state, session, ctx, route, is_head).await,
+    }
+}
+
+/// A manifest or blob request: authorization, quarantine, remembered 404s, then the cache.
+async fn pull(
+    state: &Arc<EdgeState>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: crate::registry::Route,
+    is_head: bool,
+) -> Result<()> {
+    let Some(upstream) = state.upstreams.get(route.upstream).cloned() else {
+        let err = ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upstream table out of sync");
+        return respond::error(session, ctx, &err).await;
+    };
+    ctx.span.record("repository", route.repository.as_str());
+    ctx.span.record("upstream", upstream.name.as_str());
+    if let Err(challenge) = authz::authorize(state, session, &upstream, &route.repository) {
+        return respond::error(session, ctx, &challenge).await;
+    }
+    let digest = match &route.target {
+        Target::Blob(d) | Target::Manifest(Reference::Digest(d)) => Some(d),
+        Target::Manifest(Reference::Tag(_)) => None,
+    };
+    if let Some(Err(denied)) = digest.map(|d| authz::quarantined(state, d)) {
+        return respond::error(session, ctx, &denied).await;
+    }
+    let ttl = upstream.config.negative_ttl.get();
+    let negative_key = (upstream.index, route.repository.clone(), target_key(&route.target));
+    if state.negative.is_missing(&negative_key, ttl) {
+        return respond::error(session, ctx, &not_found(&upstream.name, &route.target)).await;
+    }
+    let served = serve_pull(state, session, ctx, &upstream, &route, is_head).await;
+    if ctx.upstream_not_found {
+        state.negative.remember(negative_key, ttl);
+    }
+    served
+}
+
+/// The negative-cache key of a pull target.
+fn target_key(target: &Target) -> String {
+    match target {
+        Target::Blob(d) => format!("blob:{d}"),
+        Target::Manifest(r) => format!("manifest:{r}"),
+    }
+}
+
+/// The 404 answered from the negative cache.
+fn not_found(upstream: &str, target: &Target) -> ApiError {
+    let code = match target {
+        Target::Blob(_) => "BLOB_UNKNOWN",
+        Target::Manifest(_) => "MANIFEST_UNKNOWN",
+    };
+    ApiError::new(http::StatusCode::NOT_FOUND, code, format!("upstream {upstream} answered 404 (remembered)"))
+}
+
+async fn serve_pull(
+    state: &Arc<EdgeState>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    upstream: &Arc<crate::upstream::Upstream>,
+    route: &crate::registry::Route,
+    is_head: bool,
+) -> Result<()> {
+    match &route.target {
+        Target::Blob(digest) => {
+            ctx.span.record("reference", tracing::field::display(digest));
+            blob::serve(state, session, ctx, upstream, &route.repository, *digest, is_head).await
+        }
+        Target::Manifest(reference) => {
+            ctx.span.record("reference", tracing::field::display(reference));
+            manifest::serve(state, session, ctx, upstream, &route.repository, reference, is_head).await
         }
     }
 }

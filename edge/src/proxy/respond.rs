@@ -71,7 +71,15 @@ pub(super) async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &Api
         resp.insert_header(*name, value.as_str())?;
     }
     let is_head = session.req_header().method == http::Method::HEAD;
-    tracing::debug!(status = err.status.as_u16(), code = err.code, message = %err.message, "error response");
+    match &err.detail {
+        Some(detail) => {
+            tracing::warn!(status = err.status.as_u16(), code = err.code, message = %err.message, %detail, "error response")
+        }
+        None => {
+            tracing::debug!(status = err.status.as_u16(), code = err.code, message = %err.message, "error response")
+        }
+    }
+    ctx.upstream_not_found = err.upstream_not_found;
     send_header(session, ctx, resp, is_head).await?;
     if !is_head {
         session.write_response_body(Some(body), true).await?;

@@ -1,5 +1,7 @@
 //! The one place where errors become HTTP responses: status, OCI error code and message
-//! (`{"errors":[{"code","message"}]}`).
+//! (`{"errors":[{"code","message"}]}`). Messages name what failed (the upstream by its configured
+//! name, the digest) and never carry an upstream's error chain, an address it redirected to, or a
+//! local path: those go to the log (`detail`).
 
 use http::StatusCode;
 
@@ -16,6 +18,10 @@ pub struct ApiError {
     pub message: String,
     /// Extra response headers (`Allow`, `Retry-After`, `Content-Range`).
     pub headers: Vec<(&'static str, String)>,
+    /// What happened in full, for the log only.
+    pub detail: Option<String>,
+    /// The upstream answered 404: the answer may be cached for `negative_ttl`.
+    pub upstream_not_found: bool,
 }
 
 /// Whether an error concerns a blob or a manifest (404s name the kind that is unknown).
@@ -27,7 +33,12 @@ pub enum Subject {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), headers: Vec::new() }
+        ApiError { status, code, message: message.into(), headers: Vec::new(), detail: None, upstream_not_found: false }
+    }
+
+    fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
+        self
     }
 
     pub fn with_header(mut self, name: &'static str, value: String) -> Self {
@@ -41,46 +52,74 @@ impl ApiError {
     }
 
     pub fn from_upstream(e: &UpstreamError, subject: Subject) -> Self {
-        let message = e.to_string();
+        let name = e.upstream();
+        let unavailable = |status, message: String| ApiError::new(status, "UNAVAILABLE", message).with_detail(e);
         match e {
-            UpstreamError::Status { status, retry_after, .. } => match status.as_u16() {
-                404 => match subject {
-                    Subject::Blob => ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message),
-                    Subject::Manifest => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
-                },
-                401 | 403 => ApiError::new(StatusCode::FORBIDDEN, "DENIED", message),
-                429 => {
-                    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
-                    match retry_after {
-                        Some(r) => e.with_header("Retry-After", r.clone()),
-                        None => e,
+            UpstreamError::Status { status, retry_after, .. } => {
+                let message = format!("upstream {name} answered {}", status.as_u16());
+                match status.as_u16() {
+                    404 => {
+                        let code = match subject {
+                            Subject::Blob => "BLOB_UNKNOWN",
+                            Subject::Manifest => "MANIFEST_UNKNOWN",
+                        };
+                        let mut err = ApiError::new(StatusCode::NOT_FOUND, code, message);
+                        err.upstream_not_found = true;
+                        err
                     }
+                    401 | 403 => {
+                        ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("upstream {name} denied access"))
+                    }
+                    429 => {
+                        let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                        match retry_after {
+                            Some(r) => e.with_header("Retry-After", r.clone()),
+                            None => e,
+                        }
+                    }
+                    // Any other client error is the client's to see, as it is.
+                    400..=499 => ApiError::new(*status, "UNSUPPORTED", message),
+                    _ => unavailable(StatusCode::BAD_GATEWAY, message),
                 }
-                _ => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
-            },
+            }
             UpstreamError::Client { source, .. } => match source {
                 ClientError::FirstByteTimeout(_) | ClientError::BodyStalled(_) => {
-                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message)
+                    unavailable(StatusCode::GATEWAY_TIMEOUT, format!("upstream {name} did not answer in time"))
                 }
-                _ => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
+                ClientError::Refused(_) => unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {name} redirected to an internal address (see allow_private_networks)"),
+                ),
+                _ => unavailable(StatusCode::BAD_GATEWAY, format!("upstream {name} could not be reached")),
             },
             UpstreamError::Auth { source, .. } => match source {
-                AuthError::TokenStatus(s) if s.is_client_error() => {
-                    ApiError::new(StatusCode::FORBIDDEN, "DENIED", message)
-                }
-                _ => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
+                AuthError::TokenStatus(s) if s.is_client_error() => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    format!("upstream {name} refused the edge's credentials"),
+                )
+                .with_detail(e),
+                _ => unavailable(StatusCode::BAD_GATEWAY, format!("upstream {name}'s token service failed")),
             },
         }
     }
 
     pub fn from_fill(e: &FillError) -> Self {
+        let bad_gateway =
+            |message: String| ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message).with_detail(e);
         match e {
             FillError::Upstream(u) => ApiError::from_upstream(u, Subject::Blob),
-            FillError::DigestMismatch { .. }
-            | FillError::Truncated { .. }
-            | FillError::TooLong { .. }
-            | FillError::Inconsistent => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string()),
-            FillError::Disk(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
+            FillError::DigestMismatch { expected, .. } => {
+                bad_gateway(format!("the upstream sent bytes that do not hash to {expected}"))
+            }
+            FillError::Truncated { .. } | FillError::TooLong { .. } => {
+                bad_gateway("the upstream's body did not have its announced length".into())
+            }
+            FillError::Inconsistent => bad_gateway(e.to_string()),
+            FillError::Disk(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the edge's cache disk failed")
+                    .with_detail(e)
+            }
         }
     }
 
@@ -93,7 +132,10 @@ impl ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", message)
             }
             ManifestError::DigestMismatch { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
-            ManifestError::Disk(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message),
+            ManifestError::Disk(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the edge's cache disk failed")
+                    .with_detail(e)
+            }
         }
     }
 
@@ -163,6 +205,18 @@ mod tests {
         assert_eq!(ApiError::from_upstream(&status(404), Subject::Blob).code, "BLOB_UNKNOWN");
         assert_eq!(ApiError::from_upstream(&status(404), Subject::Manifest).code, "MANIFEST_UNKNOWN");
         assert_eq!(ApiError::from_upstream(&status(500), Subject::Blob).status.as_u16(), 502);
+        assert_eq!(ApiError::from_upstream(&status(400), Subject::Blob).status.as_u16(), 400);
+        assert_eq!(ApiError::from_upstream(&status(410), Subject::Manifest).status.as_u16(), 410);
+        assert!(ApiError::from_upstream(&status(404), Subject::Blob).upstream_not_found);
+        let chain = UpstreamError::Client {
+            upstream: "u".into(),
+            source: ClientError::Connect("tcp connect error: 10.1.2.3:443: Connection refused (os error 111)".into()),
+        };
+        let e = ApiError::from_upstream(&chain, Subject::Blob);
+        assert_eq!(e.message, "upstream u could not be reached");
+        assert!(e.detail.unwrap().contains("10.1.2.3"), "the chain goes to the log");
+        let disk = ApiError::from_fill(&FillError::Disk("writing /var/lib/berth/tmp/x: No space left".into()));
+        assert!(!disk.body().contains("/var/lib"), "{}", disk.body());
         let limited = ApiError::from_upstream(&status(429), Subject::Blob);
         assert_eq!(limited.headers, vec![("Retry-After", "7".to_string())]);
     }

@@ -30,6 +30,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The configured name of the upstream that failed.
+    pub fn upstream(&self) -> &str {
+        match self {
+            UpstreamError::Client { upstream, .. }
+            | UpstreamError::Auth { upstream, .. }
+            | UpstreamError::Status { upstream, .. } => upstream,
+        }
+    }
+
     /// The upstream's status, if it answered with an error status.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

@@ -130,7 +130,12 @@ async fn a_stale_tag_past_stale_if_error_is_not_served() {
 async fn a_deleted_tag_is_forgotten() {
     let origin = Origin::start().await;
     origin.put_manifest(REPO, Some("v1"), OCI_MANIFEST, image_manifest(1));
-    let edge = edge_with_ttl(&origin, 0, 3600);
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.upstream[0].tag_ttl = HumanDuration::secs(0);
+        c.upstream[0].stale_if_error = HumanDuration::secs(3600);
+        // Each request asks the upstream (remembered 404s have their own test).
+        c.upstream[0].negative_ttl = HumanDuration::secs(0);
+    });
     get_manifest(&edge, "v1", &[OCI_MANIFEST]).await.bytes();
     origin.fault(&format!("/v2/{REPO}/manifests/v1"), Fault::Status(404));
     let r = get_manifest(&edge, "v1", &[OCI_MANIFEST]).await;
@@ -218,4 +223,85 @@ async fn manifests_over_4_mib_are_refused() {
     assert_eq!((r.status, r.error_code().as_str()), (502, "MANIFEST_INVALID"));
     let r = get_manifest(&edge, "huge", &[OCI_MANIFEST]).await;
     assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn an_upstream_404_is_remembered_for_negative_ttl_and_an_invalidation_forgets_it() {
+    let origin = Origin::start().await;
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.upstream[0].negative_ttl = HumanDuration::secs(3600);
+    });
+    for _ in 0..3 {
+        let r = get_manifest(&edge, "v9", &[OCI_MANIFEST]).await;
+        assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    }
+    let asked = origin.count("HEAD", &format!("/v2/{REPO}/manifests/v9"))
+        + origin.count("GET", &format!("/v2/{REPO}/manifests/v9"));
+    assert_eq!(asked, 1, "the 404 was remembered: one upstream request for three asks");
+    let missing = berth_shared::Digest::of(b"never pushed");
+    for _ in 0..2 {
+        let r = client::get(&format!("{}/v2/{REPO}/blobs/{missing}", edge.url())).await;
+        assert_eq!((r.status, r.error_code().as_str()), (404, "BLOB_UNKNOWN"));
+    }
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{missing}")), 1);
+
+    // Pushed now, and the tag invalidated: the next ask goes upstream and finds it.
+    origin.put_manifest(REPO, Some("v9"), OCI_MANIFEST, image_manifest(9));
+    let purge = format!("{}/api/v1/purge", edge.admin_url());
+    let doc = format!(r#"{{"repository":"{REPO}","tag":"v9"}}"#);
+    assert_eq!(client::send(Method::POST, &purge, &[], doc).await.status, 200);
+    assert_eq!(get_manifest(&edge, "v9", &[OCI_MANIFEST]).await.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_client_errors_reach_the_client_as_themselves_never_as_502() {
+    let origin = Origin::start().await;
+    let edge = edge::start(&origin.url());
+    for status in [400u16, 405, 410, 451] {
+        let tag = format!("s{status}");
+        origin.fault(&format!("/v2/{REPO}/manifests/{tag}"), Fault::Status(status));
+        let r = get_manifest(&edge, &tag, &[OCI_MANIFEST]).await;
+        assert_eq!(r.status, status, "upstream {status}");
+        let body = String::from_utf8_lossy(r.bytes()).to_string();
+        assert!(!body.contains("127.0.0.1"), "no upstream address in the body: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_whose_declared_type_contradicts_its_content_is_refused_and_not_cached() {
+    let origin = Origin::start().await;
+    let image = image_manifest(3);
+    let as_index = origin.put_manifest(REPO, Some("lying"), "application/vnd.oci.image.index.v1+json", image.clone());
+    let edge = edge::start(&origin.url());
+    let accept = ["application/vnd.oci.image.index.v1+json", OCI_MANIFEST];
+    let r = get_manifest(&edge, "lying", &accept).await;
+    assert_eq!((r.status, r.error_code().as_str()), (502, "MANIFEST_INVALID"), "{:?}", r.body);
+    let r = get_manifest(&edge, &as_index.to_string(), &accept).await;
+    assert_eq!(r.status, 502, "refused by digest too");
+    assert!(
+        !edge.running().state.fills.store().entry_path(&berth_edge::cache::EntryKey::manifest(as_index)).exists(),
+        "not cached"
+    );
+    let both = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","manifests":[],"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":1}},"layers":[]}}"#,
+        berth_shared::Digest::of(b"c")
+    );
+    origin.put_manifest(REPO, Some("both"), OCI_MANIFEST, both);
+    let r = get_manifest(&edge, "both", &accept).await;
+    assert_eq!((r.status, r.error_code().as_str()), (502, "MANIFEST_INVALID"));
+    assert!(edge.metric("berth_edge_invalid_manifests_total").await >= 2.0);
+}
+
+#[tokio::test]
+async fn tag_revalidation_takes_only_a_manifest_type_from_the_head() {
+    let origin = Origin::start().await;
+    // The upstream labels the manifest as a blob: the HEAD cannot be trusted for the mapping, so
+    // the edge fetches the document and checks it.
+    let digest = origin.put_manifest(REPO, Some("v1"), "application/octet-stream", image_manifest(4));
+    let edge = edge_with_ttl(&origin, 0, 0);
+    let r = get_manifest(&edge, "v1", &[OCI_MANIFEST]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some(OCI_MANIFEST), "the type the document declares");
+    assert_eq!(r.header("docker-content-digest"), Some(digest.to_string().as_str()));
+    assert!(origin.count("GET", &format!("/v2/{REPO}/manifests/v1")) >= 1, "fetched, not taken from the HEAD");
 }
