@@ -110,6 +110,15 @@ pub struct Metrics {
     /// `/token`), `unavailable` (the upstream could not be asked), `challenged` (a request
     /// without a valid token got 401).
     pub auth: IntCounterVec,
+    /// Downstream connections open now.
+    pub downstream_connections: IntGauge,
+    /// Connections closed on arrival because `max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// HTTP/1 connections closed by a timer (`header`: a request not complete in time; `idle`).
+    pub connection_timeouts: IntCounterVec,
+    /// Requests refused by a bound: `header_bytes` (431), `url_bytes` (414), `fills` and
+    /// `upstream_connections` (503 after `queue_timeout`), `framing` (400: ambiguous length).
+    pub refused: IntCounterVec,
     /// Manifests refused because their declared types and content disagree.
     pub invalid_manifests: IntCounter,
     /// Digests in quarantine now.
@@ -226,6 +235,19 @@ impl Metrics {
                 "Verified blob files found changed on disk since they were hashed, and hashed again",
             ),
             quarantined: gauge(r, "berth_edge_quarantined_digests", "Digests in quarantine"),
+            downstream_connections: gauge(r, "berth_edge_downstream_connections", "Downstream connections open"),
+            connections_refused: counter(
+                r,
+                "berth_edge_connections_refused_total",
+                "Connections closed on arrival: max_connections were open",
+            ),
+            connection_timeouts: counter_vec(
+                r,
+                "berth_edge_connection_timeouts_total",
+                "HTTP/1 connections closed by the header or idle timer",
+                &["timer"],
+            ),
+            refused: counter_vec(r, "berth_edge_refused_requests_total", "Requests refused by a bound", &["bound"]),
             invalid_manifests: counter(
                 r,
                 "berth_edge_invalid_manifests_total",

@@ -50,8 +50,17 @@ impl EdgeServer {
         server.bootstrap();
         let conf = Arc::clone(&server.configuration);
 
-        let mut proxy =
-            pingora::proxy::http_proxy_service_with_name(&conf, EdgeProxy::new(Arc::clone(&state)), "berth-edge");
+        let mut app = pingora::proxy::http_proxy(&conf, EdgeProxy::new(Arc::clone(&state)));
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(state.config.server.idle_timeout.get());
+        app.server_options = Some(options);
+        let limits = crate::proxy::connection::Limits {
+            max_connections: state.config.server.max_connections,
+            header_timeout: state.config.server.header_timeout.get(),
+            idle_timeout: state.config.server.idle_timeout.get(),
+        };
+        let guarded = crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics));
+        let mut proxy = ListeningService::new("berth-edge".to_owned(), guarded);
         // A write buffer that holds a response head and a small body, so a manifest or a small
         // blob leaves in one write; large bodies bypass it.
         let buffers = L4BufferSettings { read: None, write: Some(RESPONSE_WRITE_BUFFER) };

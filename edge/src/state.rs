@@ -44,7 +44,7 @@ impl EdgeState {
     pub fn new(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(&config.region));
         let store = DiskStore::open(&config.cache.dir, config.cache.disk_max.bytes(), Arc::clone(&metrics))?;
-        let upstreams = Upstreams::new(&config.upstream)?;
+        let upstreams = Upstreams::new(&config.upstream, &metrics)?;
         let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
         let access = crate::access::Access::new(&config)?;
         let quarantine = crate::policy::quarantine::Quarantine::load(&config.cache.dir);

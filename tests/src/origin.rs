@@ -151,6 +151,11 @@ impl Origin {
         self.state.lock().holding.get(path).copied().unwrap_or(0)
     }
 
+    /// How many requests are held at their gates now, over every path.
+    pub fn holding_total(&self) -> usize {
+        self.state.lock().holding.values().sum()
+    }
+
     /// Waits until `n` requests for `path` are held at their gate (the origin has sent what it
     /// was told to and waits for the test): tests act on this event, not on a wall-clock margin.
     pub async fn wait_holding(&self, path: &str, n: usize) {

@@ -137,6 +137,8 @@ struct FillJob {
     temp: PathBuf,
     upstream: Arc<Upstream>,
     repository: RepositoryName,
+    /// The upstream's fill slot (`max_fills`), held until the fill ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 enum Finished {
@@ -155,12 +157,15 @@ impl Fills {
         &self.store
     }
 
-    /// The blob from disk, or the fill that is (or now starts) fetching it.
+    /// The blob from disk, or the fill that is (or now starts) fetching it. Starting a fill takes
+    /// one of the upstream's `max_fills` slots: waiting up to `queue_timeout`, or, when
+    /// `patient` (prefetch), as long as it takes.
     pub async fn lookup(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
         repository: &RepositoryName,
         digest: Digest,
+        patient: bool,
     ) -> Result<Lookup, FillError> {
         let key = EntryKey::blob(digest);
         loop {
@@ -175,6 +180,14 @@ impl Fills {
             }
             if self.store.degraded().is_some() {
                 return Ok(Lookup::Bypass);
+            }
+            let slot = upstream.fill_slot(patient).await?;
+            if let Some(found) = self.join_existing(&key) {
+                // Started (or published) by another request while this one waited for a slot.
+                match found {
+                    Some(fill) => return Ok(Lookup::Filling { fill, started: false }),
+                    None => continue,
+                }
             }
             // The temp file is made on the blocking pool, outside the lock: a slow disk must not
             // stall the workers.
@@ -222,6 +235,7 @@ impl Fills {
                 temp,
                 upstream: Arc::clone(upstream),
                 repository: repository.clone(),
+                _slot: slot,
             };
             tokio::spawn(job.run());
             return Ok(Lookup::Filling { fill, started: true });
@@ -306,7 +320,8 @@ impl FillJob {
     }
 
     async fn fetch(self) -> Result<Finished, FillError> {
-        let FillJob { fills, fill, tx, writer, temp, upstream, repository } = self;
+        // `_slot` lives to the end of the fill: the upstream's fill bound holds while it runs.
+        let FillJob { fills, fill, tx, writer, temp, upstream, repository, _slot } = self;
         let path = format!("blobs/{}", fill.digest);
         fills.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob"]).inc();
         let mut response = upstream.fetch(Method::GET, &repository, &path, None).await?;

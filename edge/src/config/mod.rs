@@ -188,11 +188,34 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long in-flight requests may finish after SIGTERM before they are cut. Default: `"30s"`.
     pub grace_period: HumanDuration,
+    /// Downstream connections open at once (plain and TLS together); more are closed as they
+    /// arrive. Default: `10000`.
+    pub max_connections: usize,
+    /// On HTTP/1, a request must arrive whole within this time of its first byte (slowloris).
+    /// Default: `"10s"`.
+    pub header_timeout: HumanDuration,
+    /// A connection with no request in progress is closed after this time. Default: `"60s"`.
+    pub idle_timeout: HumanDuration,
+    /// Largest request head (request line and headers); larger gets `431`. Default: `"16KiB"`.
+    pub max_header_bytes: ByteSize,
+    /// Longest request target (path and query); longer gets `414`. Default: `"8KiB"`.
+    pub max_url_bytes: ByteSize,
+    /// Prefetch orders run at once; more wait their turn. Default: `4`.
+    pub max_prefetch_orders: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { threads: 0, grace_period: HumanDuration::secs(30) }
+        ServerConfig {
+            threads: 0,
+            grace_period: HumanDuration::secs(30),
+            max_connections: 10_000,
+            header_timeout: HumanDuration::secs(10),
+            idle_timeout: HumanDuration::secs(60),
+            max_header_bytes: ByteSize::kib(16),
+            max_url_bytes: ByteSize::kib(8),
+            max_prefetch_orders: 4,
+        }
     }
 }
 
@@ -301,6 +324,15 @@ pub struct UpstreamConfig {
     pub body_stall_timeout: HumanDuration,
     /// Extra PEM CA certificates to trust for this upstream (private registries). Default: none.
     pub ca_file: Option<PathBuf>,
+    /// Blob fills from this upstream running at once; a request that would start another waits
+    /// up to `queue_timeout`, then gets `503` with `Retry-After`. Default: `64`.
+    pub max_fills: usize,
+    /// Requests to this upstream in flight at once (each holds a connection until its body is
+    /// read); over it, the same wait, then `503`. Default: `128`.
+    pub max_connections: usize,
+    /// How long a request waits for a fill or a connection under the bounds above.
+    /// Default: `"10s"`.
+    pub queue_timeout: HumanDuration,
     /// Internal networks (CIDR, e.g. `"10.0.0.0/8"`) that this upstream's redirects and token
     /// realms may lead to. The upstream's own host is always reachable; any other host must
     /// resolve to public addresses unless its network is listed here (loopback, link-local,
@@ -349,6 +381,9 @@ impl Default for UpstreamConfig {
             first_byte_timeout: HumanDuration::secs(30),
             body_stall_timeout: HumanDuration::secs(30),
             ca_file: None,
+            max_fills: 64,
+            max_connections: 128,
+            queue_timeout: HumanDuration::secs(10),
             allow_private_networks: Vec::new(),
             library_prefix: None,
             access: None,

@@ -14,6 +14,7 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
         problems.push("cache.disk_max: must be greater than zero".to_owned());
     }
     problems.extend(validate_listen(config));
+    problems.extend(validate_bounds(config));
     problems.extend(validate_auth(config));
     if let Some(link) = &config.distributor {
         match link.url.parse::<http::Uri>() {
@@ -78,6 +79,32 @@ fn validate_listen(config: &EdgeConfig) -> Vec<String> {
             }
         }
         (None, None) => {}
+    }
+    problems
+}
+
+fn validate_bounds(config: &EdgeConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let server = &config.server;
+    let positive = [
+        ("server.max_connections", server.max_connections as u64),
+        ("server.header_timeout", server.header_timeout.get().as_millis() as u64),
+        ("server.idle_timeout", server.idle_timeout.get().as_millis() as u64),
+        ("server.max_header_bytes", server.max_header_bytes.bytes()),
+        ("server.max_url_bytes", server.max_url_bytes.bytes()),
+        ("server.max_prefetch_orders", server.max_prefetch_orders as u64),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            problems.push(format!("{key}: must be greater than zero"));
+        }
+    }
+    for (i, u) in config.upstream.iter().enumerate() {
+        for (key, value) in [("max_fills", u.max_fills), ("max_connections", u.max_connections)] {
+            if value == 0 {
+                problems.push(format!("upstream[{i}].{key}: must be greater than zero"));
+            }
+        }
     }
     problems
 }

@@ -34,6 +34,8 @@ pub struct PrefetchJobs {
     changed: tokio::sync::Notify,
     save: tokio::sync::Notify,
     file: std::path::PathBuf,
+    /// `max_prefetch_orders`: orders running at once; the others wait as `pending`.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 /// What `<cache.dir>/prefetch-jobs.json` holds.
@@ -50,8 +52,10 @@ impl PrefetchJobs {
         let (queue, receiver) = mpsc::unbounded_channel();
         let file = state.config.cache.dir.join("prefetch-jobs.json");
         let saved: Saved = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let running = Arc::new(tokio::sync::Semaphore::new(state.config.server.max_prefetch_orders.max(1)));
         let jobs = Arc::new(PrefetchJobs {
             state,
+            running,
             jobs: Mutex::new(saved.jobs.into_iter().map(|p| (p.job.clone(), p)).collect()),
             orders: Mutex::new(BTreeMap::new()),
             queue,
@@ -143,6 +147,7 @@ impl PrefetchJobs {
     }
 
     async fn run_job(self: Arc<Self>, order: PrefetchOrder) {
+        let Ok(_running) = Arc::clone(&self.running).acquire_owned().await else { return };
         let job = order.job.clone();
         self.update(&job, |p| p.state = JobState::Running);
         self.changed.notify_waiters();
@@ -242,7 +247,7 @@ impl PrefetchJobs {
         digest: Digest,
     ) -> Result<(), String> {
         let fills = &self.state.fills;
-        match fills.lookup(upstream, repository, digest).await.map_err(|e| describe(&ApiError::from_fill(&e)))? {
+        match fills.lookup(upstream, repository, digest, true).await.map_err(|e| describe(&ApiError::from_fill(&e)))? {
             Lookup::Cached(..) => Ok(()),
             Lookup::Bypass => Err("the cache disk is degraded: not cached".into()),
             Lookup::Filling { fill, .. } => {

@@ -72,7 +72,8 @@ async fn open_source(
     // nothing about this request: it tries once with its own.
     let mut retried = false;
     loop {
-        let lookup = state.fills.lookup(upstream, repository, digest).await.map_err(|e| ApiError::from_fill(&e))?;
+        let lookup =
+            state.fills.lookup(upstream, repository, digest, false).await.map_err(|e| ApiError::from_fill(&e))?;
         let (fill, started) = match lookup {
             Lookup::Cached(file, size) => {
                 holds(Subject::Blob).await?;

@@ -3,6 +3,8 @@
 
 mod authz;
 mod blob;
+pub mod connection;
+mod head;
 mod manifest;
 mod respond;
 mod token;
@@ -80,6 +82,12 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(refused) = head::check(&self.state, session) {
+            // The connection is closed after the answer: what follows on it cannot be trusted.
+            session.set_keepalive(None);
+            respond::error(session, ctx, &refused).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         ctx.span = tracing::info_span!(
             "request",

@@ -92,6 +92,12 @@ impl ApiError {
                 ),
                 _ => unavailable(StatusCode::BAD_GATEWAY, format!("upstream {name} could not be reached")),
             },
+            UpstreamError::Busy { bound, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOOMANYREQUESTS",
+                format!("upstream {name}: every {} is in use; retry shortly", bound.replace('_', " ")),
+            )
+            .with_header("Retry-After", "2".into()),
             UpstreamError::Auth { source, .. } => match source {
                 AuthError::TokenStatus(s) if s.is_client_error() => ApiError::new(
                     StatusCode::FORBIDDEN,

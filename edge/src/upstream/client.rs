@@ -139,6 +139,7 @@ impl HttpClient {
             headers: parts.headers,
             body: UpstreamBody::new(body, self.timeouts.body_stall),
             from_origin: true,
+            slot: None,
         })
     }
 }

@@ -27,6 +27,9 @@ pub enum UpstreamError {
     Auth { upstream: String, source: AuthError },
     #[error("upstream {upstream} answered {status}")]
     Status { upstream: String, status: StatusCode, retry_after: Option<String> },
+    /// A bound of this upstream (`max_fills`, `max_connections`) stayed full for `queue_timeout`.
+    #[error("upstream {upstream}: {bound} all in use")]
+    Busy { upstream: String, bound: &'static str },
 }
 
 impl UpstreamError {
@@ -35,7 +38,8 @@ impl UpstreamError {
         match self {
             UpstreamError::Client { upstream, .. }
             | UpstreamError::Auth { upstream, .. }
-            | UpstreamError::Status { upstream, .. } => upstream,
+            | UpstreamError::Status { upstream, .. }
+            | UpstreamError::Busy { upstream, .. } => upstream,
         }
     }
 
@@ -55,6 +59,7 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
+            UpstreamError::Busy { .. } => true,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
     /// Whether the response came from the upstream's own origin (not a redirect target).
     pub from_origin: bool,
+    /// The upstream connection slot this response holds until it is dropped.
+    pub(crate) slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl UpstreamResponse {
@@ -105,6 +112,10 @@ fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Opt
 pub struct Upstream {
     /// Position in the config (the router's and the access policy's index).
     pub index: usize,
+    /// `max_fills` and `max_connections`.
+    fill_slots: Arc<tokio::sync::Semaphore>,
+    request_slots: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
     pub name: String,
     pub config: UpstreamConfig,
     base: http::Uri,
@@ -120,7 +131,11 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds the client for one upstream; credentials are read (file or environment) here.
-    pub fn new(index: usize, config: &UpstreamConfig) -> Result<Self, ClientError> {
+    pub fn new(
+        index: usize,
+        config: &UpstreamConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, ClientError> {
         let base: http::Uri = config.url.parse().map_err(|_| ClientError::BadUrl(config.url.clone()))?;
         let timeouts = Timeouts {
             connect: config.connect_timeout.get(),
@@ -136,6 +151,9 @@ impl Upstream {
         });
         Ok(Upstream {
             index,
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_fills.max(1))),
+            request_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
+            metrics,
             name: config.name.clone(),
             config: config.clone(),
             auth: auth::Authenticator::new(client.clone(), credentials, base.scheme_str() == Some("https")),
@@ -155,6 +173,7 @@ impl Upstream {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = format!("{}/v2/{}/{}", self.base_str(), repository, path);
         let scope = format!("repository:{repository}:pull");
+        let slot = self.slot(&self.request_slots, "upstream_connections").await?;
         let mut retried = false;
         loop {
             let authorization = self.auth.header_for(&scope).await.map_err(|source| self.auth_error(source))?;
@@ -180,8 +199,41 @@ impl Upstream {
                     retry_after,
                 });
             }
+            let mut response = response;
+            response.slot = Some(slot);
             return Ok(response);
         }
+    }
+
+    /// A slot of `slots` (waiting up to `queue_timeout`); `Busy` when none frees up in time.
+    async fn slot(
+        &self,
+        slots: &Arc<tokio::sync::Semaphore>,
+        bound: &'static str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, UpstreamError> {
+        if let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let wait = self.config.queue_timeout.get();
+        match tokio::time::timeout(wait, Arc::clone(slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.metrics.refused.with_label_values(&[bound]).inc();
+                Err(UpstreamError::Busy { upstream: self.name.clone(), bound })
+            }
+        }
+    }
+
+    /// A fill slot (`max_fills`): waiting up to `queue_timeout`, or as long as it takes when
+    /// `patient` (prefetch, whose own number is bounded).
+    pub async fn fill_slot(&self, patient: bool) -> Result<tokio::sync::OwnedSemaphorePermit, UpstreamError> {
+        if patient {
+            return Arc::clone(&self.fill_slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| UpstreamError::Busy { upstream: self.name.clone(), bound: "fills" });
+        }
+        self.slot(&self.fill_slots, "fills").await
     }
 
     /// Asks the upstream, with the client's credentials (or none), whether they may pull
@@ -194,6 +246,7 @@ impl Upstream {
         repository: Option<&RepositoryName>,
     ) -> Result<Verdict, UpstreamError> {
         let has_credentials = credentials.is_some();
+        let _slot = self.slot(&self.request_slots, "upstream_connections").await?;
         let auth = auth::Authenticator::new(self.client.clone(), credentials, self.base.scheme_str() == Some("https"));
         let (uri, scope) = match repository {
             Some(r) => (format!("{}/v2/{r}/tags/list?n=1", self.base_str()), format!("repository:{r}:pull")),
@@ -247,11 +300,11 @@ impl Upstream {
 pub struct Upstreams(Arc<Vec<Arc<Upstream>>>);
 
 impl Upstreams {
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, ClientError> {
+    pub fn new(configs: &[UpstreamConfig], metrics: &Arc<crate::metrics::Metrics>) -> Result<Self, ClientError> {
         let list = configs
             .iter()
             .enumerate()
-            .map(|(i, c)| Upstream::new(i, c).map(Arc::new))
+            .map(|(i, c)| Upstream::new(i, c, Arc::clone(metrics)).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams(Arc::new(list)))
     }

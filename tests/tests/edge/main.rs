@@ -1,6 +1,7 @@
 //! In-process integration tests: the edge on port 0 against a scripted origin.
 
 mod access;
+mod bounds;
 mod durability;
 mod faults;
 mod fills;
