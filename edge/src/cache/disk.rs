@@ -253,7 +253,7 @@ impl DiskStore {
         }
     }
 
-    async fn drop_damaged(self: &Arc<Self>, key: EntryKey) {
+    pub async fn drop_damaged(self: &Arc<Self>, key: EntryKey) {
         self.metrics.damaged_entries.inc();
         self.remove(key).await;
     }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::watch;
 
-use super::blocking;
 use super::fill::{Fill, FillError, FillState};
+use super::{blocking, EntryKey};
 use crate::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
 
@@ -95,7 +95,7 @@ impl BlobSource {
         loop {
             let result = match self {
                 BlobSource::Memory(bytes) => return Ok(bytes.len() as u64),
-                BlobSource::Disk(r) => return Ok(r.size),
+                BlobSource::Disk(r) => return r.check().await.map(|()| r.size),
                 BlobSource::Fill(r) => r.verified().await,
                 BlobSource::Direct(r) => return r.finish().await,
             };
@@ -170,11 +170,55 @@ pub struct DiskReader {
     file: Arc<File>,
     size: u64,
     ahead: Option<(u64, usize, tokio::task::JoinHandle<std::io::Result<Bytes>>)>,
+    /// `verify_on_serve`: the bytes are hashed as they are read and checked before the last one
+    /// is sent.
+    verify: Option<ServeCheck>,
+}
+
+/// The hash of a disk hit taken as it is served.
+struct ServeCheck {
+    key: EntryKey,
+    store: Arc<crate::cache::DiskStore>,
+    hasher: DigestHasher,
+    /// Bytes hashed so far, from offset 0 in order.
+    hashed: u64,
 }
 
 impl DiskReader {
     pub fn new(file: Arc<File>, size: u64) -> Self {
-        DiskReader { file, size, ahead: None }
+        DiskReader { file, size, ahead: None, verify: None }
+    }
+
+    /// A reader that hashes every byte it serves and refuses to finish unless the file hashes
+    /// to `key`'s digest (a mismatch drops the entry).
+    pub fn verifying(file: Arc<File>, size: u64, key: EntryKey, store: Arc<crate::cache::DiskStore>) -> Self {
+        let hasher = key.digest.hasher();
+        DiskReader { file, size, ahead: None, verify: Some(ServeCheck { key, store, hasher, hashed: 0 }) }
+    }
+
+    /// With `verify_on_serve`: whether the file hashes to its digest. The bytes served in order
+    /// from the start are already hashed; the rest (a range request) is read now.
+    async fn check(&mut self) -> Result<(), FillError> {
+        let Some(check) = self.verify.as_mut() else { return Ok(()) };
+        let mut hasher = std::mem::take(&mut check.hasher);
+        if check.hashed != self.size {
+            hasher = check.key.digest.hasher();
+            let (file, size) = (Arc::clone(&self.file), self.size);
+            let mut offset = 0;
+            while offset < size {
+                let len = (size - offset).min(1 << 20) as usize;
+                let piece = read_at(&file, offset, len).await?.unwrap_or_default();
+                hasher.update(&piece);
+                offset += len as u64;
+            }
+        }
+        let actual = hasher.finish();
+        if actual == check.key.digest {
+            return Ok(());
+        }
+        tracing::error!(digest = %check.key.digest, %actual, "cached file changed: it does not hash to its digest (verify_on_serve)");
+        check.store.drop_damaged(check.key).await;
+        Err(FillError::DigestMismatch { expected: check.key.digest, actual })
     }
 
     fn spawn(&self, offset: u64, len: usize) -> tokio::task::JoinHandle<std::io::Result<Bytes>> {
@@ -197,7 +241,12 @@ impl DiskReader {
             self.ahead = Some((next, next_len, self.spawn(next, next_len)));
         }
         let bytes = pending.await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        bytes.map(Some).map_err(|e| FillError::Disk(format!("reading: {e}")))
+        let bytes = bytes.map_err(|e| FillError::Disk(format!("reading: {e}")))?;
+        if let Some(check) = self.verify.as_mut().filter(|c| c.hashed == offset) {
+            check.hasher.update(&bytes);
+            check.hashed += bytes.len() as u64;
+        }
+        Ok(Some(bytes))
     }
 }
 

@@ -166,6 +166,10 @@ pub struct CacheConfig {
     /// Bytes per second the background scrub re-hashes cached files at. `"0"` turns it off.
     /// Default: `"32MiB"`.
     pub scrub_rate: ByteSize,
+    /// Hash every cached byte as it is served (disk and memory hits) and cut the response before
+    /// its last byte if it does not match the digest; the entry is then dropped. Costs a hash of
+    /// every byte served (a range request hashes the whole file). Default: `false`.
+    pub verify_on_serve: bool,
 }
 
 impl Default for CacheConfig {
@@ -176,6 +180,7 @@ impl Default for CacheConfig {
             memory_max: ByteSize::gib(1),
             memory_object_max: ByteSize::mib(4),
             scrub_rate: ByteSize::mib(32),
+            verify_on_serve: false,
         }
     }
 }

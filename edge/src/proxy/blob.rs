@@ -56,7 +56,7 @@ async fn open_source(
 ) -> Result<BlobSource, ApiError> {
     let key = EntryKey::blob(digest);
     let holds = |subject| super::authz::ensure_holds(state, upstream, repository, digest, subject);
-    if let Some(object) = state.memory.get(&key) {
+    if let Some(object) = state.memory.get(&key).filter(|o| memory_intact(state, key, &o.bytes)) {
         holds(Subject::Blob).await?;
         // Keep the disk copy as recent as the memory one: a hot blob must not age out on disk.
         state.fills.store().index().touch(&key);
@@ -123,11 +123,29 @@ async fn open_source(
     }
 }
 
+/// With `verify_on_serve`, whether a memory entry still hashes to its digest (if not, it is
+/// dropped and the request goes on to the disk).
+fn memory_intact(state: &EdgeState, key: EntryKey, bytes: &bytes::Bytes) -> bool {
+    if !state.config.cache.verify_on_serve || berth_shared::Digest::of_with(key.digest.kind(), bytes) == key.digest {
+        return true;
+    }
+    tracing::error!(digest = %key.digest, "memory entry does not hash to its digest: dropped");
+    state.metrics.damaged_entries.inc();
+    state.memory.remove(&key);
+    false
+}
+
 /// A disk hit small enough for the memory tier is read whole and kept there; later requests
-/// are served from memory.
+/// are served from memory. With `verify_on_serve`, disk hits are hashed as they are served and
+/// the bytes read for the memory tier are checked first.
 async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>, size: u64) -> BlobSource {
+    let store = Arc::clone(state.fills.store());
+    let disk = |file, size| match state.config.cache.verify_on_serve {
+        true => BlobSource::Disk(DiskReader::verifying(file, size, key, Arc::clone(&store))),
+        false => BlobSource::Disk(DiskReader::new(file, size)),
+    };
     if !state.memory.admits(size) {
-        return BlobSource::Disk(DiskReader::new(file, size));
+        return disk(file, size);
     }
     let read = Arc::clone(&file);
     let bytes = blocking(move || {
@@ -138,11 +156,11 @@ async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>
     })
     .await;
     match bytes {
-        Ok(bytes) => {
+        Ok(bytes) if memory_intact(state, key, &bytes) => {
             state.memory.insert(key, MemoryObject { bytes: bytes.clone(), media_type: None });
             BlobSource::Memory(bytes)
         }
-        Err(_) => BlobSource::Disk(DiskReader::new(file, size)),
+        _ => disk(file, size),
     }
 }
 

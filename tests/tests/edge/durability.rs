@@ -333,3 +333,42 @@ async fn a_fill_that_loses_its_disk_never_mixes_two_fetches_in_one_response() {
     let again = client::get(&blob_url(&edge, &d)).await;
     assert_eq!(again.bytes().as_ref(), body.as_slice(), "the next request gets the right bytes");
 }
+
+/// A 48 MiB blob served from disk; the client reads the first part, a byte near the end is
+/// changed in the file while the response is under way (after the open-time stamp check), then
+/// the client reads on. Returns the body (or why it was cut) and the edge.
+async fn change_while_serving(verify_on_serve: bool) -> (Result<bytes::Bytes, String>, TestEdge, Vec<u8>) {
+    let origin = Origin::start().await;
+    let body = random_bytes(48 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.cache.verify_on_serve = verify_on_serve;
+        c.cache.scrub_rate = ByteSize::kib(0);
+    });
+    let url = format!("{}/v2/{REPO}/blobs/{digest}", edge.url());
+    client::get(&url).await.bytes();
+    edge.published(digest).await;
+    let file = edge.running().state.fills.store().entry_path(&EntryKey::blob(digest));
+    let mut reading = client::open(&url, &[]).await;
+    assert_eq!(reading.headers.get("x-berth-cache").and_then(|v| v.to_str().ok()), Some("hit"));
+    reading.read_at_least(1 << 20).await.unwrap();
+    // The edge is held back by the client: the end of the file is not read yet.
+    flip_a_bit(&file, (47 << 20) + 12345);
+    (reading.finish().await, edge, body)
+}
+
+#[tokio::test]
+async fn verify_on_serve_cuts_a_response_whose_file_changed_under_it_and_drops_the_entry() {
+    let (served, edge, _) = change_while_serving(true).await;
+    assert!(served.is_err(), "the response is cut before its last byte");
+    assert!(edge.metric("berth_edge_damaged_entries_total").await >= 1.0, "the entry is dropped");
+}
+
+#[tokio::test]
+async fn without_verify_on_serve_a_change_during_a_response_goes_through() {
+    // What the README says verify_on_serve is for: the stamp is checked at open, not per byte.
+    let (served, _edge, body) = change_while_serving(false).await;
+    let served = served.expect("complete");
+    assert_eq!(served.len(), body.len());
+    assert!(served.as_ref() != body.as_slice(), "the changed byte was served");
+}
