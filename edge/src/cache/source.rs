@@ -172,7 +172,7 @@ pub struct DiskReader {
     ahead: Option<(u64, usize, tokio::task::JoinHandle<std::io::Result<Bytes>>)>,
     /// `verify_on_serve`: the bytes are hashed as they are read and checked before the last one
     /// is sent.
-    verify: Option<ServeCheck>,
+    verify: Option<Box<ServeCheck>>,
 }
 
 /// The hash of a disk hit taken as it is served.
@@ -193,7 +193,7 @@ impl DiskReader {
     /// to `key`'s digest (a mismatch drops the entry).
     pub fn verifying(file: Arc<File>, size: u64, key: EntryKey, store: Arc<crate::cache::DiskStore>) -> Self {
         let hasher = key.digest.hasher();
-        DiskReader { file, size, ahead: None, verify: Some(ServeCheck { key, store, hasher, hashed: 0 }) }
+        DiskReader { file, size, ahead: None, verify: Some(Box::new(ServeCheck { key, store, hasher, hashed: 0 })) }
     }
 
     /// With `verify_on_serve`: whether the file hashes to its digest. The bytes served in order
