@@ -10,4 +10,5 @@ pub mod procstat;
 pub mod propagation;
 pub mod push;
 pub mod report;
+pub mod secure;
 pub mod zipf;

@@ -34,6 +34,21 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Berth and nginx over TLS (HTTP/1.1 and HTTP/2) with the same certificate, and the cost of
+    /// client authorization on small requests.
+    Secure {
+        #[arg(long, default_value = "target/release/berth-edge")]
+        edge: PathBuf,
+        #[arg(long, default_value = "/var/tmp/berth-bench-secure")]
+        work: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        blob_mib: u64,
+        #[arg(long, default_value_t = 5)]
+        small_seconds: u64,
+        /// Only these scenarios (hot, small, authz), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Time from an invalidation to its arrival at many simulated edges holding watch streams.
     Propagation {
         /// The berth-distributor binary.
@@ -63,6 +78,11 @@ async fn main() -> anyhow::Result<()> {
             let opts =
                 berth_loadtest::compare::Options { edge_binary: edge, work, blob_mib, small_seconds, zipf_pulls, only };
             print!("{}", berth_loadtest::compare::run(&opts).await?);
+        }
+        Command::Secure { edge, work, blob_mib, small_seconds, only } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let opts = berth_loadtest::secure::Options { edge_binary: edge, work, blob_mib, small_seconds, only };
+            print!("{}", berth_loadtest::secure::run(&opts).await?);
         }
         Command::Propagation { distributor, work, edges, rounds } => {
             let _ = std::fs::remove_dir_all(&work);

@@ -64,7 +64,8 @@ pub async fn wait_ready(peer: &mut Peer) -> Result<()> {
             bail!("{} exited with {status}: {log}", peer.name);
         }
         if let Ok(mut conn) = crate::load::Conn::connect(peer.addr).await {
-            if conn.get("/v2/", None, None).await.is_ok_and(|t| t.status == 200) {
+            // 401: the edge has a protected upstream and challenges `/v2/` (it answers: ready).
+            if conn.get("/v2/", None, None).await.is_ok_and(|t| t.status == 200 || t.status == 401) {
                 return Ok(());
             }
         }
@@ -270,4 +271,86 @@ impl DiskSampler {
 /// Lines in the origin's access log now (a mark for `origin_gets`).
 pub fn origin_mark(origin: &Peer) -> usize {
     std::fs::read_to_string(origin.dir.join("origin.log")).map(|l| l.lines().count()).unwrap_or(0)
+}
+
+/// The Berth edge with a plain and a TLS listener (`cert`, `key`), and two upstreams on the
+/// same origin: `docker.io` (anonymous, the default) and `private.test` (htpasswd: user `bench`,
+/// password `bench-password`, every repository). Returns the peer (its plain address) and the
+/// TLS address.
+pub fn berth_secure(dir: &Path, binary: &Path, origin: SocketAddr, cert: &Path, key: &Path) -> Result<(Peer, SocketAddr)> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let admin = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let htpasswd = dir.join("users.htpasswd");
+    std::fs::write(&htpasswd, format!("bench:{}\n", bcrypt::hash("bench-password", 4)?))?;
+    let signing = dir.join("signing-key");
+    std::fs::write(&signing, "a-benchmark-signing-key-of-more-than-32-bytes")?;
+    let config = dir.join("edge.toml");
+    let path = |p: &Path| p.display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"bench\"\n[listen]\nhttp = \"{addr}\"\nhttps = \"{tls}\"\nadmin = \"127.0.0.1:{admin}\"\n[tls]\ncert = {:?}\nkey = {:?}\n[auth]\nsigning_key_file = {:?}\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\ndisk_max = \"8GiB\"\nmemory_max = \"256MiB\"\nscrub_rate = \"0\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://{origin}\"\ndefault = true\n[[upstream]]\nname = \"private.test\"\nurl = \"http://{origin}\"\naccess = \"htpasswd\"\nhtpasswd_file = {:?}\n[upstream.grants]\nbench = [\"**\"]\n",
+            path(cert),
+            path(key),
+            path(&signing),
+            path(&dir.join("cache")),
+            path(&htpasswd),
+        ),
+    )?;
+    let peer = spawn("berth", dir, addr, Command::new(binary).arg("--config").arg(&config).env("BERTH_LOG", "warn"))?;
+    Ok((peer, tls))
+}
+
+/// nginx as in [`nginx`], listening with TLS (HTTP/2 and HTTP/1.1 by ALPN) on `cert`, `key`.
+pub fn nginx_tls(dir: &Path, origin: SocketAddr, cert: &Path, key: &Path) -> Result<Peer> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    std::fs::create_dir_all(dir.join("cache"))?;
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let d = dir.display();
+    let (cert, key) = (cert.display(), key.display());
+    let conf = format!(
+        r#"user root;
+worker_processes 2;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    client_body_temp_path {d}/tmp/body;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    proxy_temp_path {d}/tmp/proxy;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=berth:64m max_size=8g inactive=7d use_temp_path=off;
+    upstream origin {{ server {origin}; keepalive 64; }}
+    server {{
+        listen {addr} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location /v2/ {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache berth;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 7d;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 60s;
+            proxy_cache_lock_age 60s;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    spawn("nginx", dir, addr, Command::new("nginx").arg("-p").arg(dir).arg("-c").arg(&path).args(["-g", "daemon off;"]))
 }

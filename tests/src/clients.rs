@@ -317,9 +317,19 @@ impl Dockerd {
 
     /// `docker pull image` (Docker Hub references only: that is what Docker mirrors).
     pub fn pull(&self, image: &str) -> String {
+        run_ok(&mut self.command(&["pull", image]))
+    }
+
+    /// The docker CLI against this daemon (its own config folder, so logins stay here).
+    pub fn docker(&self, args: &[&str]) -> Ran {
+        run(&mut self.command(args))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
         cmd.env("DOCKER_CONFIG", self.dir.join("cli")).arg("-H").arg(format!("unix://{}", self.socket.display()));
-        run_ok(cmd.args(["pull", image]))
+        cmd.args(args);
+        cmd
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod glob;
 pub mod htpasswd;
+mod memo;
 mod scope;
 pub mod token;
 
@@ -94,15 +95,16 @@ pub struct Access {
     token_ttl: Duration,
     policies: Vec<Policy>,
     decisions: moka::future::Cache<DecisionKey, Verdict>,
-    /// Confirmations younger than `authz_ttl`: served without asking.
-    confirmed: moka::sync::Cache<Confirmation, ()>,
-    /// Every confirmation of the last [`KNOWN_FOR`]: served when the upstream cannot be asked
-    /// (it is down), as tags are served stale.
-    known: moka::sync::Cache<Confirmation, ()>,
+    /// How long a confirmation is served without asking again (`authz_ttl`).
+    confirm_ttl: Duration,
+    /// Repositories confirmed to hold digests: younger than `authz_ttl`, served without asking;
+    /// younger than [`KNOWN_FOR`], served while the upstream cannot be asked (it is down), as
+    /// tags are served stale.
+    confirmations: memo::Confirmations,
+    /// Tokens whose signature was checked: a request with the same token skips the HMAC and the
+    /// parse (its expiry is still checked every time).
+    verified: memo::CheckedTokens,
 }
-
-/// (upstream, repository, digest): the repository holds the digest.
-type Confirmation = (usize, RepositoryName, Digest);
 
 /// How long a confirmation is trusted while the upstream cannot be reached.
 const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -125,8 +127,9 @@ impl Access {
             token_ttl: config.auth.token_ttl.get(),
             policies,
             decisions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
-            confirmed: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(ttl).build(),
-            known: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(KNOWN_FOR).build(),
+            confirm_ttl: ttl,
+            confirmations: memo::Confirmations::default(),
+            verified: memo::CheckedTokens::default(),
         })
     }
 
@@ -164,12 +167,21 @@ impl Access {
         }
     }
 
-    /// The claims of a request's bearer token.
-    pub fn claims(&self, authorization: Option<&[u8]>) -> Result<Claims, TokenError> {
+    /// The claims of a request's bearer token (checked once per token, then remembered; the
+    /// expiry is checked on every request).
+    pub fn claims(&self, authorization: Option<&[u8]>) -> Result<Arc<Claims>, TokenError> {
         let value = authorization.and_then(|v| std::str::from_utf8(v).ok()).ok_or(TokenError::Malformed)?;
-        let token =
-            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(TokenError::Malformed)?;
-        self.key.check(token.trim())
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(TokenError::Malformed)?
+            .trim();
+        if let Some(claims) = self.verified.get(token) {
+            return if claims.exp > token::now() { Ok(claims) } else { Err(TokenError::Expired) };
+        }
+        let claims = Arc::new(self.key.check(token)?);
+        self.verified.insert(token, Arc::clone(&claims));
+        Ok(claims)
     }
 
     /// Issues a token for the scopes these credentials may pull (the token endpoint).
@@ -257,20 +269,19 @@ impl Access {
     /// Whether the digest may be served under this repository without asking the upstream:
     /// always for an anonymous upstream, else when the repository is known to hold it.
     pub fn holds(&self, upstream: usize, repository: &RepositoryName, digest: Digest) -> bool {
-        !self.is_protected(upstream) || self.confirmed.contains_key(&(upstream, repository.clone(), digest))
+        !self.is_protected(upstream) || self.confirmations.confirmed_within(upstream, repository, digest, self.confirm_ttl)
     }
 
     /// Whether the repository was confirmed to hold the digest within the last day (what is
     /// served while the upstream cannot be asked).
     pub fn held_before(&self, upstream: usize, repository: &RepositoryName, digest: Digest) -> bool {
-        self.known.contains_key(&(upstream, repository.clone(), digest))
+        self.confirmations.confirmed_within(upstream, repository, digest, KNOWN_FOR)
     }
 
     /// Records that the upstream showed this repository to hold the digest.
     pub fn confirm(&self, upstream: usize, repository: &RepositoryName, digest: Digest) {
         if self.is_protected(upstream) {
-            self.confirmed.insert((upstream, repository.clone(), digest), ());
-            self.known.insert((upstream, repository.clone(), digest), ());
+            self.confirmations.confirm(upstream, repository, digest, KNOWN_FOR);
         }
     }
 }

@@ -63,7 +63,8 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch.
+pub(super) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

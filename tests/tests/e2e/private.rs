@@ -277,3 +277,53 @@ async fn the_real_binary_reloads_its_certificate_on_sighup() {
     })
     .await;
 }
+
+/// `/etc/docker/certs.d/<host:port>/ca.crt`: where dockerd looks for a registry's CA (it has no
+/// flag for another folder). Removed when dropped.
+struct DockerCa(PathBuf);
+
+impl DockerCa {
+    fn install(registry: std::net::SocketAddr, ca: &std::path::Path) -> DockerCa {
+        let dir = PathBuf::from(format!("/etc/docker/certs.d/{registry}"));
+        std::fs::create_dir_all(&dir).expect("certs.d");
+        std::fs::copy(ca, dir.join("ca.crt")).expect("CA into certs.d");
+        DockerCa(dir)
+    }
+}
+
+impl Drop for DockerCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_logs_in_to_the_edge_over_https_and_pulls_a_private_image_with_the_right_credentials_only() {
+    let test = "docker_logs_in_to_the_edge_over_https_and_pulls_a_private_image_with_the_right_credentials_only";
+    if !can_run(test, &["containerd", "dockerd", "docker"], true) {
+        return;
+    }
+    let p = Private::start();
+    let edge = p.edge_addr();
+    let _ca = DockerCa::install(edge, &p.ca.pem);
+    let containerd = Containerd::start(&p.dir("containerd"), p.proxy.addr);
+    let image = format!("{edge}/team/app:v1");
+    let before = p.client_requests("docker/").await;
+    let host = edge.to_string();
+
+    let bob = berth_tests::clients::Dockerd::start(&p.dir("docker-bob"), &containerd, "moby-bob", edge, p.proxy.addr);
+    let login = bob.docker(&["login", &host, "-u", "bob", "-p", "bob-pw"]);
+    assert!(login.status.success(), "bob logs in (his credentials are valid): {}", login.output);
+    let refused = bob.docker(&["pull", &image]);
+    assert!(!refused.status.success(), "bob must not pull team/app: {}", refused.output);
+    drop(bob);
+
+    let alice = berth_tests::clients::Dockerd::start(&p.dir("docker-alice"), &containerd, "moby-alice", edge, p.proxy.addr);
+    let wrong = alice.docker(&["login", &host, "-u", "alice", "-p", "wrong"]);
+    assert!(!wrong.status.success(), "a wrong password is refused at login: {}", wrong.output);
+    let login = alice.docker(&["login", &host, "-u", "alice", "-p", "alice-pw"]);
+    assert!(login.status.success(), "docker login: {}\nedge log:\n{}", login.output, p.edge_log());
+    let pulled = alice.docker(&["pull", &image]);
+    assert!(pulled.status.success(), "docker pull: {}\nedge log:\n{}", pulled.output, p.edge_log());
+    p.assert_origin_saw_only_the_edge("docker/", before).await;
+}
