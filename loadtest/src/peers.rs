@@ -277,7 +277,13 @@ pub fn origin_mark(origin: &Peer) -> usize {
 /// same origin: `docker.io` (anonymous, the default) and `private.test` (htpasswd: user `bench`,
 /// password `bench-password`, every repository). Returns the peer (its plain address) and the
 /// TLS address.
-pub fn berth_secure(dir: &Path, binary: &Path, origin: SocketAddr, cert: &Path, key: &Path) -> Result<(Peer, SocketAddr)> {
+pub fn berth_secure(
+    dir: &Path,
+    binary: &Path,
+    origin: SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> Result<(Peer, SocketAddr)> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let tls: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin = free_port()?;

@@ -73,9 +73,11 @@ impl Client {
     /// A second requester on the same HTTP/2 connection.
     pub fn share(&self) -> Option<Client> {
         match &self.sender {
-            Sender::H2(s) => {
-                Some(Client { addr: self.addr, sender: Sender::H2(s.clone()), authorization: self.authorization.clone() })
-            }
+            Sender::H2(s) => Some(Client {
+                addr: self.addr,
+                sender: Sender::H2(s.clone()),
+                authorization: self.authorization.clone(),
+            }),
             Sender::H1(_) => None,
         }
     }
@@ -179,7 +181,8 @@ pub async fn run(opts: &Options) -> Result<String> {
     let small_blob = pusher.blob("bench/small", random(4096)).await?;
     let small = pusher.image("bench/small", "v1", vec![random(4096)]).await?;
 
-    let (mut berth, berth_tls) = peers::berth_secure(&opts.work.join("berth"), &opts.edge_binary, origin.addr, &pki.cert, &pki.key)?;
+    let (mut berth, berth_tls) =
+        peers::berth_secure(&opts.work.join("berth"), &opts.edge_binary, origin.addr, &pki.cert, &pki.key)?;
     peers::wait_ready(&mut berth).await?;
     let mut nginx = peers::nginx_tls(&opts.work.join("nginx"), origin.addr, &pki.cert, &pki.key)?;
     let nginx_tls = nginx.addr;

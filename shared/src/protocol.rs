@@ -102,7 +102,7 @@ impl QuarantineRequest {
             return Err(field("a quarantine needs a reason (clients see it)"));
         }
         if self.reason.len() > MAX_REASON || self.reason.chars().any(char::is_control) {
-            return Err(field("at most 512 characters, no control characters"));
+            return Err(field("at most 512 bytes (UTF-8), no control characters"));
         }
         Ok(QuarantineOrder { id, digest: self.digest, reason: self.reason, lifted: self.lift })
     }

@@ -53,7 +53,13 @@ pub struct Confirmations {
 
 impl Confirmations {
     /// Whether the repository was confirmed to hold the digest less than `within` ago.
-    pub fn confirmed_within(&self, upstream: usize, repository: &RepositoryName, digest: Digest, within: Duration) -> bool {
+    pub fn confirmed_within(
+        &self,
+        upstream: usize,
+        repository: &RepositoryName,
+        digest: Digest,
+        within: Duration,
+    ) -> bool {
         self.map
             .read()
             .get(&(upstream, digest))

@@ -269,7 +269,8 @@ impl Access {
     /// Whether the digest may be served under this repository without asking the upstream:
     /// always for an anonymous upstream, else when the repository is known to hold it.
     pub fn holds(&self, upstream: usize, repository: &RepositoryName, digest: Digest) -> bool {
-        !self.is_protected(upstream) || self.confirmations.confirmed_within(upstream, repository, digest, self.confirm_ttl)
+        !self.is_protected(upstream)
+            || self.confirmations.confirmed_within(upstream, repository, digest, self.confirm_ttl)
     }
 
     /// Whether the repository was confirmed to hold the digest within the last day (what is

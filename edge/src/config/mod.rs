@@ -266,7 +266,7 @@ impl Default for AuthConfig {
 #[serde(default)]
 pub struct AdminConfig {
     /// Environment variable holding the bearer tokens (comma- or newline-separated) the admin
-    /// API (prefetch, purge, cache stats) accepts. `/healthz`, `/readyz` and `/metrics` stay
+    /// API (prefetch, purge) accepts. `/healthz`, `/readyz` and `/metrics` stay
     /// open. Default: none (the admin API is open: bind the admin listener to loopback).
     pub tokens_env: Option<String>,
     /// A file holding those tokens instead. Default: none.

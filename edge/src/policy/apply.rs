@@ -50,6 +50,8 @@ impl Policy {
         }
         self.state.metrics.quarantined.set(self.state.quarantine.len() as i64);
         if snapshot.reset_tags {
+            // The compacted log may have held invalidations: remembered 404s no longer hold.
+            self.state.negative.clear();
             self.state.manifests.invalidate_all_tags();
         }
         for purge in &snapshot.purged {

@@ -246,6 +246,9 @@ impl PrefetchJobs {
         repository: &RepositoryName,
         digest: Digest,
     ) -> Result<(), String> {
+        if let Some(reason) = self.state.quarantine.reason(&digest) {
+            return Err(format!("{digest} is quarantined: {reason}"));
+        }
         let fills = &self.state.fills;
         match fills.lookup(upstream, repository, digest, true).await.map_err(|e| describe(&ApiError::from_fill(&e)))? {
             Lookup::Cached(..) => Ok(()),

@@ -95,7 +95,13 @@ impl ApiError {
             UpstreamError::Busy { bound, .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "TOOMANYREQUESTS",
-                format!("upstream {name}: every {} is in use; retry shortly", bound.replace('_', " ")),
+                format!(
+                    "upstream {name}: {}; retry shortly",
+                    match *bound {
+                        "fills" => "its fill slots (max_fills) are all in use",
+                        _ => "its connections (max_connections) are all in use",
+                    }
+                ),
             )
             .with_header("Retry-After", "2".into()),
             UpstreamError::Auth { source, .. } => match source {

@@ -318,7 +318,8 @@ async fn docker_logs_in_to_the_edge_over_https_and_pulls_a_private_image_with_th
     assert!(!refused.status.success(), "bob must not pull team/app: {}", refused.output);
     drop(bob);
 
-    let alice = berth_tests::clients::Dockerd::start(&p.dir("docker-alice"), &containerd, "moby-alice", edge, p.proxy.addr);
+    let alice =
+        berth_tests::clients::Dockerd::start(&p.dir("docker-alice"), &containerd, "moby-alice", edge, p.proxy.addr);
     let wrong = alice.docker(&["login", &host, "-u", "alice", "-p", "wrong"]);
     assert!(!wrong.status.success(), "a wrong password is refused at login: {}", wrong.output);
     let login = alice.docker(&["login", &host, "-u", "alice", "-p", "alice-pw"]);
