@@ -45,10 +45,13 @@ impl CheckedTokens {
     }
 }
 
+/// The repositories confirmed to hold one digest of one upstream, and when.
+type Confirmed = Vec<(RepositoryName, Instant)>;
+
 /// When each repository was last confirmed to hold each digest, per upstream.
 #[derive(Default)]
 pub struct Confirmations {
-    map: RwLock<HashMap<(usize, Digest), Vec<(RepositoryName, Instant)>>>,
+    map: RwLock<HashMap<(usize, Digest), Confirmed>>,
 }
 
 impl Confirmations {
