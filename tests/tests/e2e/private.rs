@@ -328,3 +328,67 @@ async fn docker_logs_in_to_the_edge_over_https_and_pulls_a_private_image_with_th
     assert!(pulled.status.success(), "docker pull: {}\nedge log:\n{}", pulled.output, p.edge_log());
     p.assert_origin_saw_only_the_edge("docker/", before).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_with_htpasswd_auth_decides_through_basic_auth_who_may_pull_through_the_edge() {
+    if !can_run("a_registry_with_htpasswd_auth_decides_through_basic_auth_who_may_pull_through_the_edge", &[], false) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let htpasswd = work.path().join("registry.htpasswd");
+    let line = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap());
+    std::fs::write(&htpasswd, line("edge", "edge-pw") + &line("alice", "alice-pw")).unwrap();
+    let auth = format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display());
+    let origin = DockerRegistry::start_with(&work.path().join("origin"), &auth);
+    let layout = work.path().join("layout");
+    let blobs = tar_image_layout(&layout, "v1", 1);
+    let dest = format!("docker://{}/team/app:v1", origin.addr);
+    let src = format!("oci:{}:v1", layout.display());
+    skopeo(&["copy", "--preserve-digests", "--dest-tls-verify=false", "--dest-creds", "edge:edge-pw", &src, &dest]);
+    let ca = TestCa::new(&work.path().join("pki"));
+    let pair = ca.issue(&work.path().join("pki"), "edge");
+    let password = work.path().join("edge-password");
+    std::fs::write(&password, "edge-pw").unwrap();
+    let config = work.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"off\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = true\nusername = \"edge\"\npassword_file = {:?}\n",
+            pair.cert.display().to_string(),
+            pair.key.display().to_string(),
+            work.path().join("cache").display().to_string(),
+            origin.addr,
+            origin.url(),
+            password.display().to_string()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::start(&config, &work.path().join("edge.log"));
+    let certs = ca.cert_dir(&work.path().join("certs")).display().to_string();
+    let pull = |creds: Option<&str>, dest: &str| {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--src-cert-dir", &certs]);
+        match creds {
+            Some(c) => cmd.args(["--src-creds", c]),
+            None => cmd.arg("--src-no-creds"),
+        };
+        cmd.arg(format!("docker://{}/team/app:v1", edge.tls.unwrap()));
+        cmd.arg(format!("dir:{}", work.path().join(dest).display()));
+        run(&mut cmd)
+    };
+    for (creds, who) in [(None, "anonymous"), (Some("alice:wrong"), "wrong")] {
+        let ran = pull(creds, who);
+        assert!(!ran.status.success(), "{who} must not pull: {}", ran.output);
+    }
+    let ran = pull(Some("alice:alice-pw"), "alice");
+    assert!(ran.status.success(), "alice pulls: {}", ran.output);
+    for blob in &blobs {
+        let bytes = std::fs::read(work.path().join("alice").join(blob.trim_start_matches("sha256:"))).unwrap();
+        assert_eq!(berth_shared::Digest::of(&bytes).to_string(), *blob);
+    }
+    origin.sync_log().await;
+    for blob in &blobs {
+        let by_edge = origin.access_count(&format!("GET /v2/team/app/blobs/{blob} "), EDGE_AGENT);
+        assert!(by_edge >= 1, "{blob} fetched by the edge:\n{}", origin.access_log());
+    }
+}
