@@ -64,6 +64,8 @@ impl AdminApp {
                 }
             }
             ("POST", "/api/v1/purge") => self.purge(body).await,
+            ("POST", "/api/v1/drain") => self.drain(false),
+            ("POST", "/api/v1/undrain") => self.drain(true),
             (_, "/healthz" | "/readyz" | "/metrics") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
             }
@@ -84,6 +86,15 @@ impl AdminApp {
         };
         self.policy.prefetch.enqueue(order);
         (StatusCode::ACCEPTED, "application/json", serde_json::json!({"id": id}).to_string().into_bytes())
+    }
+
+    /// Takes this edge out of rotation (or back in): `/readyz` answers at once.
+    fn drain(&self, undrain: bool) -> Answer {
+        let done = if undrain { self.state.drain.undrain() } else { self.state.drain.drain() };
+        match done {
+            Ok(()) => ok_json(&serde_json::json!({"drained": !undrain})),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "state_not_kept", &e.to_string()),
+        }
     }
 
     async fn purge(&self, body: &[u8]) -> Answer {

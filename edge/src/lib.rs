@@ -7,6 +7,7 @@ pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod drain;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

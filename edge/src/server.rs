@@ -59,7 +59,8 @@ impl EdgeServer {
             header_timeout: state.config.server.header_timeout.get(),
             idle_timeout: state.config.server.idle_timeout.get(),
         };
-        let guarded = crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics));
+        let guarded =
+            crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics), state.drain.closing());
         let mut proxy = ListeningService::new("berth-edge".to_owned(), guarded);
         // A write buffer that holds a response head and a small body, so a manifest or a small
         // blob leaves in one write; large bodies bypass it.
@@ -291,8 +292,15 @@ struct Draining {
 impl ShutdownSignalWatch for Draining {
     async fn recv(&self) -> ShutdownSignal {
         let signal = self.inner.recv().await;
-        tracing::info!(?signal, "shutdown requested: draining");
-        self.state.set_draining();
-        signal
+        tracing::info!(?signal, "shutdown requested");
+        match signal {
+            ShutdownSignal::GracefulTerminate => {
+                // Drain first (Pingora would close every listener at once, then wait the whole
+                // grace period): then exit as soon as the last request ends.
+                self.state.drain.shut_down(self.state.config.server.grace_period.get()).await;
+                ShutdownSignal::FastShutdown
+            }
+            other => other,
+        }
     }
 }

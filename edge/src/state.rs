@@ -1,6 +1,5 @@
 //! Everything a request handler needs, built once from the config.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::cache::{DiskError, DiskStore, Fills, ManifestCache, MemoryTier};
@@ -36,7 +35,8 @@ pub struct EdgeState {
     pub manifests: Arc<ManifestCache>,
     pub memory: Arc<MemoryTier>,
     pub metrics: Arc<Metrics>,
-    draining: AtomicBool,
+    /// Readiness and drain.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl EdgeState {
@@ -47,6 +47,11 @@ impl EdgeState {
         let upstreams = Upstreams::new(&config.upstream, &metrics)?;
         let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
         let access = crate::access::Access::new(&config)?;
+        let drain = crate::drain::Drain::load(
+            &config.cache.dir,
+            config.server.drain_period.get(),
+            config.distributor.as_ref().and_then(|d| d.max_staleness).map(|s| s.get()),
+        );
         let quarantine = crate::policy::quarantine::Quarantine::load(&config.cache.dir);
         metrics.quarantined.set(quarantine.len() as i64);
         let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
@@ -63,18 +68,14 @@ impl EdgeState {
             memory,
             metrics,
             config,
-            draining: AtomicBool::new(false),
+            drain,
         }))
-    }
-
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Why the edge should not receive traffic now, if it should not.
     pub fn not_ready_reason(&self) -> Option<String> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Some("draining: shutting down".into());
+        if let Some(reason) = self.drain.reason() {
+            return Some(reason);
         }
         if let Some(reason) = self.fills.store().degraded() {
             return Some(format!("cache disk degraded: {reason}"));

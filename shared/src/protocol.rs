@@ -24,6 +24,8 @@ pub enum Action {
     Invalidate(Invalidation),
     /// Refuse a digest everywhere (or stop refusing it): fleet-wide, never per region.
     Quarantine(QuarantineOrder),
+    /// Take one edge out of rotation (or put it back).
+    Drain(DrainOrder),
 }
 
 impl Action {
@@ -32,7 +34,7 @@ impl Action {
         match self {
             Action::Prefetch(p) => &p.regions,
             Action::Invalidate(i) => &i.regions,
-            Action::Quarantine(_) => &[],
+            Action::Quarantine(_) | Action::Drain(_) => &[],
         }
     }
 
@@ -79,6 +81,35 @@ pub struct QuarantineOrder {
     /// `true`: the quarantine of this digest ends.
     #[serde(default)]
     pub lifted: bool,
+}
+
+/// Drain (or undrain) the edge with this node id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainOrder {
+    pub id: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub undrain: bool,
+}
+
+/// `POST /api/v1/drain`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub node_id: String,
+    #[serde(default)]
+    pub undrain: bool,
+}
+
+impl DrainRequest {
+    pub fn into_order(self, id: String) -> Result<DrainOrder, FieldError> {
+        let valid = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if self.node_id.is_empty() || self.node_id.len() > 253 || !self.node_id.chars().all(valid) {
+            let message = "a node id: letters, digits, '.', '_', '-' (at most 253)".to_owned();
+            return Err(FieldError { field: "node_id".into(), message });
+        }
+        Ok(DrainOrder { id, node_id: self.node_id, undrain: self.undrain })
+    }
 }
 
 /// `POST /api/v1/quarantine`.

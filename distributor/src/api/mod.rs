@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use berth_shared::protocol::{Action, EdgeReport, InvalidationRequest, PrefetchRequest, QuarantineRequest};
+use berth_shared::protocol::{
+    Action, DrainRequest, EdgeReport, InvalidationRequest, PrefetchRequest, QuarantineRequest,
+};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -49,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/invalidations", post(create_invalidation))
         .route("/api/v1/quarantine", post(create_quarantine).get(list_quarantine))
+        .route("/api/v1/drain", post(create_drain))
         .route("/api/v1/edges", get(list_edges))
         .route("/api/v1/edges/report", post(edge_report))
         .route("/api/v1/watch", get(watch))
@@ -121,6 +124,18 @@ async fn create_quarantine(State(s): Shared, headers: HeaderMap, body: Bytes) ->
     let event = s.log.append(Action::Quarantine(order)).await?;
     s.metrics.events.with_label_values(&["quarantine"]).inc();
     tracing::info!(id = %id, %digest, lifted, version = event.version, "quarantine recorded");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+async fn create_drain(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let request: DrainRequest = document(&body)?;
+    let id = random_id("dr");
+    let order = request.into_order(id.clone()).map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let (node, undrain) = (order.node_id.clone(), order.undrain);
+    let event = s.log.append(Action::Drain(order)).await?;
+    s.metrics.events.with_label_values(&["drain"]).inc();
+    tracing::info!(id = %id, %node, undrain, version = event.version, "drain recorded");
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
 }
 

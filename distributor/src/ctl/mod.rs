@@ -75,6 +75,11 @@ pub enum Command {
     Lift { digest: String },
     /// List the digests in quarantine.
     Quarantined,
+    /// Take an edge out of rotation: its /readyz turns 503 (DNS and BGP move clients away), it
+    /// stops taking new connections after its drain period, and stays up until undrained.
+    Drain { node_id: String },
+    /// Put a drained edge back in rotation.
+    Undrain { node_id: String },
     /// List the edges of the fleet.
     Edges,
     /// List prefetch jobs.
@@ -104,6 +109,8 @@ pub async fn run(args: Args) -> Result<i32> {
         }
         Command::Quarantine { digest, reason } => quarantine(&client, &digest, &reason, false).await,
         Command::Lift { digest } => quarantine(&client, &digest, "", true).await,
+        Command::Drain { node_id } => drain(&client, &node_id, false).await,
+        Command::Undrain { node_id } => drain(&client, &node_id, true).await,
         Command::Quarantined => {
             let list = client.get("/api/v1/quarantine").await?;
             println!("{:<72} REASON", "DIGEST");
@@ -143,6 +150,14 @@ pub async fn run(args: Args) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Records a drain (or undrain) order for one edge in the policy log.
+async fn drain(client: &Client, node_id: &str, undrain: bool) -> Result<i32> {
+    let created = client.post("/api/v1/drain", &json!({"node_id": node_id, "undrain": undrain})).await?;
+    let what = if undrain { "undrained" } else { "drained" };
+    println!("{node_id} {what} (policy version {})", created["version"]);
+    Ok(0)
 }
 
 /// Records a quarantine (or its lifting) in the policy log.

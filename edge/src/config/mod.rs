@@ -79,6 +79,9 @@ pub struct DistributorLink {
     /// How long a starting edge waits to catch up with the policy log before it serves anyway
     /// (a distributor that is away must not keep an edge down). Default: `"10s"`.
     pub startup_sync_timeout: HumanDuration,
+    /// `/readyz` turns 503 when nothing (not even a keep-alive) came from the distributor for
+    /// this long. Default: none (an edge stays ready without its distributor).
+    pub max_staleness: Option<HumanDuration>,
 }
 
 impl Default for DistributorLink {
@@ -90,6 +93,7 @@ impl Default for DistributorLink {
             ca_file: None,
             report_interval: HumanDuration::secs(5),
             startup_sync_timeout: HumanDuration::secs(10),
+            max_staleness: None,
         }
     }
 }
@@ -207,6 +211,9 @@ pub struct ServerConfig {
     pub max_url_bytes: ByteSize,
     /// Prefetch orders run at once; more wait their turn. Default: `4`.
     pub max_prefetch_orders: usize,
+    /// After a drain starts (`/readyz` 503), how long the pull listeners keep taking new
+    /// requests, so DNS answers and BGP routes move first. Default: `"15s"`.
+    pub drain_period: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +227,7 @@ impl Default for ServerConfig {
             max_header_bytes: ByteSize::kib(16),
             max_url_bytes: ByteSize::kib(8),
             max_prefetch_orders: 4,
+            drain_period: HumanDuration::secs(15),
         }
     }
 }

@@ -30,6 +30,10 @@ impl Policy {
                     Ok(())
                 }
                 Action::Quarantine(order) => self.quarantine(order).await,
+                Action::Drain(order) => {
+                    self.drain_order(&order);
+                    Ok(())
+                }
             };
             if let Err(e) = result {
                 // A malformed event cannot become valid by waiting: record it and move on.
@@ -65,6 +69,17 @@ impl Policy {
             }
         }
         self.set_applied(snapshot.version);
+    }
+
+    /// A drain order names one edge: this one takes it, the others record its version only.
+    fn drain_order(&self, order: &berth_shared::protocol::DrainOrder) {
+        if order.node_id != self.state.config.node_id() {
+            return;
+        }
+        let done = if order.undrain { self.state.drain.undrain() } else { self.state.drain.drain() };
+        if let Err(e) = done {
+            tracing::error!(error = %e, "cannot keep the drain state in the cache folder");
+        }
     }
 
     /// Applies a quarantine order (kept on disk before its version counts as applied).

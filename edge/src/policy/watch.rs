@@ -94,6 +94,7 @@ async fn handle_line(
     line: &[u8],
     synced: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), WatchError> {
+    policy.state.drain.distributor_heard();
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }

@@ -43,17 +43,23 @@ pub struct GuardedApp<A> {
     limits: Limits,
     open: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// Set once a drain's period is over: no new connection, no next request on a kept one.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<A> GuardedApp<A> {
-    pub fn new(inner: A, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        GuardedApp { inner: Arc::new(inner), limits, open: Arc::new(AtomicUsize::new(0)), metrics }
+    pub fn new(inner: A, limits: Limits, metrics: Arc<Metrics>, closing: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        GuardedApp { inner: Arc::new(inner), limits, open: Arc::new(AtomicUsize::new(0)), metrics, closing }
     }
 }
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if self.closing.load(Ordering::SeqCst) {
+            // Drained: the connection (new, or kept alive after a response) is closed.
+            return None;
+        }
         // A connection kept alive comes back already wrapped (and already counted).
         let stream: Stream = if session.as_any().is::<GuardedStream>() {
             session

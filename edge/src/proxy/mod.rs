@@ -40,6 +40,8 @@ pub struct RequestCtx {
     headers_sent: bool,
     /// The answer was the upstream's 404 (cached for `negative_ttl`).
     upstream_not_found: bool,
+    /// Counts this request as in flight (a shutdown waits for it) until dropped.
+    _in_flight: Option<crate::drain::InFlight>,
 }
 
 impl RequestCtx {
@@ -54,6 +56,7 @@ impl RequestCtx {
             body_bytes: 0,
             headers_sent: false,
             upstream_not_found: false,
+            _in_flight: None,
         }
     }
 }
@@ -74,7 +77,9 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx._in_flight = Some(self.state.drain.request_started());
+        ctx
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {

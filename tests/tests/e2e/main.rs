@@ -5,6 +5,7 @@
 
 mod clients;
 mod crash;
+mod drain;
 mod private;
 
 use std::path::Path;

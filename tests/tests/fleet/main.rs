@@ -355,3 +355,26 @@ async fn a_quarantined_digest_is_refused_by_every_edge_across_restarts_until_lif
     let (code, out) = fleet.ctl(&["quarantine", &layer, "--reason", ""]);
     assert_ne!(code, 0, "a quarantine without a reason is refused: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn berthctl_drain_takes_one_edge_out_of_rotation_and_undrain_puts_it_back() {
+    let fleet = Fleet::start();
+    let ready = |edge: &EdgeProcess| {
+        let url = format!("http://{}/readyz", edge.admin);
+        async move { client::get(&url).await.status }
+    };
+    assert_eq!((ready(&fleet.a).await, ready(&fleet.b).await), (200, 200));
+    let (code, out) = fleet.ctl(&["drain", "edge-a"]);
+    assert_eq!(code, 0, "{out}");
+    let version = version_in(&out);
+    wait_applied(&fleet.a, version).await;
+    wait_applied(&fleet.b, version).await;
+    assert_eq!(ready(&fleet.a).await, 503, "the named edge is drained");
+    assert_eq!(ready(&fleet.b).await, 200, "the other is not");
+    let (code, out) = fleet.ctl(&["undrain", "edge-a"]);
+    assert_eq!(code, 0, "{out}");
+    wait_applied(&fleet.a, version_in(&out)).await;
+    assert_eq!(ready(&fleet.a).await, 200);
+    let (code, out) = fleet.ctl(&["drain", "bad node id!"]);
+    assert_ne!(code, 0, "{out}");
+}

@@ -1,0 +1,78 @@
+//! SIGTERM on the real binary: `/readyz` 503 at once while the admin listener keeps answering,
+//! new requests still served for `drain_period`, then refused; the response in flight completes
+//! byte-exact and the process exits as soon as it has, long before `grace_period`.
+
+use std::time::{Duration, Instant};
+
+use berth_tests::client;
+use berth_tests::edge::EdgeProcess;
+use berth_tests::origin::{Fault, Origin};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_serves_the_drain_period_finishes_in_flight_and_exits_early() {
+    let origin = Origin::start().await;
+    let body = berth_tests::registry::random_bytes(2 << 20);
+    let digest = origin.put_blob("team/app", body.clone());
+    let path = format!("/v2/team/app/blobs/{digest}");
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nthreads = 2\ndrain_period = \"2s\"\ngrace_period = \"60s\"\n[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            work.path().join("cache").display().to_string(),
+            origin.url()
+        ),
+    )
+    .unwrap();
+    let mut edge = EdgeProcess::start(&config, &work.path().join("edge.log"));
+    let admin = format!("http://{}", edge.admin);
+    let mut held = client::open(&format!("{}{path}", edge.url()), &[]).await;
+    origin.wait_holding(&path, 1).await;
+    held.read_at_least(1 << 20).await.unwrap();
+
+    // SAFETY: kill(2) on the child's pid.
+    unsafe { libc::kill(edge.child.id() as i32, libc::SIGTERM) };
+    let sent = Instant::now();
+    berth_tests::eventually_async("readyz turns 503", Duration::from_secs(5), || async {
+        client::get(&format!("{admin}/readyz")).await.status == 503
+    })
+    .await;
+    let during = client::get(&format!("{}/v2/", edge.url())).await;
+    assert_eq!(during.status, 200, "new requests are served during the drain period");
+    assert!(sent.elapsed() < Duration::from_secs(2), "checked within the drain period");
+    berth_tests::eventually_async(
+        "new connections refused after the drain period",
+        Duration::from_secs(10),
+        || async {
+            let addr = edge.http();
+            let probe = async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: e\r\n\r\n").await?;
+                let mut buf = [0u8; 16];
+                s.read(&mut buf).await
+            };
+            !matches!(probe.await, Ok(n) if n > 0)
+        },
+    )
+    .await;
+    assert_eq!(client::get(&format!("{admin}/healthz")).await.status, 200, "the admin listener still answers");
+
+    gate.notify_waiters();
+    let finished = held.finish().await.expect("the response in flight completes");
+    assert!(finished.as_ref() == body.as_slice(), "byte-exact");
+    let exited = client::bounded("the edge exits once idle", async {
+        loop {
+            if let Some(status) = edge.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(exited.success(), "clean exit: {exited:?}");
+    assert!(sent.elapsed() < Duration::from_secs(20), "exited without waiting the 60 s grace period");
+}
