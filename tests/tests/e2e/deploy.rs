@@ -1,0 +1,79 @@
+//! The files in deploy/ are checked like code: the systemd units pass `systemd-analyze verify`
+//! with no warning (pointed at the binaries built here), keep the hardening they promise, reload
+//! with SIGHUP, and give a stopping edge the time its drain and grace periods need.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_tests::edge::binary;
+use berth_tests::tools::have;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy")
+}
+
+/// `key=value` lines of a unit file (the last one wins).
+fn value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).last()
+}
+
+fn seconds(text: &str) -> u64 {
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("a duration: {text}"));
+    match unit {
+        "" | "s" => n,
+        "min" | "m" => n * 60,
+        other => panic!("unit {other} in {text}"),
+    }
+}
+
+#[test]
+fn the_systemd_units_verify_cleanly_and_keep_their_hardening() {
+    if !have("systemd-analyze") {
+        return berth_tests::skip("the_systemd_units_verify_cleanly", "systemd-analyze is not installed");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let units = ["berth-edge.service", "berth-distributor.service", "berth-distributor.socket"];
+    for name in units {
+        let text = std::fs::read_to_string(deploy().join("systemd").join(name)).unwrap();
+        let text = text
+            .replace("/usr/local/bin/berth-edge", &binary("berth-edge").display().to_string())
+            .replace("/usr/local/bin/berth-distributor", &binary("berth-distributor").display().to_string());
+        std::fs::write(work.path().join(name), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(units.map(|u| work.path().join(u)))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+
+    for name in ["berth-edge.service", "berth-distributor.service"] {
+        let unit = std::fs::read_to_string(deploy().join("systemd").join(name)).unwrap();
+        for (key, expected) in [
+            ("DynamicUser", "yes"),
+            ("NoNewPrivileges", "yes"),
+            ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"),
+            ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ] {
+            assert_eq!(value(&unit, key), Some(expected), "{name}: {key}");
+        }
+        assert!(value(&unit, "StateDirectory").is_some(), "{name}: StateDirectory");
+        assert!(value(&unit, "CapabilityBoundingSet").is_some(), "{name}: CapabilityBoundingSet");
+    }
+
+    // A stopping edge drains, then lets requests finish: systemd must wait that long.
+    let edge = std::fs::read_to_string(deploy().join("systemd/berth-edge.service")).unwrap();
+    let config: toml::Value = toml::from_str(&std::fs::read_to_string(deploy().join("edge.toml")).unwrap()).unwrap();
+    let server = config.get("server");
+    let setting = |key: &str, default: &str| {
+        let text = server.and_then(|s| s.get(key)).and_then(|v| v.as_str()).unwrap_or(default).to_owned();
+        seconds(&text)
+    };
+    let needed = setting("drain_period", "15s") + setting("grace_period", "30s");
+    let stop = seconds(value(&edge, "TimeoutStopSec").expect("TimeoutStopSec"));
+    assert!(stop >= needed, "TimeoutStopSec {stop} s < drain_period + grace_period {needed} s");
+}
