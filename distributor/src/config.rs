@@ -22,6 +22,8 @@ pub struct DistributorConfig {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub watch: WatchConfig,
+    /// The GeoDNS zone rendered from the fleet (`GET /api/v1/dns/zone`, `berthctl dns zone`).
+    pub dns: crate::dns::DnsConfig,
 }
 
 /// `[listen]`
@@ -169,6 +171,7 @@ fn validate(config: &DistributorConfig) -> Vec<String> {
             problems.push(format!("tls: {e}"));
         }
     }
+    problems.extend(crate::dns::validate(&config.dns));
     if config.log.keep_events == 0 {
         problems.push("log.keep_events: must be at least 1".into());
     }

@@ -153,6 +153,7 @@ mod tests {
                 cache_used_bytes: 0,
                 cache_max_bytes: 0,
                 prefetch,
+                address: None,
             },
         }
     }

@@ -9,6 +9,7 @@ pub mod activation;
 pub mod api;
 pub mod config;
 pub mod ctl;
+pub mod dns;
 pub mod fleet;
 pub mod jobs;
 pub mod metrics;

@@ -54,6 +54,7 @@ impl Distributor {
             tokens: config.tokens(),
             metrics: Arc::new(Metrics::new()),
             keepalive: config.watch.keepalive.get(),
+            dns: config.dns.clone(),
             closing: closing_rx,
         });
         let scheme = if tls.is_some() { "https" } else { "http" };

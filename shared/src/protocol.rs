@@ -267,6 +267,10 @@ pub struct EdgeReport {
     pub cache_max_bytes: u64,
     #[serde(default)]
     pub prefetch: Vec<PrefetchProgress>,
+    /// The address clients reach this edge at (its `[distributor] advertise`), for the DNS
+    /// zone the distributor renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Validation of a policy document before it enters the log.

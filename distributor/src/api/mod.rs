@@ -38,6 +38,7 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Arc<Metrics>,
     pub keepalive: Duration,
+    pub dns: crate::dns::DnsConfig,
     /// Turns true when the server shuts down: watch streams end so connections can close.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -52,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/invalidations", post(create_invalidation))
         .route("/api/v1/quarantine", post(create_quarantine).get(list_quarantine))
         .route("/api/v1/drain", post(create_drain))
+        .route("/api/v1/dns/zone", get(dns_zone))
         .route("/api/v1/edges", get(list_edges))
         .route("/api/v1/edges/report", post(edge_report))
         .route("/api/v1/watch", get(watch))
@@ -137,6 +139,16 @@ async fn create_drain(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resu
     s.metrics.events.with_label_values(&["drain"]).inc();
     tracing::info!(id = %id, %node, undrain, version = event.version, "drain recorded");
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+/// The GeoDNS zone from the fleet as it is now (the serial: the time in seconds).
+async fn dns_zone(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    auth::check(&headers, &s.tokens.admin, Role::Admin)?;
+    let serial = now_ms() / 1000;
+    match crate::dns::render(&s.dns, &s.fleet.list(), serial) {
+        Ok(zone) => Ok(([("content-type", "text/plain; charset=utf-8")], zone).into_response()),
+        Err(e) => Err(ApiError::new(StatusCode::NOT_FOUND, "no_zone", e.to_string())),
+    }
 }
 
 async fn list_quarantine(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -27,6 +27,24 @@ impl Client {
         })
     }
 
+    /// A text document (the DNS zone).
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Full::new(Bytes::new()))?;
+        let response = self.inner.request(req).await.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let text = String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).into_owned();
+        if !status.is_success() {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            bail!("{status}: {}", value["error"]["message"].as_str().unwrap_or(&text));
+        }
+        Ok(text)
+    }
+
     pub async fn get(&self, path: &str) -> Result<serde_json::Value> {
         self.send(Method::GET, path, None).await
     }

@@ -80,10 +80,21 @@ pub enum Command {
     Drain { node_id: String },
     /// Put a drained edge back in rotation.
     Undrain { node_id: String },
+    /// DNS: `berthctl dns zone` prints the GeoDNS zone rendered from the fleet.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// List the edges of the fleet.
     Edges,
     /// List prefetch jobs.
     Jobs,
+}
+
+#[derive(Subcommand)]
+pub enum DnsCommand {
+    /// Print the zone (BIND format, for PowerDNS with LUA records) to standard output.
+    Zone,
 }
 
 /// Runs a command; returns the process exit code.
@@ -117,6 +128,10 @@ pub async fn run(args: Args) -> Result<i32> {
             for q in list.as_array().into_iter().flatten() {
                 println!("{:<72} {}", q["digest"].as_str().unwrap_or("?"), q["reason"].as_str().unwrap_or(""));
             }
+            Ok(0)
+        }
+        Command::Dns { command: DnsCommand::Zone } => {
+            print!("{}", client.get_text("/api/v1/dns/zone").await?);
             Ok(0)
         }
         Command::Edges => {

@@ -82,6 +82,9 @@ pub struct DistributorLink {
     /// `/readyz` turns 503 when nothing (not even a keep-alive) came from the distributor for
     /// this long. Default: none (an edge stays ready without its distributor).
     pub max_staleness: Option<HumanDuration>,
+    /// The address clients reach this edge at, reported to the distributor for the DNS zone it
+    /// renders (`berthctl dns zone`). Default: none (the edge is left out of the zone).
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 impl Default for DistributorLink {
@@ -94,6 +97,7 @@ impl Default for DistributorLink {
             report_interval: HumanDuration::secs(5),
             startup_sync_timeout: HumanDuration::secs(10),
             max_staleness: None,
+            advertise: None,
         }
     }
 }

@@ -40,6 +40,7 @@ impl Policy {
             cache_used_bytes: index.usage().0,
             cache_max_bytes: index.max(),
             prefetch: self.prefetch.progress(),
+            address: state.config.distributor.as_ref().and_then(|d| d.advertise),
         }
     }
 }

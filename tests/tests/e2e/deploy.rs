@@ -77,3 +77,20 @@ fn the_systemd_units_verify_cleanly_and_keep_their_hardening() {
     let stop = seconds(value(&edge, "TimeoutStopSec").expect("TimeoutStopSec"));
     assert!(stop >= needed, "TimeoutStopSec {stop} s < drain_period + grace_period {needed} s");
 }
+
+#[test]
+fn the_example_configs_in_deploy_are_valid() {
+    let edge = std::fs::read_to_string(deploy().join("edge.toml")).unwrap();
+    // Secrets named by the example are not on this machine: validate everything else.
+    let only_secrets =
+        |problems: &str| problems.lines().filter(|l| l.trim_start().starts_with("- ")).all(|l| l.contains("token"));
+    if let Err(e) = berth_edge::config::parse(&edge) {
+        let problems = e.to_string();
+        assert!(only_secrets(&problems), "deploy/edge.toml: {problems}");
+    }
+    let distributor = std::fs::read_to_string(deploy().join("distributor.toml")).unwrap();
+    if let Err(e) = berth_distributor::config::parse(&distributor) {
+        let problems = e.to_string();
+        assert!(only_secrets(&problems), "deploy/distributor.toml: {problems}");
+    }
+}

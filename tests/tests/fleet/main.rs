@@ -12,6 +12,7 @@ use berth_tests::tools::{have, skopeo};
 use http::Method;
 
 mod api;
+mod dns;
 mod tls;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
