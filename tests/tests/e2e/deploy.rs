@@ -14,7 +14,7 @@ fn deploy() -> PathBuf {
 
 /// `key=value` lines of a unit file (the last one wins).
 fn value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
-    unit.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).last()
+    unit.lines().rev().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn seconds(text: &str) -> u64 {
