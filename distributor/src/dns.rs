@@ -20,7 +20,8 @@ pub struct DnsConfig {
     /// The pull name inside the zone. Default: `"pull"`.
     pub name: String,
     /// TTL of the answers, in seconds: how long a resolver keeps an edge that has turned
-    /// unready. Default: `30`.
+    /// unready (keep it, plus PowerDNS's check interval, below the edges' `drain_period`).
+    /// Default: `10`.
     pub ttl: u32,
     /// The port of every edge's admin listener, where PowerDNS checks `/readyz`. Default: `9400`.
     pub readyz_port: u16,
@@ -36,7 +37,7 @@ impl Default for DnsConfig {
         DnsConfig {
             zone: None,
             name: "pull".into(),
-            ttl: 30,
+            ttl: 10,
             readyz_port: 9400,
             nameservers: Vec::new(),
             region: Vec::new(),

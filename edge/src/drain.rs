@@ -84,6 +84,15 @@ impl Drain {
         self.last_contact_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
     }
 
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Not ready from now on (a graceful upgrade hands over to a new process).
+    pub fn stop_being_ready(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
     pub fn closing(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.closing)
     }
@@ -133,8 +142,11 @@ impl Drain {
     /// `grace`) until no request is in flight.
     pub async fn shut_down(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        tracing::info!(period = ?self.period, "shutting down: draining first");
-        tokio::time::sleep(self.period).await;
+        if !self.closing.load(Ordering::SeqCst) {
+            // An edge drained by an operator has been out of rotation already.
+            tracing::info!(period = ?self.period, "shutting down: draining first");
+            tokio::time::sleep(self.period).await;
+        }
         self.closing.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
         while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {

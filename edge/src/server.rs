@@ -300,7 +300,10 @@ impl ShutdownSignalWatch for Draining {
                 self.state.drain.shut_down(self.state.config.server.grace_period.get()).await;
                 ShutdownSignal::FastShutdown
             }
-            other => other,
+            other => {
+                self.state.drain.stop_being_ready();
+                other
+            }
         }
     }
 }

@@ -175,6 +175,29 @@ impl Podman {
         run(no_internet(&mut cmd, self.proxy))
     }
 
+    /// Mounts a pulled image's root filesystem (from storage `state`) and runs `f` with its path;
+    /// unmounts after.
+    pub fn with_image_root<T>(&self, image: &str, state: &str, f: impl FnOnce(&Path) -> T) -> T {
+        let root = self.dir.join(state);
+        let podman = |args: &[&str]| {
+            let mut cmd = Command::new("podman");
+            cmd.env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+                .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+                .arg("--root")
+                .arg(root.join("root"))
+                .arg("--runroot")
+                .arg(root.join("run"))
+                .args(["--storage-driver", "vfs"])
+                .args(args);
+            run_ok(&mut cmd)
+        };
+        let mounted = podman(&["image", "mount", image]);
+        let path = PathBuf::from(mounted.trim().lines().last().unwrap_or_default());
+        let result = f(&path);
+        podman(&["image", "unmount", image]);
+        result
+    }
+
     /// `podman pull` with extra flags (`--cert-dir`, `--creds`); the run, failed or not.
     pub fn pull_with(&self, image: &str, state: &str, flags: &[&str]) -> Ran {
         run(&mut self.command(image, state, flags))

@@ -28,6 +28,9 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
         if let Err(e) = berth_shared::tls::client_config(link.ca_file.as_deref()) {
             problems.push(format!("distributor.ca_file: {e}"));
         }
+        if link.max_staleness.is_some_and(|s| s.get().is_zero()) {
+            problems.push("distributor.max_staleness: must be greater than zero (or left out)".into());
+        }
         if link.report_interval.get().is_zero() {
             problems.push("distributor.report_interval: must be greater than zero".into());
         }

@@ -87,6 +87,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.state.drain.is_closing() {
+            // Drained past its period: this connection ends after this response (Pingora keeps
+            // an HTTP/1 connection alive inside its own loop, so this is where it is told).
+            session.set_keepalive(None);
+        }
         if let Err(refused) = head::check(&self.state, session) {
             // The connection is closed after the answer: what follows on it cannot be trusted.
             session.set_keepalive(None);

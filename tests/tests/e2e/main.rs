@@ -7,6 +7,7 @@ mod clients;
 mod crash;
 mod deploy;
 mod drain;
+mod image;
 mod private;
 
 use std::path::Path;
