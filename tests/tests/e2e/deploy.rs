@@ -94,3 +94,103 @@ fn the_example_configs_in_deploy_are_valid() {
         assert!(only_secrets(&problems), "deploy/distributor.toml: {problems}");
     }
 }
+
+/// Every document of a multi-document YAML file.
+fn yaml_documents(path: &Path) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+}
+
+fn of_kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// The ConfigMap entry a container's `--config` names, checked to be mounted at that path.
+fn mounted_config<'a>(docs: &'a [serde_yaml::Value], container: &serde_yaml::Value) -> &'a str {
+    let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    let path = args[args.iter().position(|a| *a == "--config").expect("--config") + 1];
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == path)
+        .expect("config mounted");
+    let key = mount["subPath"].as_str().expect("subPath");
+    of_kind(docs, "ConfigMap")["data"][key].as_str().expect("config in the ConfigMap")
+}
+
+fn mounts_cover(container: &serde_yaml::Value, dir: &Path) -> bool {
+    container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .any(|m| dir.starts_with(m))
+}
+
+fn container_ports(container: &serde_yaml::Value) -> Vec<u64> {
+    container["ports"].as_sequence().unwrap().iter().filter_map(|p| p["containerPort"].as_u64()).collect()
+}
+
+#[test]
+fn the_kubernetes_manifests_match_the_configs_they_ship_with() {
+    let only_secrets =
+        |problems: &str| problems.lines().filter(|l| l.trim_start().starts_with("- ")).all(|l| l.contains("token"));
+    let docs = yaml_documents(&deploy().join("kubernetes/edge.yaml"));
+    let set = of_kind(&docs, "DaemonSet");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let text = mounted_config(&docs, container);
+    let config: berth_edge::EdgeConfig = match berth_edge::config::parse(text) {
+        Ok(c) => c,
+        Err(e) => {
+            // Secrets live in a Secret that is not on this machine: every other key must be valid.
+            assert!(only_secrets(&e.to_string()), "the edge ConfigMap: {e}");
+            toml::from_str(text).unwrap()
+        }
+    };
+    let admin = u64::from(config.listen.admin.port());
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["port"].as_u64(),
+        Some(admin),
+        "readiness probe on the admin port"
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"].as_u64(), Some(admin));
+    let ports = container_ports(container);
+    assert!(ports.contains(&u64::from(config.listen.http.unwrap().port())) && ports.contains(&admin), "{ports:?}");
+    assert!(mounts_cover(container, &config.cache.dir), "the cache dir is on a volume");
+    for file in [config.admin.tokens_file.clone(), config.distributor.as_ref().and_then(|d| d.token_file.clone())]
+        .into_iter()
+        .flatten()
+    {
+        assert!(mounts_cover(container, &file), "{} is mounted", file.display());
+    }
+    let grace = set["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let needed = config.server.drain_period.get().as_secs() + config.server.grace_period.get().as_secs();
+    assert!(grace >= needed, "terminationGracePeriodSeconds {grace} < drain_period + grace_period {needed}");
+
+    let docs = yaml_documents(&deploy().join("kubernetes/distributor.yaml"));
+    let set = of_kind(&docs, "StatefulSet");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let text = mounted_config(&docs, container);
+    let config: berth_distributor::DistributorConfig = match berth_distributor::config::parse(text) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(only_secrets(&e.to_string()), "the distributor ConfigMap: {e}");
+            toml::from_str(text).unwrap()
+        }
+    };
+    let api = u64::from(config.listen.http.port());
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"].as_u64(), Some(api));
+    assert!(container_ports(container).contains(&api));
+    assert!(mounts_cover(container, &config.store.dir), "the store is on the persistent volume");
+    let claim = &set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"];
+    let store_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| config.store.dir.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(&store_mount["name"], claim, "the store's volume is the claim");
+}
