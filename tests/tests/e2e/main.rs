@@ -8,6 +8,7 @@ mod crash;
 mod deploy;
 mod drain;
 mod image;
+mod lab;
 mod private;
 
 use std::path::Path;
