@@ -1,8 +1,10 @@
-//! The steering lab (deploy/lab/lab) in the test suite: network namespaces with a BGP router,
-//! two edge hosts announcing the anycast address with BIRD while anycast-healthchecker sees
-//! `/readyz` 200, a client and an origin. `check` pulls through the anycast address, drains the
-//! nearest edge and requires the route to move within 3 s and the next pull to land on the other
-//! edge, with no failed pull.
+//! The steering lab (deploy/lab/lab) in the test suite: network namespaces with three regions
+//! (one with two edges), an origin, the distributor, PowerDNS serving the zone the distributor
+//! renders, a BGP router with two edge hosts announcing the anycast address (BIRD, while
+//! anycast-healthchecker sees `/readyz` 200), and a client per region. `check` runs the four
+//! scenarios: each region resolves and pulls by name; `berthctl drain` of one eu edge moves DNS
+//! with no failed pull; kill -9 of the ap edge moves ap to the next region; draining the nearest
+//! anycast edge withdraws its route within 3 s and the next pull lands on the other edge.
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,8 +13,8 @@ use berth_tests::clients::run_within;
 use berth_tests::edge::binary;
 
 #[test]
-fn the_anycast_lab_moves_clients_off_a_drained_edge_within_three_seconds() {
-    let test = "the_anycast_lab_moves_clients_off_a_drained_edge_within_three_seconds";
+fn the_steering_lab_moves_clients_by_dns_and_anycast_with_no_failed_pull() {
+    let test = "the_steering_lab_moves_clients_by_dns_and_anycast_with_no_failed_pull";
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return berth_tests::skip(test, "network namespaces need root");
@@ -36,7 +38,12 @@ fn the_anycast_lab_moves_clients_off_a_drained_edge_within_three_seconds() {
         assert!(up.status.success(), "lab up: {}", up.output);
         let check = lab("check", 120);
         assert!(check.status.success(), "lab check: {}", check.output);
-        assert!(check.output.contains("FIGURE anycast withdrawal after drain"), "{}", check.output);
+        for figure in
+            ["geodns drain: eu clients", "geodns drain: pulls by name", "geodns failure", "anycast withdrawal"]
+        {
+            assert!(check.output.contains(&format!("FIGURE {figure}")), "{figure}: {}", check.output);
+        }
+        assert!(check.output.contains("check: all scenarios passed"), "{}", check.output);
         eprintln!("{}", check.output);
     });
     let down = lab("down", 60);
