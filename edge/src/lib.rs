@@ -14,6 +14,7 @@ pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod starting;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -84,6 +84,9 @@ impl EdgeServer {
         let policy = Policy::new(Arc::clone(&state));
         let link = state.config.distributor.as_ref().map(|c| Arc::new(Link::new(c)));
         if let Some(config) = &state.config.distributor {
+            // The admin address answers "starting" meanwhile (the pull listeners are not open).
+            let _starting = crate::starting::Starting::answer(&admin_socket);
+            tracing::info!(admin = %admin_addr, "catching up with the distributor before serving");
             initial_sync(&policy, config);
         }
         let mut admin =

@@ -76,3 +76,50 @@ async fn sigterm_drains_serves_the_drain_period_finishes_in_flight_and_exits_ear
     assert!(exited.success(), "clean exit: {exited:?}");
     assert!(sent.elapsed() < Duration::from_secs(20), "exited without waiting the 60 s grace period");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_edge_answers_readyz_503_starting_while_it_catches_up_with_the_distributor() {
+    // A distributor that takes connections and never answers: the edge waits its
+    // startup_sync_timeout before serving.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let token = work.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let config = work.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\n[distributor]\nurl = \"http://{}\"\ntoken_file = {:?}\nstartup_sync_timeout = \"4s\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\n",
+            work.path().join("cache").display().to_string(),
+            silent.local_addr().unwrap(),
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(berth_tests::edge::binary("berth-edge"))
+        .arg("--config")
+        .arg(&config)
+        .env("BERTH_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr =
+        berth_tests::tools::follow_output(&mut child, &work.path().join("edge.log"), |line| {
+            line.contains("catching up with the distributor").then_some(())?;
+            line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).and_then(|v| v.parse().ok())
+        })
+        .expect("the edge logs its admin address while it catches up");
+    let ready = client::get(&format!("http://{admin}/readyz")).await;
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(ready.bytes()).contains("starting"), "{:?}", ready.body);
+    assert_eq!(client::get(&format!("http://{admin}/healthz")).await.status, 200, "healthz answers");
+    // Once the catch-up gives up, the edge serves and is ready.
+    berth_tests::eventually_async("ready after the startup sync timeout", Duration::from_secs(20), || async {
+        client::get(&format!("http://{admin}/readyz")).await.status == 200
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(silent);
+}
