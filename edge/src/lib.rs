@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod starting;
 pub mod state;

@@ -48,7 +48,10 @@ fn main() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let edge = EdgeServer::build(config).context("starting the edge")?;
+    let mut edge = EdgeServer::build(config).context("starting the edge")?;
+    if let Some(path) = &args.config {
+        edge = edge.reload_from(path);
+    }
     edge.run();
     Ok(())
 }

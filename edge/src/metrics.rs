@@ -125,6 +125,8 @@ pub struct Metrics {
     pub quarantined: IntGauge,
     /// Requests refused because their digest is quarantined.
     pub quarantine_refusals: IntCounter,
+    /// Attempts to reload the config file (SIGHUP), by result (`loaded`, `refused`).
+    pub config_reloads: IntCounterVec,
     /// Attempts to reload the TLS certificate, by result (`loaded`, `refused`).
     pub tls_reloads: IntCounterVec,
     /// Request durations by kind, from request line to last byte.
@@ -259,6 +261,12 @@ impl Metrics {
                 "Requests refused because their digest is quarantined",
             ),
             auth: counter_vec(r, "berth_edge_auth_total", "Authorization events by result", &["result"]),
+            config_reloads: counter_vec(
+                r,
+                "berth_edge_config_reloads_total",
+                "Config reloads by result (refused: the config in force stays)",
+                &["result"],
+            ),
             tls_reloads: counter_vec(
                 r,
                 "berth_edge_tls_reloads_total",

@@ -98,6 +98,10 @@ impl EdgeServer {
         policy_service.threads = Some(1);
         server.add_service(policy_service);
 
+        let mut config_watch = background_service("config", crate::reload::ConfigWatch { state: Arc::clone(&state) });
+        config_watch.threads = Some(1);
+        server.add_service(config_watch);
+
         let scrub = Scrub { state: Arc::clone(&state) };
         let mut scrub = background_service("scrub", scrub);
         scrub.threads = Some(1);
@@ -122,6 +126,12 @@ impl EdgeServer {
 
     pub fn state(&self) -> &Arc<EdgeState> {
         &self.state
+    }
+
+    /// The file SIGHUP reloads the config from.
+    pub fn reload_from(self, path: &std::path::Path) -> Self {
+        *self.state.config_file.lock() = Some(path.to_owned());
+        self
     }
 
     /// Runs until SIGTERM (graceful: in-flight requests get `server.grace_period`), SIGINT

@@ -8,6 +8,8 @@ use crate::metrics::Metrics;
 use crate::registry::Router;
 use crate::upstream::{ClientError, Upstreams};
 
+pub use crate::reload::ReloadError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cache folder: {0}")]
@@ -22,12 +24,33 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
 }
 
-/// Shared state of a running edge.
-pub struct EdgeState {
+/// What a reload (SIGHUP) replaces: the upstreams, who may pull through them, and the request
+/// limits, built from one config. Requests take the one in force when they look it up.
+pub struct Live {
+    /// The config this was built from (`[[upstream]]`, `[auth]`, request limits in force).
     pub config: EdgeConfig,
     pub router: Router,
     pub upstreams: Upstreams,
     pub access: crate::access::Access,
+}
+
+impl Live {
+    pub fn build(config: EdgeConfig, metrics: &Arc<Metrics>) -> Result<Live, StartError> {
+        let upstreams = Upstreams::new(&config.upstream, metrics)?;
+        let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
+        let access = crate::access::Access::new(&config)?;
+        Ok(Live { config, router, upstreams, access })
+    }
+}
+
+/// Shared state of a running edge.
+pub struct EdgeState {
+    /// The config the edge started with: listeners, cache, server, distributor, region. What a
+    /// reload may change is in [`EdgeState::live`].
+    pub config: EdgeConfig,
+    live: arc_swap::ArcSwap<Live>,
+    /// The file the config came from, reloaded on SIGHUP (none: nothing to reload).
+    pub config_file: parking_lot::Mutex<Option<std::path::PathBuf>>,
     pub quarantine: crate::policy::quarantine::Quarantine,
     /// Upstream 404s, remembered for each upstream's `negative_ttl`.
     pub negative: crate::cache::negative::NegativeCache,
@@ -44,9 +67,7 @@ impl EdgeState {
     pub fn new(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(&config.region));
         let store = DiskStore::open(&config.cache.dir, config.cache.disk_max.bytes(), Arc::clone(&metrics))?;
-        let upstreams = Upstreams::new(&config.upstream, &metrics)?;
-        let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
-        let access = crate::access::Access::new(&config)?;
+        let live = Live::build(config.clone(), &metrics)?;
         let drain = crate::drain::Drain::load(
             &config.cache.dir,
             config.server.drain_period.get(),
@@ -56,9 +77,8 @@ impl EdgeState {
         metrics.quarantined.set(quarantine.len() as i64);
         let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
         Ok(Arc::new(EdgeState {
-            router,
-            upstreams,
-            access,
+            live: arc_swap::ArcSwap::from_pointee(live),
+            config_file: parking_lot::Mutex::new(None),
             quarantine,
             negative: crate::cache::negative::NegativeCache::new(
                 config.upstream.iter().map(|u| u.negative_ttl.get()).max().unwrap_or_default(),
@@ -70,6 +90,16 @@ impl EdgeState {
             config,
             drain,
         }))
+    }
+
+    /// The upstreams, access rules and limits in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Puts a new [`Live`] in force (requests already running keep the one they took).
+    pub fn replace_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
     }
 
     /// Why the edge should not receive traffic now, if it should not.

@@ -103,7 +103,7 @@ impl Policy {
         let tag = inv.tag.as_deref().map(Tag::parse).transpose().map_err(|e| invalid("tag", e.to_string()))?;
         // Something may have been pushed: remembered 404s no longer hold.
         self.state.negative.clear();
-        for upstream in self.state.upstreams.iter() {
+        for upstream in self.state.live().upstreams.iter() {
             if inv.upstream.as_deref().is_some_and(|u| u != upstream.name) {
                 continue;
             }

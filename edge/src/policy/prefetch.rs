@@ -195,12 +195,12 @@ impl PrefetchJobs {
         platforms: &[String],
     ) -> Result<Vec<(Digest, (Arc<Upstream>, RepositoryName, u64))>, String> {
         let reference: ImageReference = image.parse().map_err(|e: berth_shared::ImageReferenceError| e.to_string())?;
-        let (index, repository) = self
-            .state
+        let live = self.state.live();
+        let (index, repository) = live
             .router
             .resolve_image(reference.registry.as_deref(), &reference.repository)
             .map_err(|e| e.to_string())?;
-        let upstream = self.state.upstreams.get(index).cloned().ok_or("upstream table out of sync")?;
+        let upstream = live.upstreams.get(index).cloned().ok_or("upstream table out of sync")?;
         let manifests = &self.state.manifests;
         let any = AcceptList::default();
         let manifest_error = |e: crate::cache::ManifestError| describe(&ApiError::from_manifest(&e));

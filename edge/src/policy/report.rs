@@ -27,7 +27,8 @@ impl Policy {
         }
         let served_bytes =
             TIERS.iter().map(|t| (t.to_string(), m.served_bytes.with_label_values(&[t]).get())).collect();
-        let upstream_bytes = state.upstreams.iter().map(|u| m.upstream_bytes.with_label_values(&[&u.name]).get()).sum();
+        let upstream_bytes =
+            state.live().upstreams.iter().map(|u| m.upstream_bytes.with_label_values(&[&u.name]).get()).sum();
         let index = state.fills.store().index();
         EdgeReport {
             id: state.config.node_id(),

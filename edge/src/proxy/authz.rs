@@ -17,7 +17,7 @@ use crate::upstream::Upstream;
 /// The base URL clients reach this edge at: `[auth] realm_base`, else the scheme of the
 /// listener and the request's host (only host characters are kept: it goes into a header).
 pub(super) fn base_url(state: &EdgeState, session: &Session) -> String {
-    if let Some(base) = &state.config.auth.realm_base {
+    if let Some(base) = &state.live().config.auth.realm_base {
         return base.trim_end_matches('/').to_owned();
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -41,7 +41,7 @@ pub(super) fn challenge(
     error: Option<TokenError>,
 ) -> ApiError {
     let mut value =
-        format!("Bearer realm=\"{}/token\",service=\"{}\"", base_url(state, session), state.config.auth.service);
+        format!("Bearer realm=\"{}/token\",service=\"{}\"", base_url(state, session), state.live().config.auth.service);
     if let Some(scope) = scope {
         value.push_str(&format!(",scope=\"{scope}\""));
     }
@@ -68,7 +68,7 @@ pub(super) fn authorize(
     repository: &RepositoryName,
 ) -> Result<(), ApiError> {
     let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-    match state.access.authorize(upstream.index, &upstream.name, repository.as_str(), authorization) {
+    match state.live().access.authorize(upstream.index, &upstream.name, repository.as_str(), authorization) {
         Ok(()) => Ok(()),
         Err(e) => {
             let scope = crate::access::challenge_scope(&upstream.name, repository.as_str());
@@ -80,11 +80,11 @@ pub(super) fn authorize(
 /// `/v2/` on an edge with a protected upstream: a token (of any scope) is needed, so that
 /// clients that log in only after a challenge there (Docker) do.
 pub(super) fn authorize_base(state: &EdgeState, session: &Session) -> Result<(), ApiError> {
-    if !state.access.any_protected() {
+    if !state.live().access.any_protected() {
         return Ok(());
     }
     let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-    match state.access.claims(authorization) {
+    match state.live().access.claims(authorization) {
         Ok(_) => Ok(()),
         Err(e) => Err(challenge(state, session, None, authorization.is_some().then_some(e))),
     }
@@ -101,7 +101,7 @@ pub(super) async fn ensure_holds(
     digest: Digest,
     subject: Subject,
 ) -> Result<(), ApiError> {
-    if state.access.holds(upstream.index, repository, digest) {
+    if state.live().access.holds(upstream.index, repository, digest) {
         return Ok(());
     }
     let (path, accept) = match subject {
@@ -111,10 +111,10 @@ pub(super) async fn ensure_holds(
     state.metrics.upstream_requests.with_label_values(&[&upstream.name, "confirm"]).inc();
     match upstream.fetch(Method::HEAD, repository, &path, accept.as_deref()).await {
         Ok(_) => {
-            state.access.confirm(upstream.index, repository, digest);
+            state.live().access.confirm(upstream.index, repository, digest);
             Ok(())
         }
-        Err(e) if e.is_unavailable() && state.access.held_before(upstream.index, repository, digest) => {
+        Err(e) if e.is_unavailable() && state.live().access.held_before(upstream.index, repository, digest) => {
             tracing::warn!(error = %e, "upstream unavailable: serving on an earlier confirmation");
             Ok(())
         }

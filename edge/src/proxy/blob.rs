@@ -99,7 +99,7 @@ async fn open_source(
         let foreign = fill.upstream != upstream.name || &fill.repository != repository;
         if started {
             // This request's own fill, from this repository: the upstream's answer confirms it.
-            state.access.confirm(upstream.index, repository, digest);
+            state.live().access.confirm(upstream.index, repository, digest);
         } else if foreign {
             holds(Subject::Blob).await?;
         }
@@ -126,7 +126,9 @@ async fn open_source(
 /// With `verify_on_serve`, whether a memory entry still hashes to its digest (if not, it is
 /// dropped and the request goes on to the disk).
 fn memory_intact(state: &EdgeState, key: EntryKey, bytes: &bytes::Bytes) -> bool {
-    if !state.config.cache.verify_on_serve || berth_shared::Digest::of_with(key.digest.kind(), bytes) == key.digest {
+    if !state.live().config.cache.verify_on_serve
+        || berth_shared::Digest::of_with(key.digest.kind(), bytes) == key.digest
+    {
         return true;
     }
     tracing::error!(digest = %key.digest, "memory entry does not hash to its digest: dropped");
@@ -140,7 +142,8 @@ fn memory_intact(state: &EdgeState, key: EntryKey, bytes: &bytes::Bytes) -> bool
 /// the bytes read for the memory tier are checked first.
 async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>, size: u64) -> BlobSource {
     let store = Arc::clone(state.fills.store());
-    let disk = |file, size| match state.config.cache.verify_on_serve {
+    let verify = state.live().config.cache.verify_on_serve;
+    let disk = |file, size| match verify {
         true => BlobSource::Disk(DiskReader::verifying(file, size, key, Arc::clone(&store))),
         false => BlobSource::Disk(DiskReader::new(file, size)),
     };
@@ -239,7 +242,7 @@ async fn head(
             match upstream.fetch(Method::HEAD, repository, &path, None).await {
                 Ok(r) => match r.content_length() {
                     Some(size) => {
-                        state.access.confirm(upstream.index, repository, digest);
+                        state.live().access.confirm(upstream.index, repository, digest);
                         ctx.outcome = "miss";
                         size
                     }

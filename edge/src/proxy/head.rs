@@ -10,7 +10,8 @@ use crate::state::EdgeState;
 
 pub(super) fn check(state: &EdgeState, session: &Session) -> Result<(), ApiError> {
     let req = session.req_header();
-    let limits = &state.config.server;
+    let live = state.live();
+    let limits = &live.config.server;
     let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target as u64 > limits.max_url_bytes.bytes() {
         state.metrics.refused.with_label_values(&["url_bytes"]).inc();

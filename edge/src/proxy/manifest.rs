@@ -43,7 +43,7 @@ pub(super) async fn serve(
                     return respond::error(session, ctx, &denied).await;
                 }
                 // The upstream mapped this repository's tag to the digest: it holds it.
-                state.access.confirm(upstream.index, repository, entry.digest);
+                state.live().access.confirm(upstream.index, repository, entry.digest);
                 if freshness == Freshness::Stale {
                     state.metrics.stale_served.inc();
                 }

@@ -166,7 +166,7 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
     if req.uri.path() == "/token" {
         return token::serve(state, session, ctx).await;
     }
-    let routed = state.router.route(req.method.as_str(), req.uri.path(), req.uri.query());
+    let routed = state.live().router.route(req.method.as_str(), req.uri.path(), req.uri.query());
     match routed {
         Err(e) => respond::error(session, ctx, &ApiError::from(e)).await,
         Ok(Request::Base) => {
@@ -189,7 +189,7 @@ async fn pull(
     route: crate::registry::Route,
     is_head: bool,
 ) -> Result<()> {
-    let Some(upstream) = state.upstreams.get(route.upstream).cloned() else {
+    let Some(upstream) = state.live().upstreams.get(route.upstream).cloned() else {
         let err = ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upstream table out of sync");
         return respond::error(session, ctx, &err).await;
     };

@@ -35,7 +35,8 @@ pub(super) async fn serve(state: &Arc<EdgeState>, session: &mut Session, ctx: &m
         Err(e) => return respond::error(session, ctx, &e).await,
     };
     let started = std::time::SystemTime::now();
-    let granted = state.access.grant(&state.router, &state.upstreams, request.credentials, &request.scopes).await;
+    let live = state.live();
+    let granted = live.access.grant(&live.router, &live.upstreams, request.credentials, &request.scopes).await;
     let (token, claims) = match granted {
         Ok(t) => t,
         Err(GrantError::BadCredentials) => {
@@ -53,7 +54,7 @@ pub(super) async fn serve(state: &Arc<EdgeState>, session: &mut Session, ctx: &m
     state.metrics.auth.with_label_values(&["issued"]).inc();
     tracing::info!(user = %claims.sub, repositories = claims.pull.len(), "token issued");
     ctx.outcome = "hit";
-    let ttl = state.access.token_ttl().as_secs();
+    let ttl = live.access.token_ttl().as_secs();
     let issued_at = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let body = serde_json::json!({
         "token": token,

@@ -123,3 +123,56 @@ async fn a_starting_edge_answers_readyz_503_starting_while_it_catches_up_with_th
     let _ = child.wait();
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config_file_and_a_bad_file_keeps_the_config_in_force() {
+    let (first, second) = (Origin::start().await, Origin::start().await);
+    let blob = second.put_blob("c/d", vec![5u8; 1000]);
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("edge.toml");
+    let text = |upstreams: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n{upstreams}",
+            work.path().join("cache").display().to_string(),
+            first.url()
+        )
+    };
+    std::fs::write(&config, text("")).unwrap();
+    let edge = EdgeProcess::start(&config, &work.path().join("edge.log"));
+    let url = format!("{}/v2/second.test/c/d/blobs/{blob}", edge.url());
+    assert_eq!(client::get(&url).await.status, 404);
+    let metrics = format!("http://{}/metrics", edge.admin);
+    let counted = |result: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = client::get(&metrics).await;
+            berth_tests::edge::metric_value(
+                &String::from_utf8_lossy(text.bytes()),
+                &format!("berth_edge_config_reloads_total{{result=\"{result}\""),
+            )
+        }
+    };
+
+    berth_tests::eventually("the config watch runs", Duration::from_secs(10), || {
+        std::fs::read_to_string(&edge.log).unwrap_or_default().contains("the config reloads on SIGHUP")
+    })
+    .await;
+    std::fs::write(&config, text(&format!("[[upstream]]\nname = \"second.test\"\nurl = \"{}\"\n", second.url())))
+        .unwrap();
+    // SAFETY: kill(2) on the child's pid.
+    unsafe { libc::kill(edge.child.id() as i32, libc::SIGHUP) };
+    berth_tests::eventually_async("the reloaded upstream serves", Duration::from_secs(10), || async {
+        client::get(&url).await.status == 200
+    })
+    .await;
+    assert_eq!(counted("loaded").await, 1.0);
+
+    std::fs::write(&config, "this is not toml [").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(edge.child.id() as i32, libc::SIGHUP) };
+    berth_tests::eventually_async("the bad file is counted as refused", Duration::from_secs(10), || async {
+        counted("refused").await >= 1.0
+    })
+    .await;
+    assert_eq!(client::get(&url).await.status, 200, "the config in force stays");
+}

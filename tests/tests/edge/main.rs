@@ -9,4 +9,5 @@ mod fills;
 mod manifests;
 mod policy;
 mod pull_api;
+mod reload;
 mod tls;
