@@ -121,6 +121,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     /// Manifests refused because their declared types and content disagree.
     pub invalid_manifests: IntCounter,
+    /// 1 while `/readyz` answers 200, 0 while it answers 503 (what alerts on readiness read).
+    pub ready: IntGauge,
     /// Digests in quarantine now.
     pub quarantined: IntGauge,
     /// Requests refused because their digest is quarantined.
@@ -237,6 +239,7 @@ impl Metrics {
                 "Verified blob files found changed on disk since they were hashed, and hashed again",
             ),
             quarantined: gauge(r, "berth_edge_quarantined_digests", "Digests in quarantine"),
+            ready: gauge(r, "berth_edge_ready", "1 while /readyz answers 200"),
             downstream_connections: gauge(r, "berth_edge_downstream_connections", "Downstream connections open"),
             connections_refused: counter(
                 r,
@@ -278,6 +281,20 @@ impl Metrics {
             registry,
         };
         metrics.per_request = PerRequest::new(&metrics);
+        // Every label value a dashboard or an alert reads exists from the start, at zero.
+        for reason in ["digest_mismatch", "truncated", "upstream", "disk"] {
+            metrics.fill_failures.with_label_values(&[reason]);
+        }
+        for result in ["loaded", "refused"] {
+            metrics.tls_reloads.with_label_values(&[result]);
+            metrics.config_reloads.with_label_values(&[result]);
+        }
+        for state in ["used", "reserved"] {
+            metrics.cache_bytes.with_label_values(&[state]);
+        }
+        for bound in ["header_bytes", "url_bytes", "fills", "upstream_connections", "framing"] {
+            metrics.refused.with_label_values(&[bound]);
+        }
         metrics
     }
 

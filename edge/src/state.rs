@@ -123,5 +123,6 @@ impl EdgeState {
         self.metrics.memory_entries.set(self.memory.entries() as i64);
         self.metrics.fills_in_flight.set(self.fills.in_flight() as i64);
         let _ = self.fills.store().degraded();
+        self.metrics.ready.set(i64::from(self.not_ready_reason().is_none()));
     }
 }

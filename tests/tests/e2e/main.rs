@@ -9,6 +9,7 @@ mod deploy;
 mod drain;
 mod image;
 mod lab;
+mod observability;
 mod private;
 
 use std::path::Path;

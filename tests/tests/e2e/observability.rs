@@ -1,0 +1,159 @@
+//! The Prometheus rules and the Grafana dashboard in deploy/, checked the way operators use them:
+//! `promtool check rules` and `promtool test rules`, then a real Prometheus scraping a real edge
+//! and distributor under a short pull workload, and every query of every dashboard panel run
+//! through Prometheus's HTTP API: each must return data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_shared::HumanDuration;
+use berth_tests::client;
+use berth_tests::edge;
+use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
+use berth_tests::origin::Origin;
+use berth_tests::tools::have;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy")
+}
+
+struct Prometheus {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus scraping `targets` (job, address) every second, with the alert rules loaded.
+fn prometheus(dir: &Path, targets: &[(&str, String)]) -> Prometheus {
+    let mut config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
+        deploy().join("prometheus/berth-alerts.yml").display()
+    );
+    for (job, addr) in targets {
+        config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: [\"{addr}\"]\n"));
+    }
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    // Prometheus binds its own port: try a few until one is free.
+    for attempt in 0..20u16 {
+        let port = 40_000 + (std::process::id() as u16 % 10_000) + attempt * 53;
+        let log = dir.join(format!("prometheus-{port}.log"));
+        let mut child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join(format!("data-{port}")).display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("prometheus runs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&log).unwrap_or_default().contains("Server is ready to receive web requests") {
+                return Prometheus { child, url: format!("http://127.0.0.1:{port}") };
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("prometheus did not start");
+}
+
+async fn query(prometheus: &Prometheus, expr: &str) -> serde_json::Value {
+    let encoded: String = expr.bytes().map(|b| format!("%{b:02X}")).collect();
+    let r = client::get(&format!("{}/api/v1/query?query={encoded}", prometheus.url)).await;
+    assert_eq!(r.status, 200, "{expr}: {:?}", r.body);
+    r.json()
+}
+
+#[test]
+fn the_alert_rules_check_and_pass_their_promtool_tests() {
+    if !have("promtool") {
+        return berth_tests::skip("the_alert_rules_check_and_pass_their_promtool_tests", "promtool is not installed");
+    }
+    for args in [vec!["check", "rules", "berth-alerts.yml"], vec!["test", "rules", "berth-alerts.test.yml"]] {
+        let out = Command::new("promtool").args(&args).current_dir(deploy().join("prometheus")).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.contains("SUCCESS"), "promtool {args:?}: {said}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_a_real_fleet() {
+    if !have("prometheus") {
+        return berth_tests::skip("every_dashboard_panel_returns_data", "prometheus is not installed");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
+    let config = berth_distributor::config::parse(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+        work.path().join("store").display().to_string(),
+        admin_tokens.display().to_string(),
+        edge_token.display().to_string(),
+    ))
+    .unwrap();
+    let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let origin = Origin::start().await;
+    let url = distributor.url();
+    let token = edge_token.to_path_buf();
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.distributor = Some(berth_edge::config::DistributorLink {
+            url,
+            token_file: Some(token),
+            report_interval: HumanDuration(Duration::from_millis(500)),
+            ..Default::default()
+        });
+    });
+    let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
+    origin.put_manifest("team/app", Some("v1"), "application/vnd.oci.image.manifest.v1+json", manifest);
+    let blobs: Vec<_> = (0..5).map(|i| origin.put_blob("team/app", vec![i as u8; 100_000])).collect();
+    let admin = edge.running().admin_addr.to_string();
+    let prometheus =
+        prometheus(work.path(), &[("berth-edge", admin), ("berth-distributor", distributor.addr.to_string())]);
+
+    // A pull workload while Prometheus scrapes: misses first, then hits, for a few seconds.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        for d in &blobs {
+            client::get(&format!("{}/v2/team/app/blobs/{d}", edge.url())).await.bytes();
+        }
+        let accept = [("accept", "application/vnd.oci.image.manifest.v1+json")];
+        client::request(http::Method::GET, &format!("{}/v2/team/app/manifests/v1", edge.url()), &accept).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    berth_tests::eventually_async("both targets scraped several times", Duration::from_secs(20), || async {
+        let r = query(&prometheus, "count(count_over_time(up[30s]) >= 3)").await;
+        r["data"]["result"][0]["value"][1] == "2"
+    })
+    .await;
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy().join("grafana/berth-fleet.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 15, "the dashboard has its panels");
+    let mut empty = Vec::new();
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$region", ".*").replace("$__rate_interval", "20s");
+            let answer = query(&prometheus, &expr).await;
+            assert_eq!(answer["status"], "success", "{}: {answer}", panel["title"]);
+            if answer["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+                empty.push(format!("{}: {expr}", panel["title"]));
+            }
+        }
+    }
+    assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+    let rules = client::get(&format!("{}/api/v1/rules", prometheus.url)).await.json();
+    let loaded = rules["data"]["groups"][0]["rules"].as_array().map_or(0, Vec::len);
+    assert!(loaded >= 8, "the alert rules are loaded: {rules}");
+    drop(edge);
+}
