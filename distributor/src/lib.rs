@@ -22,10 +22,11 @@ pub mod tls;
 pub use config::DistributorConfig;
 pub use server::{Distributor, RunningDistributor};
 
-/// Logging: `tracing`, text.
-pub fn init_logging(filter: &str) {
+/// Logging: `tracing`, text or JSON lines.
+pub fn init_logging(filter: &str, json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

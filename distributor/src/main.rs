@@ -20,11 +20,14 @@ struct Args {
     /// Log filter.
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     log: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    berth_distributor::init_logging(&args.log);
+    berth_distributor::init_logging(&args.log, args.log_json);
     let config = match &args.config {
         Some(path) => config::load_file(path).with_context(|| format!("config {}", path.display()))?,
         None => DistributorConfig::embedded_default().context("embedded default config")?,

@@ -4,6 +4,7 @@
 //! fills, tiers) → `upstream` (client, token auth). See docs/architecture.md.
 
 pub mod access;
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;

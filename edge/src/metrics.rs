@@ -121,6 +121,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     /// Manifests refused because their declared types and content disagree.
     pub invalid_manifests: IntCounter,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     /// 1 while `/readyz` answers 200, 0 while it answers 503 (what alerts on readiness read).
     pub ready: IntGauge,
     /// Digests in quarantine now.
@@ -240,6 +242,11 @@ impl Metrics {
             ),
             quarantined: gauge(r, "berth_edge_quarantined_digests", "Digests in quarantine"),
             ready: gauge(r, "berth_edge_ready", "1 while /readyz answers 200"),
+            access_log_dropped: counter(
+                r,
+                "berth_edge_access_log_dropped_total",
+                "Access-log lines dropped because the writer fell behind",
+            ),
             downstream_connections: gauge(r, "berth_edge_downstream_connections", "Downstream connections open"),
             connections_refused: counter(
                 r,

@@ -44,6 +44,7 @@ pub fn restart_only_changes(old: &EdgeConfig, new: &EdgeConfig) -> Vec<String> {
     compare("cache", json(&old.cache), json(&new.cache));
     compare("distributor", json(&old.distributor), json(&new.distributor));
     compare("admin", json(&old.admin), json(&new.admin));
+    compare("log", json(&old.log), json(&new.log));
     let server = |c: &EdgeConfig| {
         let mut v = json(&c.server);
         if let Some(map) = v.as_object_mut() {
@@ -69,8 +70,10 @@ pub fn reload(state: &EdgeState, path: &Path) -> Result<(), ReloadError> {
     if !changed.is_empty() {
         return Err(ReloadError::RestartNeeded(changed));
     }
-    let live = Live::build(new, &state.metrics)?;
+    let live = Live::build(new, &state.metrics, Some(&state.live()))?;
     state.replace_live(live);
+    // Remembered 404s are keyed by an upstream's position, which a reload may change.
+    state.negative.clear();
     Ok(())
 }
 

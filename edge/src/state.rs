@@ -20,6 +20,8 @@ pub enum StartError {
     Access(#[from] crate::access::AccessError),
     #[error("tls: {0}")]
     Tls(#[from] berth_shared::tls::TlsError),
+    #[error("access log {path}: {source}")]
+    AccessLog { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -35,10 +37,12 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn build(config: EdgeConfig, metrics: &Arc<Metrics>) -> Result<Live, StartError> {
+    /// `previous`: the one in force (on a reload), whose signing key is kept when the config
+    /// names none.
+    pub fn build(config: EdgeConfig, metrics: &Arc<Metrics>, previous: Option<&Live>) -> Result<Live, StartError> {
         let upstreams = Upstreams::new(&config.upstream, metrics)?;
         let router = Router::new(config.upstream.iter().map(|u| (u.name.as_str(), u.uses_library_prefix(), u.default)));
-        let access = crate::access::Access::new(&config)?;
+        let access = crate::access::Access::new(&config, previous.map(|p| p.access.key()))?;
         Ok(Live { config, router, upstreams, access })
     }
 }
@@ -60,6 +64,7 @@ pub struct EdgeState {
     pub metrics: Arc<Metrics>,
     /// Readiness and drain.
     pub drain: Arc<crate::drain::Drain>,
+    pub access_log: crate::access_log::AccessLog,
 }
 
 impl EdgeState {
@@ -67,12 +72,14 @@ impl EdgeState {
     pub fn new(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(&config.region));
         let store = DiskStore::open(&config.cache.dir, config.cache.disk_max.bytes(), Arc::clone(&metrics))?;
-        let live = Live::build(config.clone(), &metrics)?;
+        let live = Live::build(config.clone(), &metrics, None)?;
         let drain = crate::drain::Drain::load(
             &config.cache.dir,
             config.server.drain_period.get(),
             config.distributor.as_ref().and_then(|d| d.max_staleness).map(|s| s.get()),
         );
+        let access_log = crate::access_log::AccessLog::start(&config.log)
+            .map_err(|source| StartError::AccessLog { path: config.log.access.clone(), source })?;
         let quarantine = crate::policy::quarantine::Quarantine::load(&config.cache.dir);
         metrics.quarantined.set(quarantine.len() as i64);
         let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
@@ -89,6 +96,7 @@ impl EdgeState {
             metrics,
             config,
             drain,
+            access_log,
         }))
     }
 

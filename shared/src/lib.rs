@@ -13,6 +13,7 @@ pub mod protocol;
 pub mod reference;
 pub mod secret;
 pub mod size;
+pub mod time;
 pub mod tls;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};

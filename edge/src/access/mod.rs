@@ -110,11 +110,14 @@ pub struct Access {
 const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 impl Access {
-    pub fn new(config: &EdgeConfig) -> Result<Self, AccessError> {
+    /// `previous`: the key in force before a reload, kept when the config names none (tokens
+    /// already issued stay valid).
+    pub fn new(config: &EdgeConfig, previous: Option<&SigningKey>) -> Result<Self, AccessError> {
         let policies = config.upstream.iter().map(Policy::new).collect::<Result<Vec<_>, _>>()?;
-        let key = match SigningKey::from_config(&config.auth)? {
-            Some(key) => key,
-            None => {
+        let key = match (SigningKey::from_config(&config.auth)?, previous) {
+            (Some(key), _) => key,
+            (None, Some(previous)) => previous.clone(),
+            (None, None) => {
                 if policies.iter().any(|p| p.mode != AccessMode::Anonymous) {
                     tracing::warn!("no [auth] signing key: tokens are signed with a random key, valid on this edge until it restarts");
                 }
@@ -144,6 +147,11 @@ impl Access {
         self.policies.iter().any(|p| p.mode != AccessMode::Anonymous)
     }
 
+    /// The key tokens are signed with.
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
     pub fn token_ttl(&self) -> Duration {
         self.token_ttl
     }
@@ -155,13 +163,13 @@ impl Access {
         upstream_name: &str,
         repository: &str,
         authorization: Option<&[u8]>,
-    ) -> Result<(), TokenError> {
+    ) -> Result<Option<String>, TokenError> {
         if !self.is_protected(upstream) {
-            return Ok(());
+            return Ok(None);
         }
         let claims = self.claims(authorization)?;
         if claims.allows(upstream_name, repository) {
-            Ok(())
+            Ok(Some(claims.sub.clone()).filter(|s| !s.is_empty()))
         } else {
             Err(TokenError::Malformed)
         }

@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     pub auth: AuthConfig,
     /// The admin API (prefetch, purge) on the admin listener.
     pub admin: AdminConfig,
+    /// The access log.
+    pub log: crate::access_log::LogConfig,
     /// The registries this edge mirrors. Only these are ever contacted.
     pub upstream: Vec<UpstreamConfig>,
 }
@@ -55,6 +57,7 @@ impl Default for EdgeConfig {
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            log: Default::default(),
             upstream: Vec::new(),
         }
     }

@@ -15,6 +15,9 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
     }
     problems.extend(validate_listen(config));
     problems.extend(validate_bounds(config));
+    if !(0.0..=1.0).contains(&config.log.sample_hits) {
+        problems.push("log.sample_hits: must be between 0.0 and 1.0".to_owned());
+    }
     problems.extend(validate_auth(config));
     if let Some(link) = &config.distributor {
         match link.url.parse::<http::Uri>() {

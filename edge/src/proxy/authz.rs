@@ -11,13 +11,13 @@ use pingora::prelude::Session;
 use crate::access::TokenError;
 use crate::registry::error::Subject;
 use crate::registry::ApiError;
-use crate::state::EdgeState;
+use crate::state::{EdgeState, Live};
 use crate::upstream::Upstream;
 
 /// The base URL clients reach this edge at: `[auth] realm_base`, else the scheme of the
 /// listener and the request's host (only host characters are kept: it goes into a header).
-pub(super) fn base_url(state: &EdgeState, session: &Session) -> String {
-    if let Some(base) = &state.live().config.auth.realm_base {
+pub(super) fn base_url(live: &Live, session: &Session) -> String {
+    if let Some(base) = &live.config.auth.realm_base {
         return base.trim_end_matches('/').to_owned();
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -36,12 +36,13 @@ pub(super) fn base_url(state: &EdgeState, session: &Session) -> String {
 /// `401` with `WWW-Authenticate: Bearer realm=…/token,service=…[,scope=…][,error=…]`.
 pub(super) fn challenge(
     state: &EdgeState,
+    live: &Live,
     session: &Session,
     scope: Option<String>,
     error: Option<TokenError>,
 ) -> ApiError {
     let mut value =
-        format!("Bearer realm=\"{}/token\",service=\"{}\"", base_url(state, session), state.live().config.auth.service);
+        format!("Bearer realm=\"{}/token\",service=\"{}\"", base_url(live, session), live.config.auth.service);
     if let Some(scope) = scope {
         value.push_str(&format!(",scope=\"{scope}\""));
     }
@@ -60,33 +61,35 @@ pub(super) fn challenge(
     ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).with_header("WWW-Authenticate", value)
 }
 
-/// Checks a pull request's token against its route; `Err` is the challenge to answer with.
+/// Checks a pull request's token against its route: the user it names (none for an anonymous
+/// upstream or an anonymous token), or the challenge to answer with.
 pub(super) fn authorize(
     state: &EdgeState,
+    live: &Live,
     session: &Session,
     upstream: &Upstream,
     repository: &RepositoryName,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-    match state.live().access.authorize(upstream.index, &upstream.name, repository.as_str(), authorization) {
-        Ok(()) => Ok(()),
+    match live.access.authorize(upstream.index, &upstream.name, repository.as_str(), authorization) {
+        Ok(user) => Ok(user),
         Err(e) => {
             let scope = crate::access::challenge_scope(&upstream.name, repository.as_str());
-            Err(challenge(state, session, Some(scope), authorization.is_some().then_some(e)))
+            Err(challenge(state, live, session, Some(scope), authorization.is_some().then_some(e)))
         }
     }
 }
 
 /// `/v2/` on an edge with a protected upstream: a token (of any scope) is needed, so that
 /// clients that log in only after a challenge there (Docker) do.
-pub(super) fn authorize_base(state: &EdgeState, session: &Session) -> Result<(), ApiError> {
-    if !state.live().access.any_protected() {
+pub(super) fn authorize_base(state: &EdgeState, live: &Live, session: &Session) -> Result<(), ApiError> {
+    if !live.access.any_protected() {
         return Ok(());
     }
     let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-    match state.live().access.claims(authorization) {
+    match live.access.claims(authorization) {
         Ok(_) => Ok(()),
-        Err(e) => Err(challenge(state, session, None, authorization.is_some().then_some(e))),
+        Err(e) => Err(challenge(state, live, session, None, authorization.is_some().then_some(e))),
     }
 }
 
@@ -96,12 +99,13 @@ pub(super) fn authorize_base(state: &EdgeState, session: &Session) -> Result<(),
 /// upstream is unavailable, one from the last day still counts.
 pub(super) async fn ensure_holds(
     state: &Arc<EdgeState>,
+    live: &Live,
     upstream: &Upstream,
     repository: &RepositoryName,
     digest: Digest,
     subject: Subject,
 ) -> Result<(), ApiError> {
-    if state.live().access.holds(upstream.index, repository, digest) {
+    if live.access.holds(upstream.index, repository, digest) {
         return Ok(());
     }
     let (path, accept) = match subject {
@@ -111,10 +115,10 @@ pub(super) async fn ensure_holds(
     state.metrics.upstream_requests.with_label_values(&[&upstream.name, "confirm"]).inc();
     match upstream.fetch(Method::HEAD, repository, &path, accept.as_deref()).await {
         Ok(_) => {
-            state.live().access.confirm(upstream.index, repository, digest);
+            live.access.confirm(upstream.index, repository, digest);
             Ok(())
         }
-        Err(e) if e.is_unavailable() && state.live().access.held_before(upstream.index, repository, digest) => {
+        Err(e) if e.is_unavailable() && live.access.held_before(upstream.index, repository, digest) => {
             tracing::warn!(error = %e, "upstream unavailable: serving on an earlier confirmation");
             Ok(())
         }

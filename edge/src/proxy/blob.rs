@@ -55,7 +55,8 @@ async fn open_source(
     digest: Digest,
 ) -> Result<BlobSource, ApiError> {
     let key = EntryKey::blob(digest);
-    let holds = |subject| super::authz::ensure_holds(state, upstream, repository, digest, subject);
+    let live = Arc::clone(&ctx.live);
+    let holds = |subject| super::authz::ensure_holds(state, &live, upstream, repository, digest, subject);
     if let Some(object) = state.memory.get(&key).filter(|o| memory_intact(state, key, &o.bytes)) {
         holds(Subject::Blob).await?;
         // Keep the disk copy as recent as the memory one: a hot blob must not age out on disk.
@@ -99,7 +100,7 @@ async fn open_source(
         let foreign = fill.upstream != upstream.name || &fill.repository != repository;
         if started {
             // This request's own fill, from this repository: the upstream's answer confirms it.
-            state.live().access.confirm(upstream.index, repository, digest);
+            live.access.confirm(upstream.index, repository, digest);
         } else if foreign {
             holds(Subject::Blob).await?;
         }
@@ -126,9 +127,7 @@ async fn open_source(
 /// With `verify_on_serve`, whether a memory entry still hashes to its digest (if not, it is
 /// dropped and the request goes on to the disk).
 fn memory_intact(state: &EdgeState, key: EntryKey, bytes: &bytes::Bytes) -> bool {
-    if !state.live().config.cache.verify_on_serve
-        || berth_shared::Digest::of_with(key.digest.kind(), bytes) == key.digest
-    {
+    if !state.config.cache.verify_on_serve || berth_shared::Digest::of_with(key.digest.kind(), bytes) == key.digest {
         return true;
     }
     tracing::error!(digest = %key.digest, "memory entry does not hash to its digest: dropped");
@@ -142,7 +141,7 @@ fn memory_intact(state: &EdgeState, key: EntryKey, bytes: &bytes::Bytes) -> bool
 /// the bytes read for the memory tier are checked first.
 async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>, size: u64) -> BlobSource {
     let store = Arc::clone(state.fills.store());
-    let verify = state.live().config.cache.verify_on_serve;
+    let verify = state.config.cache.verify_on_serve;
     let disk = |file, size| match verify {
         true => BlobSource::Disk(DiskReader::verifying(file, size, key, Arc::clone(&store))),
         false => BlobSource::Disk(DiskReader::new(file, size)),
@@ -227,7 +226,8 @@ async fn head(
         (None, None) => None,
     };
     if local.is_some() {
-        if let Err(e) = super::authz::ensure_holds(state, upstream, repository, digest, Subject::Blob).await {
+        if let Err(e) = super::authz::ensure_holds(state, &ctx.live, upstream, repository, digest, Subject::Blob).await
+        {
             return respond::error(session, ctx, &e).await;
         }
     }
@@ -242,7 +242,7 @@ async fn head(
             match upstream.fetch(Method::HEAD, repository, &path, None).await {
                 Ok(r) => match r.content_length() {
                     Some(size) => {
-                        state.live().access.confirm(upstream.index, repository, digest);
+                        ctx.live.access.confirm(upstream.index, repository, digest);
                         ctx.outcome = "miss";
                         size
                     }

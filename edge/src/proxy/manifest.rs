@@ -31,7 +31,7 @@ pub(super) async fn serve(
     let manifests = &state.manifests;
     let (digest, freshness) = match reference {
         Reference::Digest(d) => {
-            let holds = super::authz::ensure_holds(state, upstream, repository, *d, Subject::Manifest).await;
+            let holds = super::authz::ensure_holds(state, &ctx.live, upstream, repository, *d, Subject::Manifest).await;
             if let Err(e) = holds {
                 return respond::error(session, ctx, &e).await;
             }
@@ -43,7 +43,7 @@ pub(super) async fn serve(
                     return respond::error(session, ctx, &denied).await;
                 }
                 // The upstream mapped this repository's tag to the digest: it holds it.
-                state.live().access.confirm(upstream.index, repository, entry.digest);
+                ctx.live.access.confirm(upstream.index, repository, entry.digest);
                 if freshness == Freshness::Stale {
                     state.metrics.stale_served.inc();
                 }

@@ -42,11 +42,21 @@ pub struct RequestCtx {
     upstream_not_found: bool,
     /// Counts this request as in flight (a shutdown waits for it) until dropped.
     _in_flight: Option<crate::drain::InFlight>,
+    /// The upstreams, access rules and limits this request uses from start to end (a reload
+    /// meanwhile applies to the next request).
+    live: Arc<crate::state::Live>,
+    /// For the access log: what the request named, who made it, when its first byte left.
+    repository: Option<String>,
+    reference: Option<String>,
+    upstream: Option<String>,
+    user: Option<String>,
+    first_byte: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
-    fn new() -> Self {
+    fn new(live: Arc<crate::state::Live>) -> Self {
         RequestCtx {
+            live,
             started: Instant::now(),
             span: tracing::Span::none(),
             kind: "other",
@@ -57,6 +67,11 @@ impl RequestCtx {
             headers_sent: false,
             upstream_not_found: false,
             _in_flight: None,
+            repository: None,
+            reference: None,
+            upstream: None,
+            user: None,
+            first_byte: None,
         }
     }
 }
@@ -77,7 +92,7 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        let mut ctx = RequestCtx::new();
+        let mut ctx = RequestCtx::new(self.state.live());
         ctx._in_flight = Some(self.state.drain.request_started());
         ctx
     }
@@ -131,8 +146,11 @@ impl ProxyHttp for EdgeProxy {
         FailToProxy { error_code: ctx.status, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let elapsed = ctx.started.elapsed();
+        if self.state.access_log.enabled() {
+            access_line(&self.state, session, ctx, elapsed);
+        }
         let served = ctx.tier.map(|tier| (tier, ctx.body_bytes, e.is_none() && ctx.status < 400));
         self.state.metrics.per_request.record(ctx.kind, ctx.outcome, served, elapsed);
         let _enter = ctx.span.enter();
@@ -155,6 +173,31 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// Writes the request's access-log line.
+fn access_line(state: &EdgeState, session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration) {
+    let req = session.req_header();
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let line = crate::access_log::Line {
+        time: berth_shared::time::now_rfc3339(),
+        request_id: &request_id,
+        client: session.client_addr().map(|a| a.to_string()),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        repository: ctx.repository.as_deref(),
+        reference: ctx.reference.as_deref(),
+        upstream: ctx.upstream.as_deref(),
+        status: ctx.status,
+        bytes: ctx.body_bytes,
+        kind: ctx.kind,
+        outcome: ctx.outcome,
+        tier: ctx.tier,
+        ttfb_ms: ctx.first_byte.map(|t| t.as_secs_f64() * 1000.0),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        user: ctx.user.as_deref(),
+    };
+    state.access_log.record(&line, &state.metrics);
+}
+
 /// The raw `ns` query parameter, or "" when the request has none.
 fn raw_ns(query: Option<&str>) -> &str {
     query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("ns="))).unwrap_or_default()
@@ -166,12 +209,13 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
     if req.uri.path() == "/token" {
         return token::serve(state, session, ctx).await;
     }
-    let routed = state.live().router.route(req.method.as_str(), req.uri.path(), req.uri.query());
+    let routed = ctx.live.router.route(req.method.as_str(), req.uri.path(), req.uri.query());
     match routed {
         Err(e) => respond::error(session, ctx, &ApiError::from(e)).await,
         Ok(Request::Base) => {
             ctx.kind = "base";
-            if let Err(challenge) = authz::authorize_base(state, session) {
+            let live = Arc::clone(&ctx.live);
+            if let Err(challenge) = authz::authorize_base(state, &live, session) {
                 return respond::error(session, ctx, &challenge).await;
             }
             ctx.outcome = "hit";
@@ -189,14 +233,22 @@ async fn pull(
     route: crate::registry::Route,
     is_head: bool,
 ) -> Result<()> {
-    let Some(upstream) = state.live().upstreams.get(route.upstream).cloned() else {
+    let live = Arc::clone(&ctx.live);
+    let Some(upstream) = live.upstreams.get(route.upstream).cloned() else {
         let err = ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upstream table out of sync");
         return respond::error(session, ctx, &err).await;
     };
     ctx.span.record("repository", route.repository.as_str());
     ctx.span.record("upstream", upstream.name.as_str());
-    if let Err(challenge) = authz::authorize(state, session, &upstream, &route.repository) {
-        return respond::error(session, ctx, &challenge).await;
+    ctx.repository = Some(route.repository.as_str().to_owned());
+    ctx.upstream = Some(upstream.name.clone());
+    ctx.reference = Some(match &route.target {
+        Target::Blob(d) => d.to_string(),
+        Target::Manifest(r) => r.to_string(),
+    });
+    match authz::authorize(state, &live, session, &upstream, &route.repository) {
+        Ok(user) => ctx.user = user,
+        Err(challenge) => return respond::error(session, ctx, &challenge).await,
     }
     let digest = match &route.target {
         Target::Blob(d) | Target::Manifest(Reference::Digest(d)) => Some(d),

@@ -57,6 +57,7 @@ pub(super) async fn send_header(
 ) -> Result<()> {
     ctx.status = resp.status.as_u16();
     ctx.headers_sent = true;
+    ctx.first_byte = Some(ctx.started.elapsed());
     session.write_response_header(Box::new(resp), end).await
 }
 

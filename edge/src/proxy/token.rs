@@ -60,7 +60,7 @@ pub(super) async fn serve(state: &Arc<EdgeState>, session: &mut Session, ctx: &m
         "token": token,
         "access_token": token,
         "expires_in": ttl,
-        "issued_at": rfc3339(issued_at),
+        "issued_at": berth_shared::time::rfc3339(issued_at, None),
     })
     .to_string();
     let mut resp = header(200)?;
@@ -156,23 +156,6 @@ fn form_pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC time.
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,11 +167,5 @@ mod tests {
         assert_eq!(pairs[1], ("username".into(), "a b".into()));
         assert_eq!(pairs[2], ("password".into(), "p&w".into()));
         assert_eq!(pairs[3], ("empty".into(), String::new()));
-    }
-
-    #[test]
-    fn should_format_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_208_000), "2026-12-02T10:40:00Z");
     }
 }

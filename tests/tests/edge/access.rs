@@ -238,7 +238,10 @@ async fn htpasswd_users_pull_only_what_their_grants_name() {
     let htpasswd = dir.path().join("users.htpasswd");
     let line = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap());
     std::fs::write(&htpasswd, line("alice", "alice-pw") + &line("bob", "bob-pw")).unwrap();
+    let log = dir.path().join("access.log");
+    let log_path = log.display().to_string();
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.log.access = log_path;
         c.upstream[0].access = Some(AccessMode::Htpasswd);
         c.upstream[0].htpasswd_file = Some(htpasswd.clone());
         c.upstream[0].grants.insert("alice".into(), vec!["team-a/**".into()]);
@@ -256,6 +259,13 @@ async fn htpasswd_users_pull_only_what_their_grants_name() {
     assert_eq!(token(&edge, scopes, Some(("mallory", "x"))).await.status, 401, "unknown user");
     assert_eq!(token(&edge, "", Some(("alice", "alice-pw"))).await.status, 200, "a login without scope");
     assert_eq!(token(&edge, "", Some(("alice", "nope"))).await.status, 401);
+    berth_tests::eventually("the access log names the user", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["user"] == "alice" && v["status"] == 200 && v["repository"] == "team-a/app"
+        })
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod drain;
 mod durability;
 mod faults;
 mod fills;
+mod logs;
 mod manifests;
 mod policy;
 mod pull_api;
