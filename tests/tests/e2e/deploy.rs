@@ -194,3 +194,23 @@ fn the_kubernetes_manifests_match_the_configs_they_ship_with() {
         .unwrap();
     assert_eq!(&store_mount["name"], claim, "the store's volume is the claim");
 }
+
+#[test]
+fn the_anycast_bird_config_parses() {
+    if !have("bird") {
+        return berth_tests::skip("the_anycast_bird_config_parses", "bird is not installed");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let prefixes = work.path().join("anycast-prefixes.conf");
+    std::fs::write(&prefixes, "define ACAST_PS_ADVERTISE =\n    [\n        192.0.2.255/32\n    ];\n").unwrap();
+    let text = std::fs::read_to_string(deploy().join("anycast/bird.conf"))
+        .unwrap()
+        .replace("/var/lib/anycast-healthchecker/anycast-prefixes.conf", &prefixes.display().to_string());
+    let config = work.path().join("bird.conf");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new("bird").args(["-p", "-c"]).arg(&config).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bird -p: {said}");
+    let check = std::fs::read_to_string(deploy().join("anycast/checks/berth.conf")).unwrap();
+    assert!(check.contains("/readyz") && check.contains("check_disabled = false"), "the check follows /readyz");
+}
