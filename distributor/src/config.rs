@@ -24,6 +24,8 @@ pub struct DistributorConfig {
     pub watch: WatchConfig,
     /// The GeoDNS zone rendered from the fleet (`GET /api/v1/dns/zone`, `berthctl dns zone`).
     pub dns: crate::dns::DnsConfig,
+    /// Registry webhooks that turn pushes into prefetch jobs (`POST /api/v1/hooks/registry`).
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// `[listen]`
@@ -72,6 +74,11 @@ pub struct AuthConfig {
     pub admin_tokens_file: Option<std::path::PathBuf>,
     /// A file with the edge tokens instead of `edge_tokens_env`. Default: none.
     pub edge_tokens_file: Option<std::path::PathBuf>,
+    /// Environment variable with the bearer tokens registries present on
+    /// `POST /api/v1/hooks/registry`. Default: `"BERTH_HOOK_TOKENS"` (unset: no hook accepted).
+    pub hook_tokens_env: String,
+    /// A file with the hook tokens instead. Default: none.
+    pub hook_tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -81,6 +88,8 @@ impl Default for AuthConfig {
             edge_tokens_env: "BERTH_EDGE_TOKENS".into(),
             admin_tokens_file: None,
             edge_tokens_file: None,
+            hook_tokens_env: "BERTH_HOOK_TOKENS".into(),
+            hook_tokens_file: None,
         }
     }
 }
@@ -119,6 +128,8 @@ impl Default for WatchConfig {
 pub struct Tokens {
     pub admin: Vec<String>,
     pub edge: Vec<String>,
+    /// May be empty (webhooks off).
+    pub hook: Vec<String>,
 }
 
 impl DistributorConfig {
@@ -132,6 +143,7 @@ impl DistributorConfig {
         Tokens {
             admin: secret::read_list(a.admin_tokens_file.as_deref(), &a.admin_tokens_env).unwrap_or_default(),
             edge: secret::read_list(a.edge_tokens_file.as_deref(), &a.edge_tokens_env).unwrap_or_default(),
+            hook: secret::read_list(a.hook_tokens_file.as_deref(), &a.hook_tokens_env).unwrap_or_default(),
         }
     }
 }
@@ -172,6 +184,12 @@ fn validate(config: &DistributorConfig) -> Vec<String> {
         }
     }
     problems.extend(crate::dns::validate(&config.dns));
+    problems.extend(crate::hooks::validate(&config.hooks));
+    if let Some(file) = &a.hook_tokens_file {
+        if let Err(e) = secret::read_list(Some(file), "") {
+            problems.push(format!("auth.hook_tokens_file: {e}"));
+        }
+    }
     if config.log.keep_events == 0 {
         problems.push("log.keep_events: must be at least 1".into());
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod dns;
 pub mod fleet;
+pub mod hooks;
 pub mod jobs;
 pub mod metrics;
 pub mod policy;

@@ -55,6 +55,7 @@ impl Distributor {
             metrics: Arc::new(Metrics::new()),
             keepalive: config.watch.keepalive.get(),
             dns: config.dns.clone(),
+            hooks: config.hooks.clone(),
             closing: closing_rx,
         });
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -31,6 +31,18 @@ impl DistributorProcess {
         log: &Path,
         tls: Option<(&Path, &Path)>,
     ) -> DistributorProcess {
+        Self::start_configured(dir, listener, keep_events, log, tls, "")
+    }
+
+    /// The same with `extra` TOML appended to its config (e.g. `[hooks]` rules).
+    pub fn start_configured(
+        dir: &Path,
+        listener: &std::net::TcpListener,
+        keep_events: u64,
+        log: &Path,
+        tls: Option<(&Path, &Path)>,
+        extra: &str,
+    ) -> DistributorProcess {
         let addr = listener.local_addr().expect("listener address");
         let tls_table = tls.map_or(String::new(), |(cert, key)| {
             format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string())
@@ -39,7 +51,7 @@ impl DistributorProcess {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{addr}\"\n{tls_table}[store]\ndir = {:?}\n[log]\nkeep_events = {keep_events}\n[watch]\nkeepalive = \"1s\"\n",
+                "[listen]\nhttp = \"{addr}\"\n{tls_table}[store]\ndir = {:?}\n[log]\nkeep_events = {keep_events}\n[watch]\nkeepalive = \"1s\"\n{extra}",
                 dir.join("store").display().to_string()
             ),
         )

@@ -9,6 +9,7 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub enum Role {
     Admin,
+    Hook,
 }
 
 /// An edge token entry: `<token>` (any edge may present it) or `<node_id> <region> <token>`
@@ -67,6 +68,7 @@ pub fn check(headers: &HeaderMap, allowed: &[String], role: Role) -> Result<(), 
     } else {
         let which = match role {
             Role::Admin => "an admin",
+            Role::Hook => "a hook",
         };
         Err(ApiError::unauthorized(&format!("the token is not {which} token")))
     }

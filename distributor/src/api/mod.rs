@@ -39,6 +39,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub keepalive: Duration,
     pub dns: crate::dns::DnsConfig,
+    pub hooks: crate::hooks::HooksConfig,
     /// Turns true when the server shuts down: watch streams end so connections can close.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -54,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/quarantine", post(create_quarantine).get(list_quarantine))
         .route("/api/v1/drain", post(create_drain))
         .route("/api/v1/dns/zone", get(dns_zone))
+        .route("/api/v1/hooks/registry", post(registry_hook))
         .route("/api/v1/edges", get(list_edges))
         .route("/api/v1/edges/report", post(edge_report))
         .route("/api/v1/watch", get(watch))
@@ -139,6 +141,37 @@ async fn create_drain(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resu
     s.metrics.events.with_label_values(&["drain"]).inc();
     tracing::info!(id = %id, %node, undrain, version = event.version, "drain recorded");
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id, "version": event.version}))).into_response())
+}
+
+/// A registry's push notification: every pushed tag matching a rule becomes a prefetch job for
+/// that rule's regions. Answers which jobs were made (none when no rule matched).
+async fn registry_hook(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    if s.tokens.hook.is_empty() {
+        return Err(ApiError::unauthorized("no hook tokens are configured ([auth] hook_tokens_env)"));
+    }
+    auth::check(&headers, &s.tokens.hook, Role::Hook)?;
+    let pushed =
+        crate::hooks::pushed_tags(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_document", e))?;
+    let mut jobs = Vec::new();
+    for (repository, tag) in pushed {
+        let Some(rule) = crate::hooks::rule_for(&s.hooks.rule, &repository) else {
+            tracing::debug!(%repository, %tag, "push matches no hook rule");
+            continue;
+        };
+        let image = format!("{}/{repository}:{tag}", rule.registry);
+        let request = PrefetchRequest {
+            images: vec![image.clone()],
+            regions: rule.regions.clone(),
+            platforms: rule.platforms.clone(),
+        };
+        let id = random_id("pf");
+        let order = request.into_order(id.clone()).map_err(|e| ApiError::bad_field(e.field, e.message))?;
+        let event = s.log.append(Action::Prefetch(order)).await?;
+        s.metrics.events.with_label_values(&["prefetch"]).inc();
+        tracing::info!(job = %id, %image, version = event.version, "push webhook: prefetch ordered");
+        jobs.push(serde_json::json!({"id": id, "image": image, "version": event.version}));
+    }
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"jobs": jobs}))).into_response())
 }
 
 /// The GeoDNS zone from the fleet as it is now (the serial: the time in seconds).

@@ -13,6 +13,7 @@ use http::Method;
 
 mod api;
 mod dns;
+mod hooks;
 mod tls;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
