@@ -26,6 +26,37 @@ pub struct DistributorConfig {
     pub dns: crate::dns::DnsConfig,
     /// Registry webhooks that turn pushes into prefetch jobs (`POST /api/v1/hooks/registry`).
     pub hooks: crate::hooks::HooksConfig,
+    pub fleet: FleetConfig,
+    pub analytics: AnalyticsConfig,
+}
+
+/// `[fleet]`: how the fleet page judges edges.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FleetConfig {
+    /// An edge without a report for this long is shown `stale`. Default: `"30s"` (six of the
+    /// edges' default 5 s report intervals).
+    pub stale_after: HumanDuration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { stale_after: HumanDuration::secs(30) }
+    }
+}
+
+/// `[analytics]`: pull counts reported by edges.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AnalyticsConfig {
+    /// How long per-region pull counts are kept. Default: `"7d"`.
+    pub keep: HumanDuration,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig { keep: HumanDuration::secs(7 * 86_400) }
+    }
 }
 
 /// `[listen]`
@@ -192,6 +223,12 @@ fn validate(config: &DistributorConfig) -> Vec<String> {
     }
     if config.log.keep_events == 0 {
         problems.push("log.keep_events: must be at least 1".into());
+    }
+    if config.fleet.stale_after.get().is_zero() {
+        problems.push("fleet.stale_after: must be greater than zero".into());
+    }
+    if config.analytics.keep.get() < std::time::Duration::from_secs(60) {
+        problems.push("analytics.keep: must be at least 1m (one bucket)".into());
     }
     if config.watch.keepalive.get().is_zero() {
         problems.push("watch.keepalive: must be greater than zero".into());

@@ -183,14 +183,8 @@ mod tests {
             id: id.into(),
             region: region.into(),
             version: "t".into(),
-            applied_version: 0,
-            requests: Default::default(),
-            served_bytes: Default::default(),
-            upstream_bytes: 0,
-            cache_used_bytes: 0,
-            cache_max_bytes: 0,
-            prefetch: vec![],
             address: address.parse().ok(),
+            ..Default::default()
         };
         EdgeRecord {
             id: id.into(),

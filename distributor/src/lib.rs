@@ -6,6 +6,7 @@
 //! reports) → `store` (redb). `ctl` is the `berthctl` client.
 
 pub mod activation;
+pub mod analytics;
 pub mod api;
 pub mod config;
 pub mod ctl;
@@ -14,11 +15,14 @@ pub mod fleet;
 pub mod hooks;
 pub mod jobs;
 pub mod metrics;
+pub mod page;
 pub mod policy;
 pub mod push;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod view;
 
 pub use config::DistributorConfig;
 pub use server::{Distributor, RunningDistributor};

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub edges: IntGauge,
     /// Certificate reloads by result (`loaded`, `refused`).
     pub tls_reloads: IntCounterVec,
+    /// When the TLS certificate in service expires (Unix seconds; 0 without `[tls]`).
+    pub tls_cert_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -43,7 +45,13 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(tls_reloads.clone())).expect("unique metric");
-        Metrics { registry, events, reports, watchers, log_version, edges, tls_reloads }
+        let tls_cert_expiry = IntGauge::new(
+            "berth_distributor_tls_cert_expiry_timestamp_seconds",
+            "When the TLS certificate in service expires (0 without TLS)",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(tls_cert_expiry.clone())).expect("unique metric");
+        Metrics { registry, events, reports, watchers, log_version, edges, tls_reloads, tls_cert_expiry }
     }
 
     pub fn render(&self) -> String {

@@ -47,6 +47,7 @@ impl Distributor {
         let tls = config.tls.clone().map(berth_shared::tls::ReloadingCert::load).transpose()?;
         let store = Arc::new(Store::open(&config.store.dir)?);
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
+        let analytics = Arc::new(crate::analytics::Analytics::new(Arc::clone(&store), config.analytics.keep.get()));
         let state = Arc::new(AppState {
             log: PolicyLog::new(Arc::clone(&store), config.log.keep_events),
             fleet: Arc::new(Fleet::load(Arc::clone(&store))?),
@@ -57,6 +58,11 @@ impl Distributor {
             dns: config.dns.clone(),
             hooks: config.hooks.clone(),
             closing: closing_rx,
+            stats: Default::default(),
+            analytics,
+            sessions: Default::default(),
+            stale_after: config.fleet.stale_after.get(),
+            tls: tls.is_some(),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(http = %addr, scheme, "distributor ready to serve");
@@ -76,11 +82,16 @@ impl Distributor {
             let _ = closing.send(true);
         };
         let metrics = Arc::clone(&self.state.metrics);
+        // Pull analytics are written every few seconds, and once more at shutdown.
+        let flusher =
+            tokio::spawn(crate::analytics::run(Arc::clone(&self.state.analytics), self.state.closing.clone()));
         let router = api::router(self.state);
-        match self.tls {
+        let served = match self.tls {
             Some(cert) => crate::tls::serve(listener, router, cert, metrics, signal).await,
             None => axum::serve(listener, router).with_graceful_shutdown(signal).await,
-        }
+        };
+        let _ = flusher.await;
+        served
     }
 
     /// Whether the API is served over TLS.

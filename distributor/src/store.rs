@@ -9,6 +9,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::analytics::Bucket;
 use crate::fleet::EdgeRecord;
 use crate::jobs::Job;
 
@@ -19,6 +20,8 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
 /// Digests in quarantine now (digest text → the order), kept in step with the log.
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+/// Pull analytics: `<region>\0<bucket start, 20 digits>` → the bucket.
+const PULLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pulls");
 
 const NEXT_VERSION: &str = "next_version";
 const COMPACTED_THROUGH: &str = "compacted_through";
@@ -75,6 +78,7 @@ impl Store {
             w.open_table(JOBS)?;
             w.open_table(EDGES)?;
             w.open_table(QUARANTINE)?;
+            w.open_table(PULLS)?;
         }
         w.commit()?;
         Ok(Store { db })
@@ -206,6 +210,66 @@ impl Store {
         self.all(EDGES)
     }
 
+    /// Adds pull buckets to the stored ones (each kept to `names` names per kind) and drops
+    /// buckets that start before `drop_before` (Unix ms).
+    pub fn merge_pulls(
+        &self,
+        buckets: &[(String, u64, Bucket)],
+        names: usize,
+        drop_before: u64,
+    ) -> Result<(), StoreError> {
+        let mut w = self.db.begin_write()?;
+        w.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = w.open_table(PULLS)?;
+            for (region, start, bucket) in buckets {
+                let key = format!("{region}\0{start:020}");
+                let mut merged: Bucket = match t.get(key.as_str())? {
+                    Some(v) => parse(v.value())?,
+                    None => Bucket::default(),
+                };
+                for (name, n) in &bucket.repositories {
+                    *merged.repositories.entry(name.clone()).or_default() += n;
+                }
+                for (name, n) in &bucket.manifests {
+                    *merged.manifests.entry(name.clone()).or_default() += n;
+                }
+                t.insert(key.as_str(), json(&merged.bounded(names))?.as_slice())?;
+            }
+            let mut old = Vec::new();
+            for item in t.iter()? {
+                let (key, _) = item?;
+                if pull_key(key.value()).is_some_and(|(_, start)| start < drop_before) {
+                    old.push(key.value().to_owned());
+                }
+            }
+            for key in old {
+                t.remove(key.as_str())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The stored pull buckets of `region` (or every region) that start at or after `since`.
+    pub fn pulls_since(&self, region: Option<&str>, since: u64) -> Result<Vec<(String, u64, Bucket)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(PULLS)?;
+        let mut out = Vec::new();
+        let (from, to) = match region {
+            Some(r) => (format!("{r}\0{since:020}"), format!("{r}\u{1}")),
+            None => (String::new(), "\u{10ffff}".to_owned()),
+        };
+        for item in t.range(from.as_str()..to.as_str())? {
+            let (key, value) = item?;
+            let Some((bucket_region, start)) = pull_key(key.value()) else { continue };
+            if start >= since && region.is_none_or(|want| want == bucket_region) {
+                out.push((bucket_region.to_owned(), start, parse(value.value())?));
+            }
+        }
+        Ok(out)
+    }
+
     fn put<T: Serialize>(
         &self,
         table: TableDefinition<&str, &[u8]>,
@@ -229,6 +293,12 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// `<region>\0<start>` → (region, start).
+fn pull_key(key: &str) -> Option<(&str, u64)> {
+    let (region, start) = key.split_once('\0')?;
+    Some((region, start.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ pub async fn serve(
 
 /// Reloads the certificate when its files change (every `[tls] watch`) and on SIGHUP.
 async fn watch(cert: Arc<ReloadingCert>, metrics: Arc<Metrics>) {
+    metrics.tls_cert_expiry.set(cert.not_after().unwrap_or(0));
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let every = cert.files().watch.get();
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
@@ -80,6 +81,7 @@ async fn watch(cert: Arc<ReloadingCert>, metrics: Arc<Metrics>) {
             Reload::Unchanged => {}
             Reload::Loaded => {
                 metrics.tls_reloads.with_label_values(&["loaded"]).inc();
+                metrics.tls_cert_expiry.set(cert.not_after().unwrap_or(0));
                 tracing::info!("TLS certificate reloaded");
             }
             Reload::Refused(e) => {

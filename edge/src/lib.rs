@@ -13,6 +13,7 @@ pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod pulls;
 pub mod registry;
 pub mod reload;
 pub mod server;

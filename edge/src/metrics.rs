@@ -16,7 +16,9 @@ pub struct PerRequest {
     requests: Vec<IntCounter>,
     responses: Vec<IntCounter>,
     served_bytes: Vec<IntCounter>,
+    /// By kind, then source (the tiers, then `none`).
     seconds: Vec<Histogram>,
+    miss_first_byte: Vec<Histogram>,
 }
 
 fn position(values: &[&str], value: &str) -> usize {
@@ -25,13 +27,22 @@ fn position(values: &[&str], value: &str) -> usize {
 
 impl PerRequest {
     fn empty() -> Self {
-        PerRequest { requests: Vec::new(), responses: Vec::new(), served_bytes: Vec::new(), seconds: Vec::new() }
+        PerRequest {
+            requests: Vec::new(),
+            responses: Vec::new(),
+            served_bytes: Vec::new(),
+            seconds: Vec::new(),
+            miss_first_byte: Vec::new(),
+        }
     }
 
     fn new(m: &Metrics) -> Self {
         let mut per = PerRequest::empty();
         for kind in KINDS {
-            per.seconds.push(m.request_seconds.with_label_values(&[kind]));
+            for source in TIERS.iter().chain(&["none"]) {
+                per.seconds.push(m.request_seconds.with_label_values(&[kind, source]));
+            }
+            per.miss_first_byte.push(m.miss_first_byte_seconds.with_label_values(&[kind]));
             for outcome in OUTCOMES {
                 per.requests.push(m.requests.with_label_values(&[kind, outcome]));
             }
@@ -44,19 +55,33 @@ impl PerRequest {
     }
 
     /// Counts one request: its kind and outcome; the tier that served it with the body bytes
-    /// and whether it succeeded; its duration.
-    pub fn record(&self, kind: &str, outcome: &str, served: Option<(&str, u64, bool)>, elapsed: std::time::Duration) {
+    /// and whether it succeeded; its duration, and for a miss when its first byte left.
+    pub fn record(&self, kind: &str, outcome: &str, served: Option<(&str, u64, bool)>, times: Times) {
         let k = position(KINDS, kind);
         self.requests[k * OUTCOMES.len() + position(OUTCOMES, outcome)].inc();
+        let mut source = TIERS.len();
         if let Some((tier, bytes, ok)) = served {
             let t = position(TIERS, tier);
+            source = t;
             self.served_bytes[t].inc_by(bytes);
             if ok {
                 self.responses[k * TIERS.len() + t].inc();
             }
         }
-        self.seconds[k].observe(elapsed.as_secs_f64());
+        self.seconds[k * (TIERS.len() + 1) + source].observe(times.elapsed.as_secs_f64());
+        if let (Some(first_byte), "miss") = (times.first_byte, outcome) {
+            self.miss_first_byte[k].observe(first_byte.as_secs_f64());
+        }
     }
+}
+
+/// A request's timings, from its request line.
+#[derive(Debug, Clone, Copy)]
+pub struct Times {
+    /// To its last byte.
+    pub elapsed: std::time::Duration,
+    /// To the first byte of its response, when one was sent.
+    pub first_byte: Option<std::time::Duration>,
 }
 
 /// The edge's metrics and the registry they are exported from.
@@ -133,8 +158,13 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Attempts to reload the TLS certificate, by result (`loaded`, `refused`).
     pub tls_reloads: IntCounterVec,
-    /// Request durations by kind, from request line to last byte.
+    /// When the TLS certificate in service expires (Unix seconds; 0 without `[tls]`).
+    pub tls_cert_expiry: IntGauge,
+    /// Request durations by kind and source (`memory`, `disk`, `upstream`, `none` for an
+    /// answer without a body from a tier), from request line to last byte.
     pub request_seconds: HistogramVec,
+    /// Time to the first response byte of misses (the edge fetched from the upstream), by kind.
+    pub miss_first_byte_seconds: HistogramVec,
     /// Duration of a complete blob fill from upstream.
     pub fill_seconds: Histogram,
 }
@@ -169,12 +199,19 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(cache_bytes.clone())).expect("unique metric");
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new("berth_edge_request_duration_seconds", "Request duration by kind")
+            HistogramOpts::new("berth_edge_request_duration_seconds", "Request duration by kind and source")
                 .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
-            &["kind"],
+            &["kind", "source"],
         )
         .expect("valid metric");
         registry.register(Box::new(request_seconds.clone())).expect("unique metric");
+        let miss_first_byte_seconds = HistogramVec::new(
+            HistogramOpts::new("berth_edge_miss_first_byte_seconds", "Time to first byte of misses, by kind")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(miss_first_byte_seconds.clone())).expect("unique metric");
         let fill_seconds = Histogram::with_opts(
             HistogramOpts::new("berth_edge_fill_duration_seconds", "Duration of blob fills from upstream")
                 .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
@@ -242,6 +279,11 @@ impl Metrics {
             ),
             quarantined: gauge(r, "berth_edge_quarantined_digests", "Digests in quarantine"),
             ready: gauge(r, "berth_edge_ready", "1 while /readyz answers 200"),
+            tls_cert_expiry: gauge(
+                r,
+                "berth_edge_tls_cert_expiry_timestamp_seconds",
+                "When the TLS certificate in service expires (0 without TLS)",
+            ),
             access_log_dropped: counter(
                 r,
                 "berth_edge_access_log_dropped_total",
@@ -284,6 +326,7 @@ impl Metrics {
                 &["result"],
             ),
             request_seconds,
+            miss_first_byte_seconds,
             fill_seconds,
             registry,
         };

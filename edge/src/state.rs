@@ -65,6 +65,10 @@ pub struct EdgeState {
     /// Readiness and drain.
     pub drain: Arc<crate::drain::Drain>,
     pub access_log: crate::access_log::AccessLog,
+    /// Pull counts for the next report to the distributor.
+    pub pulls: crate::pulls::PullCounter,
+    /// When the process started (its counters count from then).
+    pub started: std::time::Instant,
 }
 
 impl EdgeState {
@@ -97,6 +101,8 @@ impl EdgeState {
             config,
             drain,
             access_log,
+            pulls: crate::pulls::PullCounter::default(),
+            started: std::time::Instant::now(),
         }))
     }
 

@@ -36,6 +36,7 @@ impl CertWatch {
             Reload::Unchanged => {}
             Reload::Loaded => {
                 self.metrics.tls_reloads.with_label_values(&["loaded"]).inc();
+                self.metrics.tls_cert_expiry.set(self.cert.not_after().unwrap_or(0));
                 tracing::info!(cert = %self.cert.files().cert.display(), "TLS certificate reloaded");
             }
             Reload::Refused(e) => {
@@ -49,6 +50,7 @@ impl CertWatch {
 #[async_trait]
 impl pingora::services::background::BackgroundService for CertWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.metrics.tls_cert_expiry.set(self.cert.not_after().unwrap_or(0));
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tracing::info!(cert = %self.cert.files().cert.display(), sighup = hangup.is_some(), "watching the TLS certificate");
         let every = self.cert.files().watch.get();

@@ -244,8 +244,36 @@ pub struct PrefetchProgress {
     pub errors: Vec<String>,
 }
 
+/// A name and how many times it was pulled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullCount {
+    pub name: String,
+    pub count: u64,
+}
+
+/// Manifest requests answered `200` since an edge's last delivered report, the most pulled
+/// first, at most [`PULLS_TOP_K`] of each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulls {
+    /// By repository, with its registry: `docker.io/library/nginx`.
+    #[serde(default)]
+    pub repositories: Vec<PullCount>,
+    /// By manifest as requested: `docker.io/library/nginx:1.27`, `...@sha256:...`.
+    #[serde(default)]
+    pub manifests: Vec<PullCount>,
+}
+
+/// The most names of each kind an edge reports per interval.
+pub const PULLS_TOP_K: usize = 50;
+
+impl Pulls {
+    pub fn is_empty(&self) -> bool {
+        self.repositories.is_empty() && self.manifests.is_empty()
+    }
+}
+
 /// What an edge reports every `report_interval`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EdgeReport {
     pub id: String,
     pub region: String,
@@ -271,6 +299,19 @@ pub struct EdgeReport {
     /// zone the distributor renders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::IpAddr>,
+    /// `"ready"`, or why the edge's `/readyz` answers 503 (`"drained by an operator"`,
+    /// `"draining: shutting down"`, `"policy stale: ..."`, `"cache disk failed: ..."`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<String>,
+    /// Blob fills running now.
+    #[serde(default)]
+    pub fills_in_flight: u64,
+    /// Seconds since the edge process started (its counters count from then).
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// Pulls since the last delivered report.
+    #[serde(default, skip_serializing_if = "Pulls::is_empty")]
+    pub pulls: Pulls,
 }
 
 /// Validation of a policy document before it enters the log.

@@ -147,6 +147,11 @@ impl ReloadingCert {
     pub fn current_cert(&self) -> Option<CertificateDer<'static>> {
         self.current.read().ok().and_then(|c| c.cert.first().cloned())
     }
+
+    /// When the certificate in service expires (its `notAfter`), in Unix seconds.
+    pub fn not_after(&self) -> Option<i64> {
+        self.current_cert().and_then(|der| crate::x509::not_after(&der))
+    }
 }
 
 impl ResolvesServerCert for ReloadingCert {

@@ -93,6 +93,13 @@ impl DistributorProcess {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
+    /// SIGTERM, as systemd stops it, and waits for the exit (the test runner bounds the wait).
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

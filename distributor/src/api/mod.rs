@@ -4,6 +4,8 @@
 mod auth;
 pub use auth::EdgeToken;
 pub mod error;
+mod fleet;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,14 @@ pub struct AppState {
     pub hooks: crate::hooks::HooksConfig,
     /// Turns true when the server shuts down: watch streams end so connections can close.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Each edge's recent counters, for the fleet page.
+    pub stats: Arc<crate::stats::Stats>,
+    pub analytics: Arc<crate::analytics::Analytics>,
+    pub sessions: session::Sessions,
+    /// `[fleet] stale_after`.
+    pub stale_after: Duration,
+    /// Served over TLS (session cookies are then `Secure`).
+    pub tls: bool,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -59,6 +69,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/edges", get(list_edges))
         .route("/api/v1/edges/report", post(edge_report))
         .route("/api/v1/watch", get(watch))
+        .route("/api/v1/fleet", get(fleet::fleet_json))
+        .route("/api/v1/analytics/pulls", get(fleet::top_pulls))
+        .route("/", get(fleet::page))
+        .route("/login", get(fleet::login_form).post(fleet::login))
+        .route("/logout", post(fleet::logout))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -217,7 +232,7 @@ async fn list_edges(State(s): Shared, headers: HeaderMap) -> Result<Response, Ap
 
 async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
     let bound_to = auth::check_edge(&headers, &s.tokens.edge)?;
-    let report: EdgeReport = document(&body)?;
+    let mut report: EdgeReport = document(&body)?;
     if report.id.trim().is_empty() {
         return Err(ApiError::bad_field("id", "must not be empty"));
     }
@@ -237,6 +252,10 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
             ));
         }
     }
+    let now = now_ms();
+    s.analytics.record(&report.region, &report.pulls, now);
+    s.stats.record(&report, now);
+    report.pulls = Default::default();
     let fleet = Arc::clone(&s.fleet);
     tokio::task::spawn_blocking(move || fleet.record(report))
         .await

@@ -89,6 +89,18 @@ pub enum Command {
     Edges,
     /// List prefetch jobs.
     Jobs,
+    /// The most pulled repositories (and manifests) as the edges reported them.
+    Top {
+        /// Only this region (default: every region).
+        #[arg(long)]
+        region: Option<String>,
+        /// Since when: a duration before now ("1h", "7d") or an RFC 3339 UTC time.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// How many of each.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +161,7 @@ pub async fn run(args: Args) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Top { region, since, limit } => top(&client, region, &since, limit).await,
         Command::Jobs => {
             let jobs: Vec<JobStatus> = serde_json::from_value(client.get("/api/v1/jobs").await?)?;
             println!("{:<22} {:<8} {:>12} {:>10}  IMAGES", "JOB", "STATE", "BLOBS", "BYTES");
@@ -165,6 +178,30 @@ pub async fn run(args: Args) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Prints the most pulled repositories and manifests.
+async fn top(client: &Client, region: Option<String>, since: &str, limit: usize) -> Result<i32> {
+    let mut query = vec![("since", since.to_owned()), ("limit", limit.to_string())];
+    if let Some(region) = region {
+        query.push(("region", region));
+    }
+    let path = format!("/api/v1/analytics/pulls?{}", serde_urlencoded::to_string(&query)?);
+    let top: crate::analytics::TopPulls = serde_json::from_value(client.get(&path).await?)?;
+    let scope = top.region.as_deref().unwrap_or("every region");
+    let since = berth_shared::time::rfc3339(top.since_ms / 1000, None);
+    println!("pulls in {scope} since {since}\n");
+    for (title, list) in [("REPOSITORY", &top.repositories), ("MANIFEST", &top.manifests)] {
+        println!("{:>8}  {title}", "PULLS");
+        for p in list {
+            println!("{:>8}  {}", p.count, p.name);
+        }
+        if list.is_empty() {
+            println!("{:>8}  (none reported)", "");
+        }
+        println!();
+    }
+    Ok(0)
 }
 
 /// Records a drain (or undrain) order for one edge in the policy log.

@@ -12,7 +12,7 @@ use super::Policy;
 use crate::metrics::{KINDS, OUTCOMES, TIERS};
 
 impl Policy {
-    /// The report as of now.
+    /// The report as of now, without pull counts (those go with [`run`]'s reports only).
     pub fn report(&self) -> EdgeReport {
         let state = &self.state;
         let m = &state.metrics;
@@ -42,6 +42,10 @@ impl Policy {
             cache_max_bytes: index.max(),
             prefetch: self.prefetch.progress(),
             address: state.config.distributor.as_ref().and_then(|d| d.advertise),
+            readiness: Some(state.not_ready_reason().unwrap_or_else(|| "ready".to_owned())),
+            fills_in_flight: m.fills_in_flight.get().max(0) as u64,
+            uptime_seconds: state.started.elapsed().as_secs(),
+            pulls: Default::default(),
         }
     }
 }
@@ -55,8 +59,12 @@ pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Rece
             _ = policy.prefetch.changed() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = link.report(&policy.report()).await {
+        let mut report = policy.report();
+        let (pulls, taken) = policy.state.pulls.take();
+        report.pulls = pulls;
+        if let Err(e) = link.report(&report).await {
             tracing::debug!(error = %e, "report not delivered");
+            policy.state.pulls.restore(taken);
         }
     }
 }

@@ -151,8 +151,14 @@ impl ProxyHttp for EdgeProxy {
         if self.state.access_log.enabled() {
             access_line(&self.state, session, ctx, elapsed);
         }
+        if let (None, "manifest", 200, Some(upstream), Some(repository), Some(reference)) =
+            (e, ctx.kind, ctx.status, &ctx.upstream, &ctx.repository, &ctx.reference)
+        {
+            self.state.pulls.record(upstream, repository, reference);
+        }
         let served = ctx.tier.map(|tier| (tier, ctx.body_bytes, e.is_none() && ctx.status < 400));
-        self.state.metrics.per_request.record(ctx.kind, ctx.outcome, served, elapsed);
+        let times = crate::metrics::Times { elapsed, first_byte: ctx.first_byte };
+        self.state.metrics.per_request.record(ctx.kind, ctx.outcome, served, times);
         let _enter = ctx.span.enter();
         ctx.span.record("kind", ctx.kind);
         ctx.span.record("outcome", ctx.outcome);

@@ -11,6 +11,7 @@ use berth_tests::registry::{oci_layout, oci_multi_platform_layout, random_bytes,
 use berth_tests::tools::{have, skopeo};
 use http::Method;
 
+mod analytics;
 mod api;
 mod dns;
 mod hooks;
