@@ -3,6 +3,7 @@
 //! edge, started side by side and measured interleaved in one run.
 
 pub mod compare;
+pub mod fleet_page;
 pub mod index_bench;
 pub mod load;
 pub mod peers;

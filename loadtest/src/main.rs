@@ -61,6 +61,18 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         rounds: usize,
     },
+    /// The distributor's fleet page and its JSON with many simulated edges, and its load time
+    /// in headless Chromium.
+    FleetPage {
+        #[arg(long, default_value = "target/release/berth-distributor")]
+        distributor: PathBuf,
+        #[arg(long, default_value = "/var/tmp/berth-bench-fleet-page")]
+        work: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        edges: usize,
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+    },
     /// Time the disk-index rebuild at start for many cached blobs.
     IndexRebuild {
         #[arg(long, default_value_t = 100_000)]
@@ -104,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
                 pct(&p.slowest, 0.99),
                 pct(&p.slowest, 1.0)
             );
+        }
+        Command::FleetPage { distributor, work, edges, runs } => {
+            let _ = std::fs::remove_dir_all(&work);
+            print!("{}", berth_loadtest::fleet_page::run(&distributor, &work, edges, runs).await?);
         }
         Command::IndexRebuild { blobs, runs } => {
             let times = tokio::task::spawn_blocking(move || berth_loadtest::index_bench::run(blobs, runs)).await??;

@@ -17,14 +17,14 @@ use tokio::sync::Notify;
 
 use crate::peers::{free_port, Peer};
 
-const ADMIN: &str = "bench-admin";
-const EDGE: &str = "bench-edge";
+pub const ADMIN: &str = "bench-admin";
+pub const EDGE: &str = "bench-edge";
 
 /// Arrival times of events, by version, per simulated edge.
 type Arrivals = Arc<Mutex<Vec<std::collections::HashMap<u64, Instant>>>>;
 
 /// Starts the distributor binary.
-fn distributor(binary: &Path, dir: &Path) -> Result<Peer> {
+pub fn distributor(binary: &Path, dir: &Path) -> Result<Peer> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     std::fs::create_dir_all(dir)?;
     let config = dir.join("distributor.toml");
@@ -164,7 +164,7 @@ pub async fn run(binary: &Path, work: &Path, edges: usize, rounds: usize) -> Res
     Ok(Propagation { all, slowest })
 }
 
-async fn wait_up(peer: &mut Peer) -> Result<()> {
+pub async fn wait_up(peer: &mut Peer) -> Result<()> {
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(peer.addr).await.is_ok() {
             return Ok(());

@@ -3,6 +3,7 @@
 //! for Debian's `docker-registry` and `skopeo`, and real pull clients (podman, containerd,
 //! Docker).
 
+pub mod browser;
 pub mod client;
 pub mod clients;
 pub mod edge;

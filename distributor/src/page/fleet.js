@@ -1,8 +1,8 @@
 // Keeps the fleet page live: every 2 s it reads GET /api/v1/fleet (the same data the page was
 // rendered from) and writes each value into the element that shows it. An element names its
 // value by a JSON pointer relative to the nearest data-p ancestor: data-f (text, formatted by
-// data-fmt), data-w (an SVG bar's width: a ratio of data-max), data-pts (an SVG polyline of
-// ratios), data-cls (a class). When the layout changed (an edge, job or name came or went) the
+// data-fmt), data-w (an SVG bar's width: a ratio of data-max), data-bar (a chart bar's
+// height: a ratio of data-height), data-cls (a class). When the layout changed (an edge, job or name came or went) the
 // page is fetched again.
 "use strict";
 (function () {
@@ -24,11 +24,6 @@
     const base = el.closest("[data-p]");
     return get(data, (base ? base.dataset.p : "") + el.getAttribute(attr));
   };
-  const points = (ratios, width, height) =>
-    ratios
-      .map((r, i) => (r == null ? null : (i * width) / Math.max(ratios.length - 1, 1) + "," + (height - r * height)))
-      .filter((p) => p !== null)
-      .join(" ");
   function apply(data) {
     if (data.layout !== root.dataset.layout) {
       location.reload();
@@ -48,8 +43,11 @@
         x += Number(r.getAttribute("width"));
       });
     });
-    document.querySelectorAll("[data-pts]").forEach((el) => {
-      el.setAttribute("points", points(at(el, "data-pts", data), Number(el.dataset.width), Number(el.dataset.height)));
+    document.querySelectorAll("[data-bar]").forEach((el) => {
+      const full = Number(el.dataset.height);
+      const h = Math.max(0, Math.min(1, at(el, "data-bar", data) || 0)) * full;
+      el.setAttribute("height", String(h));
+      el.setAttribute("y", String(full - h));
     });
     document.querySelectorAll("[data-cls]").forEach((el) => {
       el.setAttribute("class", el.dataset.base + " " + at(el, "data-cls", data));

@@ -81,18 +81,22 @@ fn tiers(out: &mut String, prefix: &str, w: &Window, width: u32) {
 }
 
 fn chart(out: &mut String, ratios: &[Option<f64>]) {
-    let (width, height) = (240.0, 48.0);
-    let n = ratios.len().max(2) - 1;
-    let points: Vec<String> = ratios
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.map(|r| format!("{},{}", i as f64 * width / n as f64, height - r * height)))
-        .collect();
+    let (width, height, slot) = (240.0, 48.0, 20.0);
     let _ = write!(
         out,
-        r#"<svg width="{width}" height="{height}" role="img" aria-label="hit ratio, last hour"><rect class="track" width="{width}" height="{height}"/><polyline data-pts="/hit_ratio_chart" data-width="{width}" data-height="{height}" points="{}"/></svg>"#,
-        points.join(" ")
+        r#"<svg width="{width}" height="{height}" role="img" aria-label="hit ratio per 5 minutes, last hour"><rect class="track" width="{width}" height="{height}"/>"#
     );
+    for (i, r) in ratios.iter().enumerate() {
+        let h = r.unwrap_or(0.0).clamp(0.0, 1.0) * height;
+        let _ = write!(
+            out,
+            r#"<rect class="fill" x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" data-bar="/hit_ratio_chart/{i}" data-height="{height}"/>"#,
+            i as f64 * slot + 1.0,
+            height - h,
+            slot - 2.0
+        );
+    }
+    out.push_str("</svg>");
 }
 
 fn summary(out: &mut String, r: &RegionView) {

@@ -75,6 +75,35 @@ async fn query(prometheus: &Prometheus, expr: &str) -> serde_json::Value {
     r.json()
 }
 
+fn docs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("docs")
+}
+
+/// The `berth_*` names in `text` (backquoted in docs, quoted in sources).
+fn metric_names(text: &str, quote: char) -> std::collections::BTreeSet<String> {
+    text.split(quote)
+        .filter(|w| w.starts_with("berth_") && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn docs_metrics_lists_exactly_the_metrics_the_code_defines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut defined = std::collections::BTreeSet::new();
+    for source in ["edge/src/metrics.rs", "distributor/src/metrics.rs"] {
+        defined.extend(metric_names(&std::fs::read_to_string(root.join(source)).unwrap(), '"'));
+    }
+    let documented = metric_names(&std::fs::read_to_string(docs().join("metrics.md")).unwrap(), '`');
+    assert!(defined.len() >= 40, "the sources define the metrics: {defined:?}");
+    let missing: Vec<_> = defined.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&defined).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "not documented: {missing:?}; documented but not defined: {unknown:?}"
+    );
+}
+
 #[test]
 fn the_alert_rules_check_and_pass_their_promtool_tests() {
     if !have("promtool") {
@@ -105,7 +134,12 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_a_re
     let origin = Origin::start().await;
     let url = distributor.url();
     let token = edge_token.to_path_buf();
+    // TLS on the edge too, so the certificate-expiry panel and gauge have a certificate.
+    let pair = berth_tests::pki::TestCa::new(work.path()).issue(work.path(), "edge");
+    let files = berth_shared::tls::TlsFiles::new(&pair.cert, &pair.key);
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.listen.https = "127.0.0.1:0".parse().ok();
+        c.tls = Some(files);
         c.distributor = Some(berth_edge::config::DistributorLink {
             url,
             token_file: Some(token),
@@ -135,6 +169,26 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_a_re
         r["data"]["result"][0]["value"][1] == "2"
     })
     .await;
+
+    // Every metric family the two processes expose is documented, and the certificate's
+    // expiry is the one in service.
+    let documented = std::fs::read_to_string(docs().join("metrics.md")).unwrap();
+    let mut undocumented = Vec::new();
+    for target in [format!("http://{}/metrics", edge.running().admin_addr), format!("{}/metrics", distributor.url())] {
+        let text = String::from_utf8_lossy(client::get(&target).await.bytes()).into_owned();
+        for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()) {
+            if !documented.contains(&format!("`{family}`")) {
+                undocumented.push(family.to_owned());
+            }
+        }
+    }
+    assert!(undocumented.is_empty(), "exposed but not in docs/metrics.md: {undocumented:?}");
+    let expiry = edge.metric("berth_edge_tls_cert_expiry_timestamp_seconds").await;
+    assert_eq!(
+        Some(expiry as i64),
+        berth_shared::x509::not_after(&pair.der),
+        "the expiry of the certificate in service"
+    );
 
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(deploy().join("grafana/berth-fleet.json")).unwrap()).unwrap();

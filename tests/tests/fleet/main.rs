@@ -15,6 +15,7 @@ mod analytics;
 mod api;
 mod dns;
 mod hooks;
+mod page;
 mod tls;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
