@@ -134,6 +134,24 @@ impl Analytics {
             manifests: top(&sum.manifests, limit),
         })
     }
+
+    /// The regions that pulled `repository` (with its registry: `docker.io/library/nginx`)
+    /// since `since_ms`.
+    pub fn regions_pulling(&self, repository: &str, since_ms: u64) -> Result<Vec<String>, StoreError> {
+        let since = since_ms - since_ms % BUCKET_MS;
+        let mut regions = std::collections::BTreeSet::new();
+        for (region, _, bucket) in self.store.pulls_since(None, since)? {
+            if bucket.repositories.get(repository).is_some_and(|n| *n > 0) {
+                regions.insert(region);
+            }
+        }
+        for ((region, start), bucket) in self.pending.lock().iter() {
+            if *start >= since && bucket.repositories.contains_key(repository) {
+                regions.insert(region.clone());
+            }
+        }
+        Ok(regions.into_iter().collect())
+    }
 }
 
 /// Flushes every [`FLUSH_EVERY`] until `closing`, then once more.
@@ -188,6 +206,9 @@ mod tests {
         assert_eq!(all.manifests, vec![PullCount { name: "r/app:latest".into(), count: 10 }]);
         let later = a.top(Some("eu"), t + BUCKET_MS, 10).unwrap();
         assert!(later.repositories.is_empty(), "eu pulled nothing in the later minute");
+        assert_eq!(a.regions_pulling("r/app", t).unwrap(), ["eu", "us"]);
+        assert_eq!(a.regions_pulling("r/db", t).unwrap(), ["eu"]);
+        assert_eq!(a.regions_pulling("r/app", t + BUCKET_MS).unwrap(), ["us"]);
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub struct HookRule {
     /// Platforms of an index to warm (empty: every platform).
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// Follow the pulls: only those of `regions` (every region when empty) whose edges
+    /// reported pulls of this repository within this span get the job; a push nobody pulled
+    /// makes none. Default: none (every region of `regions`).
+    #[serde(default)]
+    pub pulled_within: Option<berth_shared::HumanDuration>,
 }
 
 /// A pushed tag: (repository, tag).
@@ -99,6 +104,9 @@ pub fn validate(hooks: &HooksConfig) -> Vec<String> {
         if r.repositories.is_empty() {
             problems.push(format!("hooks.rule[{i}].repositories: at least one pattern"));
         }
+        if r.pulled_within.is_some_and(|d| d.get().is_zero()) {
+            problems.push(format!("hooks.rule[{i}].pulled_within: must be greater than zero"));
+        }
         if r.registry.is_empty() || r.registry.contains('/') {
             problems.push(format!("hooks.rule[{i}].registry: {:?} is not a registry name", r.registry));
         }
@@ -136,6 +144,7 @@ mod tests {
             registry: "r".into(),
             regions: vec![region.into()],
             platforms: vec![],
+            pulled_within: None,
         };
         let rules = vec![rule("team/*", "a"), rule("**", "b")];
         assert_eq!(rule_for(&rules, "team/app").unwrap().regions, vec!["a"]);

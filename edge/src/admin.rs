@@ -54,6 +54,7 @@ impl AdminApp {
             },
             ("GET" | "HEAD", "/metrics") => {
                 self.state.refresh_gauges();
+                self.policy.prefetch.refresh_gauges();
                 (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render().into_bytes())
             }
             ("POST", "/api/v1/prefetch") => self.prefetch(body),

@@ -160,6 +160,12 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// When the TLS certificate in service expires (Unix seconds; 0 without `[tls]`).
     pub tls_cert_expiry: IntGauge,
+    /// Prefetch jobs this edge knows, by state (`pending`, `running`, `done`, `failed`).
+    pub prefetch_jobs: IntGaugeVec,
+    /// Blobs of the unfinished prefetch jobs: `total` and `done`.
+    pub prefetch_blobs: IntGaugeVec,
+    /// Bytes of blobs made present by prefetch jobs.
+    pub prefetched_bytes: IntCounter,
     /// Request durations by kind and source (`memory`, `disk`, `upstream`, `none` for an
     /// answer without a body from a tier), from request line to last byte.
     pub request_seconds: HistogramVec,
@@ -179,6 +185,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -325,6 +337,18 @@ impl Metrics {
                 "Certificate reloads by result (loaded; refused: the old pair stays in service)",
                 &["result"],
             ),
+            prefetch_jobs: gauge_vec(r, "berth_edge_prefetch_jobs", "Prefetch jobs by state", &["state"]),
+            prefetch_blobs: gauge_vec(
+                r,
+                "berth_edge_prefetch_blobs",
+                "Blobs of the unfinished prefetch jobs (total, done)",
+                &["state"],
+            ),
+            prefetched_bytes: counter(
+                r,
+                "berth_edge_prefetched_bytes_total",
+                "Bytes of blobs made present by prefetch jobs",
+            ),
             request_seconds,
             miss_first_byte_seconds,
             fill_seconds,
@@ -344,6 +368,12 @@ impl Metrics {
         }
         for bound in ["header_bytes", "url_bytes", "fills", "upstream_connections", "framing"] {
             metrics.refused.with_label_values(&[bound]);
+        }
+        for state in ["pending", "running", "done", "failed"] {
+            metrics.prefetch_jobs.with_label_values(&[state]);
+        }
+        for state in ["total", "done"] {
+            metrics.prefetch_blobs.with_label_values(&[state]);
         }
         metrics
     }

@@ -174,11 +174,18 @@ async fn registry_hook(State(s): Shared, headers: HeaderMap, body: Bytes) -> Res
             continue;
         };
         let image = format!("{}/{repository}:{tag}", rule.registry);
-        let request = PrefetchRequest {
-            images: vec![image.clone()],
-            regions: rule.regions.clone(),
-            platforms: rule.platforms.clone(),
-        };
+        let mut regions = rule.regions.clone();
+        if let Some(within) = rule.pulled_within {
+            let name = format!("{}/{repository}", rule.registry);
+            let since = now_ms().saturating_sub(within.get().as_millis() as u64);
+            let pulling = s.analytics.regions_pulling(&name, since)?;
+            regions = pulling.into_iter().filter(|r| rule.regions.is_empty() || rule.regions.contains(r)).collect();
+            if regions.is_empty() {
+                tracing::info!(%image, "push webhook: no region pulled the repository lately, no prefetch");
+                continue;
+            }
+        }
+        let request = PrefetchRequest { images: vec![image.clone()], regions, platforms: rule.platforms.clone() };
         let id = random_id("pf");
         let order = request.into_order(id.clone()).map_err(|e| ApiError::bad_field(e.field, e.message))?;
         let event = s.log.append(Action::Prefetch(order)).await?;

@@ -102,6 +102,30 @@ impl PrefetchJobs {
         self.jobs.lock().values().cloned().collect()
     }
 
+    /// Brings the prefetch gauges up to date (before `/metrics`).
+    pub fn refresh_gauges(&self) {
+        let m = &self.state.metrics;
+        let (mut by_state, mut total, mut done) = ([0i64; 4], 0, 0);
+        for p in self.jobs.lock().values() {
+            let i = match p.state {
+                JobState::Pending => 0,
+                JobState::Running => 1,
+                JobState::Done => 2,
+                JobState::Failed => 3,
+            };
+            by_state[i] += 1;
+            if i < 2 {
+                total += p.blobs_total as i64;
+                done += p.blobs_done as i64;
+            }
+        }
+        for (state, n) in ["pending", "running", "done", "failed"].iter().zip(by_state) {
+            m.prefetch_jobs.with_label_values(&[state]).set(n);
+        }
+        m.prefetch_blobs.with_label_values(&["total"]).set(total);
+        m.prefetch_blobs.with_label_values(&["done"]).set(done);
+    }
+
     pub fn get(&self, job: &str) -> Option<PrefetchProgress> {
         self.jobs.lock().get(job).cloned()
     }
@@ -176,6 +200,7 @@ impl PrefetchJobs {
                 Ok(()) => {
                     p.blobs_done += 1;
                     p.bytes += size;
+                    self.state.metrics.prefetched_bytes.inc_by(size);
                 }
                 Err(e) => p.errors.push(format!("{digest}: {e}")),
             });

@@ -21,7 +21,7 @@ async fn a_push_notified_by_the_registry_is_warm_on_the_matching_regions_edges_o
     );
     let registry = DockerRegistry::start_with(&work.path().join("registry"), &notifications);
     let rules = format!(
-        "[auth]\nhook_tokens_file = {:?}\n[[hooks.rule]]\nrepositories = [\"hooked/**\"]\nregistry = \"registry.test\"\nregions = [\"region-a\"]\n",
+        "[auth]\nhook_tokens_file = {:?}\n[[hooks.rule]]\nrepositories = [\"hooked/**\"]\nregistry = \"registry.test\"\nregions = [\"region-a\"]\n[[hooks.rule]]\nrepositories = [\"followed/*\"]\nregistry = \"registry.test\"\npulled_within = \"1h\"\n",
         hook_token.display().to_string()
     );
     let distributor =
@@ -53,6 +53,54 @@ async fn a_push_notified_by_the_registry_is_warm_on_the_matching_regions_edges_o
     assert_eq!((r.status, r.header("x-berth-cache")), (200, Some("miss")), "region-b was not targeted");
     let log = std::fs::read_to_string(work.path().join("d.log")).unwrap_or_default();
     assert!(log.contains("push webhook: prefetch ordered"), "{log}");
+
+    // A rule that follows the pulls: v1 was pulled in region-b only, so v2's push warms
+    // region-b and not region-a.
+    oci_layout(&work.path().join("followed-v1"), "v1", &[random_bytes(50_000)]);
+    let push = |version: &str| {
+        let layout = work.path().join(format!("followed-{version}"));
+        if version != "v1" {
+            oci_layout(&layout, version, &[random_bytes(150_000)]);
+        }
+        skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{version}", layout.display()),
+            &format!("docker://{}/followed/app:{version}", registry.addr),
+        ]);
+    };
+    push("v1");
+    let log = work.path().join("d.log");
+    berth_tests::eventually("v1's push is seen, and makes no job", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("no region pulled the repository lately")
+    })
+    .await;
+    let accept = [("accept", "application/vnd.oci.image.manifest.v1+json")];
+    let v1 = client::request(http::Method::GET, &format!("{}/v2/followed/app/manifests/v1", b.url()), &accept).await;
+    assert_eq!(v1.status, 200);
+    let top = format!("{}/api/v1/analytics/pulls?region=region-b", distributor.url());
+    let admin = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
+    berth_tests::eventually_async("region-b's pull of followed/app is known", Duration::from_secs(30), || async {
+        let r = client::request(http::Method::GET, &top, &[("authorization", &admin)]).await;
+        r.json()["repositories"][0]["name"] == "registry.test/followed/app"
+    })
+    .await;
+    push("v2");
+    let layer = registry.blobs_of("followed/app", "v2").await.remove(0).1.remove(1);
+    let on_disk = |edge: &str| work.path().join(format!("{edge}-cache/blobs/sha256/{}/{}", &layer[7..9], &layer[7..]));
+    berth_tests::eventually("v2 is warm on region-b's edge", Duration::from_secs(30), || on_disk("edge-b").exists())
+        .await;
+    let jobs =
+        client::request(http::Method::GET, &format!("{}/api/v1/jobs", distributor.url()), &[("authorization", &admin)])
+            .await
+            .json();
+    let followed: Vec<_> =
+        jobs.as_array().unwrap().iter().filter(|j| j["images"][0] == "registry.test/followed/app:v2").collect();
+    assert_eq!(followed.len(), 1, "{jobs}");
+    assert_eq!(followed[0]["regions"], serde_json::json!(["region-b"]), "only the region that pulled it");
+    assert!(!on_disk("edge-a").exists(), "region-a never pulled followed/app");
+    let none = jobs.as_array().unwrap().iter().filter(|j| j["images"][0] == "registry.test/followed/app:v1").count();
+    assert_eq!(none, 0, "v1's push came before anyone pulled: no job");
 
     // A notification without the hook token is refused.
     let r = client::send(
