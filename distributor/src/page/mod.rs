@@ -146,9 +146,11 @@ fn edge_row(out: &mut String, region: &str, id: &str, e: &EdgeView) {
     cell(out, "/last_report_seconds", "secs", &format!("{:.0} s", e.last_report_seconds));
     cell(out, "/window_5m/hit_ratio", "pct", &pct(e.window_5m.hit_ratio));
     cell(out, "/window_1h/hit_ratio", "pct", &pct(e.window_1h.hit_ratio));
-    out.push_str("<td>");
-    tiers(out, "/window_5m", &e.window_5m, 120);
-    out.push_str("</td>");
+    for (prefix, window) in [("/window_5m", &e.window_5m), ("/window_1h", &e.window_1h)] {
+        out.push_str("<td>");
+        tiers(out, prefix, window, 90);
+        out.push_str("</td>");
+    }
     cell(out, "/window_5m/origin_offload", "pct", &pct(e.window_5m.origin_offload));
     cell(out, "/window_1h/origin_offload", "pct", &pct(e.window_1h.origin_offload));
     out.push_str(r#"<td class="n">"#);
@@ -174,7 +176,7 @@ fn region(out: &mut String, name: &str, r: &RegionView) {
     );
     summary(out, r);
     out.push_str(
-        r#"<table><thead><tr><th>edge</th><th>state</th><th>policy</th><th>lag</th><th>last report</th><th>hit 5 min</th><th>hit 1 h</th><th>bytes by tier, 5 min</th><th>offload 5 min</th><th>offload 1 h</th><th>disk</th><th>fills</th><th>errors 5 min</th></tr></thead><tbody>"#,
+        r#"<table><thead><tr><th>edge</th><th>state</th><th>policy</th><th>lag</th><th>last report</th><th>hit 5 min</th><th>hit 1 h</th><th>bytes by tier, 5 min</th><th>bytes by tier, 1 h</th><th>offload 5 min</th><th>offload 1 h</th><th>disk</th><th>fills</th><th>errors 5 min</th></tr></thead><tbody>"#,
     );
     for (id, e) in &r.edges {
         edge_row(out, name, id, e);

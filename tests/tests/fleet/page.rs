@@ -57,6 +57,19 @@ async fn shows(browser: &Browser, css: &str, want: &str) {
     panic!("the page shows {seen:?} at {css}, not {want:?}");
 }
 
+/// Waits until the browser is at `want` (a click's navigation completes on its own time).
+async fn at(browser: &Browser, want: &str, what: &str) {
+    let mut seen = String::new();
+    for _ in 0..300 {
+        seen = browser.current_url().await;
+        if seen == want && browser.script("return document.readyState", json!([])).await == "complete" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: the browser is at {seen}, not {want}");
+}
+
 fn artefact() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/test-artifacts/fleet-page.png")
 }
@@ -84,10 +97,10 @@ async fn the_fleet_page_shows_both_edges_their_hit_ratios_live_and_a_prefetch_re
     assert_eq!(browser.current_url().await, format!("{base}/login"), "no session: the login form");
     browser.type_into("#token", "not-the-token").await;
     browser.click("button[type=submit]").await;
-    assert_eq!(browser.text(".error").await.as_deref(), Some("That is not an admin token."));
+    shows(&browser, ".error", "That is not an admin token.").await;
     browser.type_into("#token", ADMIN_TOKEN).await;
     browser.click("button[type=submit]").await;
-    assert_eq!(browser.current_url().await, format!("{base}/"), "logged in: the fleet page");
+    at(&browser, &format!("{base}/"), "logged in: the fleet page").await;
 
     let edges = browser
         .script("return [...document.querySelectorAll('tr[data-edge]')].map(e => e.dataset.edge)", json!([]))
@@ -131,7 +144,7 @@ async fn the_fleet_page_shows_both_edges_their_hit_ratios_live_and_a_prefetch_re
 
     // Logging out ends the session.
     browser.click("header form button").await;
-    assert_eq!(browser.current_url().await, format!("{base}/login"));
+    at(&browser, &format!("{base}/login"), "logged out").await;
     browser.goto(&format!("{base}/")).await;
     assert_eq!(browser.current_url().await, format!("{base}/login"), "the session is gone");
 }
