@@ -96,7 +96,12 @@ impl Analytics {
             return;
         }
         let start = now_ms - now_ms % BUCKET_MS;
-        self.pending.lock().entry((region.to_owned(), start)).or_default().add_pulls(pulls);
+        let mut pending = self.pending.lock();
+        let bucket = pending.entry((region.to_owned(), start)).or_default();
+        bucket.add_pulls(pulls);
+        if bucket.repositories.len().max(bucket.manifests.len()) > 2 * BUCKET_NAMES {
+            *bucket = std::mem::take(bucket).bounded(BUCKET_NAMES);
+        }
     }
 
     /// Writes the pending buckets (merged with what the store has for them) and drops buckets
@@ -106,10 +111,14 @@ impl Analytics {
         let buckets: Vec<_> = pending.into_iter().map(|((r, t), b)| (r, t, b)).collect();
         let kept = self.store.merge_pulls(&buckets, BUCKET_NAMES, now_ms.saturating_sub(self.keep_ms));
         if kept.is_err() {
-            // Not lost: back in memory for the next attempt.
+            // Not lost: back in memory for the next attempt (bounded, and only while kept).
             let mut p = self.pending.lock();
             for (region, start, bucket) in buckets {
-                p.entry((region, start)).or_default().add(&bucket);
+                if start + self.keep_ms >= now_ms {
+                    let merged = p.entry((region, start)).or_default();
+                    merged.add(&bucket);
+                    *merged = std::mem::take(merged).bounded(BUCKET_NAMES);
+                }
             }
         }
         kept

@@ -88,7 +88,7 @@ fn glob(pattern: &str, name: &str) -> bool {
     }
     if let Some(rest) = pattern.strip_prefix('*') {
         let stop = name.find('/').unwrap_or(name.len());
-        return (0..=stop).any(|i| glob(rest, &name[i..]));
+        return (0..=stop).any(|i| name.is_char_boundary(i) && glob(rest, &name[i..]));
     }
     match (pattern.chars().next(), name.chars().next()) {
         (None, None) => true,
@@ -150,5 +150,7 @@ mod tests {
         assert_eq!(rule_for(&rules, "team/app").unwrap().regions, vec!["a"]);
         assert_eq!(rule_for(&rules, "team/x/app").unwrap().regions, vec!["b"]);
         assert!(rule_for(&rules[..1], "other/app").is_none());
+        assert!(rule_for(&rules[..1], "team/äpp").is_some(), "non-ASCII names match without panicking");
+        assert!(rule_for(&[rule("t*/x", "a")], "tëam/x").is_some());
     }
 }

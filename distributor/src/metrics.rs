@@ -1,6 +1,6 @@
 //! Every metric the distributor exports, defined in one place (`berth_distributor_` prefix).
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -18,6 +18,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// When the TLS certificate in service expires (Unix seconds; 0 without `[tls]`).
     pub tls_cert_expiry: IntGauge,
+    /// Seconds since each edge's last report, by `edge` and `region` (set at each scrape).
+    pub report_age: IntGaugeVec,
 }
 
 impl Metrics {
@@ -51,7 +53,13 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(tls_cert_expiry.clone())).expect("unique metric");
-        Metrics { registry, events, reports, watchers, log_version, edges, tls_reloads, tls_cert_expiry }
+        let report_age = IntGaugeVec::new(
+            Opts::new("berth_distributor_edge_report_age_seconds", "Seconds since each edge's last report"),
+            &["edge", "region"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(report_age.clone())).expect("unique metric");
+        Metrics { registry, events, reports, watchers, log_version, edges, tls_reloads, tls_cert_expiry, report_age }
     }
 
     pub fn render(&self) -> String {

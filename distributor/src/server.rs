@@ -63,6 +63,7 @@ impl Distributor {
             sessions: Default::default(),
             stale_after: config.fleet.stale_after.get(),
             tls: tls.is_some(),
+            login_gate: Default::default(),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(http = %addr, scheme, "distributor ready to serve");

@@ -38,15 +38,16 @@ pub struct Counters {
 impl Counters {
     pub fn of(report: &EdgeReport) -> Self {
         let mut c = Counters::default();
-        for (key, n) in &report.requests {
+        // Reported numbers are not trusted to be small: sums saturate.
+        for (key, &n) in &report.requests {
             let (kind, outcome) = key.split_once('/').unwrap_or((key, ""));
             if outcome == "error" {
-                c.errors += n;
+                c.errors = c.errors.saturating_add(n);
             }
             if kind == "blob" || kind == "manifest" {
-                c.requests += n;
+                c.requests = c.requests.saturating_add(n);
                 if matches!(outcome, "hit" | "coalesced" | "revalidated") {
-                    c.hits += n;
+                    c.hits = c.hits.saturating_add(n);
                 }
             }
         }
@@ -75,13 +76,13 @@ impl Counters {
     }
 
     pub fn add(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.hits += o.hits;
-        self.errors += o.errors;
-        self.bytes_memory += o.bytes_memory;
-        self.bytes_disk += o.bytes_disk;
-        self.bytes_upstream += o.bytes_upstream;
-        self.origin_bytes += o.origin_bytes;
+        self.requests = self.requests.saturating_add(o.requests);
+        self.hits = self.hits.saturating_add(o.hits);
+        self.errors = self.errors.saturating_add(o.errors);
+        self.bytes_memory = self.bytes_memory.saturating_add(o.bytes_memory);
+        self.bytes_disk = self.bytes_disk.saturating_add(o.bytes_disk);
+        self.bytes_upstream = self.bytes_upstream.saturating_add(o.bytes_upstream);
+        self.origin_bytes = self.origin_bytes.saturating_add(o.origin_bytes);
     }
 }
 
@@ -104,7 +105,7 @@ pub struct Window {
 
 impl From<Counters> for Window {
     fn from(c: Counters) -> Self {
-        let served = c.bytes_memory + c.bytes_disk + c.bytes_upstream;
+        let served = c.bytes_memory.saturating_add(c.bytes_disk).saturating_add(c.bytes_upstream);
         let share = |n: u64| (served > 0).then(|| n as f64 / served as f64);
         Window {
             requests: c.requests,
@@ -163,47 +164,37 @@ impl Stats {
         let start = now_ms.saturating_sub(window_ms);
         let baseline = match h.samples.iter().rev().find(|s| s.at_ms <= start) {
             Some(s) => s.counters,
-            None if uptime * 1000 <= window_ms => Counters::default(),
+            None if uptime.saturating_mul(1000) <= window_ms => Counters::default(),
             None => h.samples.front().map(|s| s.counters).unwrap_or_default(),
         };
         Some(latest.counters.since(&baseline))
     }
 
-    /// The counters of several edges summed at each of `points` (Unix ms), each edge at its
-    /// last sample at or before the point (edges without one count nothing).
-    pub fn summed_at(&self, ids: &[&str], points: &[u64]) -> Vec<Counters> {
+    /// The hit ratio of several edges between consecutive `points` (Unix ms): each edge's own
+    /// difference between its last samples at or before the two points (from zero after a
+    /// restart), summed; none where nothing was asked.
+    pub fn chart(&self, ids: &[&str], points: &[u64]) -> Vec<Option<f64>> {
         let edges = self.edges.lock();
-        let mut out = vec![Counters::default(); points.len()];
+        let mut sums = vec![Counters::default(); points.len().saturating_sub(1)];
         for id in ids {
             let Some(h) = edges.get(*id) else { continue };
-            for (i, p) in points.iter().enumerate() {
-                let latest = h.latest.map(|(s, _)| s).filter(|s| s.at_ms <= *p);
-                let at = latest.or_else(|| h.samples.iter().rev().find(|s| s.at_ms <= *p).copied());
-                if let Some(s) = at {
-                    out[i].add(&s.counters);
+            let at = |p: u64| {
+                let latest = h.latest.map(|(s, _)| s).filter(|s| s.at_ms <= p);
+                latest.or_else(|| h.samples.iter().rev().find(|s| s.at_ms <= p).copied()).map(|s| s.counters)
+            };
+            for (i, pair) in points.windows(2).enumerate() {
+                if let Some(b) = at(pair[1]) {
+                    sums[i].add(&b.since(&at(pair[0]).unwrap_or_default()));
                 }
             }
         }
-        out
+        sums.iter().map(|c| (c.requests > 0).then(|| c.hits.min(c.requests) as f64 / c.requests as f64)).collect()
     }
 
     /// Forgets edges that are no longer in the fleet.
     pub fn retain(&self, known: &BTreeMap<String, ()>) {
         self.edges.lock().retain(|id, _| known.contains_key(id));
     }
-}
-
-/// Hit ratios between consecutive points of summed counters (none where nothing was asked, or
-/// where the counters went down: an edge restarted).
-pub fn ratios(points: &[Counters]) -> Vec<Option<f64>> {
-    points
-        .windows(2)
-        .map(|w| {
-            let (a, b) = (w[0], w[1]);
-            (b.requests > a.requests && b.hits >= a.hits)
-                .then(|| (b.hits - a.hits) as f64 / (b.requests - a.requests) as f64)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -251,13 +242,16 @@ mod tests {
     }
 
     #[test]
-    fn should_sum_edges_at_points_and_give_ratios_between_them() {
+    fn should_chart_each_edges_own_difference_between_points() {
         let s = Stats::default();
         s.record(&report("a", 10, 0, 10, 0, 0), 0);
         s.record(&report("b", 10, 5, 5, 0, 0), 0);
         s.record(&report("a", 40, 10, 10, 0, 0), 30_000);
-        let summed = s.summed_at(&["a", "b"], &[0, 30_000]);
-        assert_eq!(summed[1].requests, 30);
-        assert_eq!(ratios(&summed), vec![Some(1.0)]);
+        assert_eq!(s.chart(&["a", "b"], &[0, 30_000]), vec![Some(1.0)]);
+        // b restarts with fewer requests while a grows: b counts from its restart, the ratio
+        // stays a ratio.
+        s.record(&report("b", 5, 2, 0, 0, 0), 40_000);
+        s.record(&report("a", 60, 10, 20, 0, 0), 50_000);
+        assert_eq!(s.chart(&["a", "b"], &[30_000, 50_000]), vec![Some(2.0 / 12.0)]);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::fleet::EdgeRecord;
 use crate::jobs::JobStatus;
-use crate::stats::{ratios, Counters, Stats, Window};
+use crate::stats::{Counters, Stats, Window};
 
 pub const FIVE_MINUTES_MS: u64 = 5 * 60_000;
 pub const HOUR_MS: u64 = 60 * 60_000;
@@ -141,7 +141,7 @@ fn region_view(i: &Inputs, name: &str, edges: Vec<&EdgeRecord>) -> RegionView {
         edges: edges.iter().map(|e| (e.id.clone(), edge_view(i, e))).collect(),
         window_5m: sum(FIVE_MINUTES_MS),
         window_1h: sum(HOUR_MS),
-        hit_ratio_chart: ratios(&i.stats.summed_at(&ids, &points)),
+        hit_ratio_chart: i.stats.chart(&ids, &points),
         top: i.top.get(name).cloned().unwrap_or_default(),
     }
 }
@@ -191,7 +191,9 @@ pub fn build(i: Inputs) -> FleetView {
     invalidations.truncate(RECENT);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (name, r) in &regions {
-        (name, r.edges.keys().collect::<Vec<_>>(), r.top.iter().map(|p| &p.name).collect::<Vec<_>>()).hash(&mut h);
+        // The top names as a set and their number: a change of rank is shown in place.
+        let top: std::collections::BTreeSet<_> = r.top.iter().map(|p| &p.name).collect();
+        (name, r.edges.keys().collect::<Vec<_>>(), top).hash(&mut h);
     }
     (jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), invalidations.iter().map(|v| v.version).collect::<Vec<_>>())
         .hash(&mut h);

@@ -300,7 +300,8 @@ pub struct EdgeReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::IpAddr>,
     /// `"ready"`, or why the edge's `/readyz` answers 503 (`"drained by an operator"`,
-    /// `"draining: shutting down"`, `"policy stale: ..."`, `"cache disk failed: ..."`).
+    /// `"draining: shutting down"`, `"policy stale: ..."`, `"cache disk degraded: ..."`,
+    /// `"cache folder unusable: ..."`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<String>,
     /// Blob fills running now.

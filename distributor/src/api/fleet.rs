@@ -21,6 +21,8 @@ use crate::view::{self, FleetView};
 
 /// Policy events looked at for the recent invalidations.
 const EVENTS_SCANNED: u64 = 500;
+/// How long a failed login holds the next attempt back.
+const LOGIN_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most pulled repositories shown per region.
 const TOP_PER_REGION: usize = 10;
 
@@ -90,8 +92,11 @@ pub async fn login(State(s): Shared, body: Bytes) -> Response {
     if let Ok(value) = format!("Bearer {}", token.trim()).parse() {
         headers.insert(header::AUTHORIZATION, value);
     }
+    // One attempt at a time, and a failed one costs a second: guessing a token online is slow.
+    let _turn = s.login_gate.lock().await;
     if token.trim().is_empty() || auth::check(&headers, &s.tokens.admin, Role::Admin).is_err() {
         tracing::warn!("fleet page: login refused");
+        tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
         return (StatusCode::UNAUTHORIZED, Html(crate::page::login(Some("That is not an admin token."))))
             .into_response();
     }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub stale_after: Duration,
     /// Served over TLS (session cookies are then `Secure`).
     pub tls: bool,
+    /// Login attempts are taken one at a time, a failed one holding the next back for a second.
+    pub login_gate: tokio::sync::Mutex<()>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -259,14 +261,18 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
             ));
         }
     }
-    let now = now_ms();
-    s.analytics.record(&report.region, &report.pulls, now);
-    s.stats.record(&report, now);
-    report.pulls = Default::default();
+    // Pulls are counted only once the report is recorded (a failed report is sent again with
+    // its counts); an edge sends at most PULLS_TOP_K names of each kind.
+    let mut pulls = std::mem::take(&mut report.pulls);
+    pulls.repositories.truncate(berth_shared::protocol::PULLS_TOP_K);
+    pulls.manifests.truncate(berth_shared::protocol::PULLS_TOP_K);
     let fleet = Arc::clone(&s.fleet);
-    tokio::task::spawn_blocking(move || fleet.record(report))
+    let record = tokio::task::spawn_blocking(move || fleet.record(report).map(|r| r.report))
         .await
         .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    let now = now_ms();
+    s.analytics.record(&record.region, &pulls, now);
+    s.stats.record(&record, now);
     s.metrics.reports.inc();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,6 +308,13 @@ async fn metrics(State(s): Shared) -> Response {
     if let Ok((latest, _)) = s.log.versions().await {
         s.metrics.log_version.set(latest as i64);
     }
-    s.metrics.edges.set(s.fleet.list().len() as i64);
+    let edges = s.fleet.list();
+    s.metrics.edges.set(edges.len() as i64);
+    let now = now_ms();
+    s.metrics.report_age.reset();
+    for e in &edges {
+        let age = now.saturating_sub(e.last_seen_ms) / 1000;
+        s.metrics.report_age.with_label_values(&[&e.id, &e.region]).set(age as i64);
+    }
     ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }

@@ -54,6 +54,7 @@
     });
     root.dataset.updated = String(data.generated_ms);
   }
+  // The next poll is set once this one is done: slow answers never pile up.
   async function poll() {
     try {
       const r = await fetch("/api/v1/fleet", { credentials: "same-origin", cache: "no-store" });
@@ -62,6 +63,7 @@
     } catch (e) {
       // The distributor is restarting or unreachable: try again at the next tick.
     }
+    setTimeout(poll, 2000);
   }
-  setInterval(poll, 2000);
+  setTimeout(poll, 2000);
 })();

@@ -117,8 +117,12 @@ fn summary(out: &mut String, r: &RegionView) {
     chart(out, &r.hit_ratio_chart);
     out.push_str(r#"</div><div><div class="muted">most pulled, last hour</div><ol class="top">"#);
     for (i, p) in r.top.iter().enumerate().take(10) {
-        let _ =
-            write!(out, r#"<li>{} <span class="muted" data-f="/top/{i}/count">{}</span></li>"#, esc(&p.name), p.count);
+        let _ = write!(
+            out,
+            r#"<li><span data-f="/top/{i}/name">{}</span> <span class="muted" data-f="/top/{i}/count">{}</span></li>"#,
+            esc(&p.name),
+            p.count
+        );
     }
     if r.top.is_empty() {
         out.push_str(r#"<li class="muted">no pulls reported</li>"#);

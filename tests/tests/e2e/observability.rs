@@ -30,15 +30,17 @@ impl Drop for Prometheus {
     }
 }
 
-/// A Prometheus scraping `targets` (job, address) every second, with the alert rules loaded.
-fn prometheus(dir: &Path, targets: &[(&str, String)]) -> Prometheus {
-    let mut config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
-        deploy().join("prometheus/berth-alerts.yml").display()
-    );
-    for (job, addr) in targets {
-        config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: [\"{addr}\"]\n"));
-    }
+/// A Prometheus running the shipped deploy/prometheus/prometheus.yml with its example targets
+/// replaced by `edge` and `distributor`, every second, and the alert rules loaded.
+fn prometheus(dir: &Path, edge: &str, distributor: &str) -> Prometheus {
+    let shipped = std::fs::read_to_string(deploy().join("prometheus/prometheus.yml")).unwrap();
+    let config = shipped
+        .replace(r#"["edge-1.eu-west.example:9400", "edge-2.eu-west.example:9400"]"#, &format!("[\"{edge}\"]"))
+        .replace(r#"["distributor.example:7000"]"#, &format!("[\"{distributor}\"]"))
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+        .replace("  - berth-alerts.yml", &format!("  - {}", deploy().join("prometheus/berth-alerts.yml").display()));
+    assert!(config.contains(edge) && config.contains(distributor), "the shipped config's targets are where expected");
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     // Prometheus binds its own port: try a few until one is free.
     for attempt in 0..20u16 {
@@ -151,15 +153,23 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_a_re
     origin.put_manifest("team/app", Some("v1"), "application/vnd.oci.image.manifest.v1+json", manifest);
     let blobs: Vec<_> = (0..5).map(|i| origin.put_blob("team/app", vec![i as u8; 100_000])).collect();
     let admin = edge.running().admin_addr.to_string();
-    let prometheus =
-        prometheus(work.path(), &[("berth-edge", admin), ("berth-distributor", distributor.addr.to_string())]);
+    let prometheus = prometheus(work.path(), &admin, &distributor.addr.to_string());
+    // A prefetch, so the prefetch panels show a job rather than zeros.
+    let order = r#"{"images": ["docker.io/team/app:v1"]}"#;
+    let r = client::send(http::Method::POST, &format!("{}/api/v1/prefetch", edge.admin_url()), &[], order).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(r.bytes()));
 
     // A pull workload while Prometheus scrapes: misses first, then hits, for a few seconds.
     let started = Instant::now();
+    let mut round = 0u8;
     while started.elapsed() < Duration::from_secs(6) {
         for d in &blobs {
             client::get(&format!("{}/v2/team/app/blobs/{d}", edge.url())).await.bytes();
         }
+        // A new blob each round: misses and fills all along, not only before the first scrape.
+        round = round.wrapping_add(1);
+        let fresh = origin.put_blob("team/app", vec![round; 50_000 + usize::from(round)]);
+        client::get(&format!("{}/v2/team/app/blobs/{fresh}", edge.url())).await.bytes();
         let accept = [("accept", "application/vnd.oci.image.manifest.v1+json")];
         client::request(http::Method::GET, &format!("{}/v2/team/app/manifests/v1", edge.url()), &accept).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -200,7 +210,13 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_a_re
             let expr = target["expr"].as_str().unwrap().replace("$region", ".*").replace("$__rate_interval", "20s");
             let answer = query(&prometheus, &expr).await;
             assert_eq!(answer["status"], "success", "{}: {answer}", panel["title"]);
-            if answer["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+            // Data means a number: a quantile over empty buckets is NaN, which is no data.
+            let numbers = answer["data"]["result"].as_array().map_or(0, |r| {
+                r.iter()
+                    .filter(|s| s["value"][1].as_str().is_some_and(|v| v.parse::<f64>().is_ok_and(f64::is_finite)))
+                    .count()
+            });
+            if numbers == 0 {
                 empty.push(format!("{}: {expr}", panel["title"]));
             }
         }
