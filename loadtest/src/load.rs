@@ -47,12 +47,25 @@ impl Conn {
 
     /// GETs `path`, reading (and optionally hashing) the whole body.
     pub async fn get(&mut self, path: &str, accept: Option<&str>, hash: Option<&mut Sha256>) -> Result<Timing> {
+        match accept {
+            Some(a) => self.get_with(path, &[("Accept", a)], hash).await,
+            None => self.get_with(path, &[], hash).await,
+        }
+    }
+
+    /// GETs `path` with extra request headers (a `Range`), reading the whole body.
+    pub async fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        hash: Option<&mut Sha256>,
+    ) -> Result<Timing> {
         if self.sender.ready().await.is_err() {
             *self = Conn::connect(self.addr).await?;
         }
         let mut req = Request::get(path).header("Host", self.addr.to_string()).header("User-Agent", self.user_agent);
-        if let Some(a) = accept {
-            req = req.header("Accept", a);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let start = Instant::now();
         let response = self.sender.send_request(req.body(Empty::new())?).await?;

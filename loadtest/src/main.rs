@@ -61,6 +61,17 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         rounds: usize,
     },
+    /// A cold range near the end of a large blob, through the edge and from the origin.
+    ColdRange {
+        #[arg(long, default_value = "target/release/berth-edge")]
+        edge: PathBuf,
+        #[arg(long, default_value = "/var/tmp/berth-bench-range")]
+        work: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        blob_mib: u64,
+        #[arg(long, default_value_t = 7)]
+        trials: usize,
+    },
     /// The distributor's fleet page and its JSON with many simulated edges, and its load time
     /// in headless Chromium.
     FleetPage {
@@ -116,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
                 pct(&p.slowest, 0.99),
                 pct(&p.slowest, 1.0)
             );
+        }
+        Command::ColdRange { edge, work, blob_mib, trials } => {
+            let _ = std::fs::remove_dir_all(&work);
+            print!("{}", berth_loadtest::cold_range::run(&edge, &work, blob_mib, trials).await?);
         }
         Command::FleetPage { distributor, work, edges, runs } => {
             let _ = std::fs::remove_dir_all(&work);

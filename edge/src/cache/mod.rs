@@ -8,6 +8,7 @@ pub mod index;
 pub mod manifests;
 pub mod memory;
 pub mod negative;
+pub mod ranged;
 pub mod scrub;
 pub mod source;
 mod xattr;

@@ -12,6 +12,7 @@ use http::Method;
 use tokio::sync::watch;
 
 use super::fill::{Fill, FillError, FillState};
+use super::ranged::RangedReader;
 use super::{blocking, EntryKey};
 use crate::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
@@ -40,6 +41,8 @@ pub enum BlobSource {
     Disk(DiskReader),
     Fill(FillReader),
     Direct(Box<DirectReader>),
+    /// A range far ahead of a fill, fetched on its own (checked against the fill at the end).
+    Ranged(Box<RangedReader>),
 }
 
 /// What a reader of a fill needs to carry on alone if the fill's disk fails: the clients of a
@@ -58,6 +61,19 @@ impl BlobSource {
             BlobSource::Disk(r) => Some(r.size),
             BlobSource::Fill(r) => r.total,
             BlobSource::Direct(r) => r.total,
+            BlobSource::Ranged(r) => r.blob_size(),
+        }
+    }
+
+    /// Whether `finish` may still have to wait (the bytes are not all known to be verified):
+    /// a fill in flight, an upstream stream, a range ahead of a fill, a disk read hashed as it
+    /// is served.
+    pub fn checked_at_the_end(&self) -> bool {
+        match self {
+            BlobSource::Memory(_) => false,
+            BlobSource::Disk(r) => r.verify.is_some(),
+            BlobSource::Fill(r) => !r.fill.is_verified(),
+            BlobSource::Direct(_) | BlobSource::Ranged(_) => true,
         }
     }
 
@@ -82,6 +98,7 @@ impl BlobSource {
                 BlobSource::Disk(r) => return r.read(offset, max).await,
                 BlobSource::Fill(r) => r.read(offset, max).await,
                 BlobSource::Direct(r) => return r.read(offset, max).await,
+                BlobSource::Ranged(r) => return r.read(offset, max).await,
             };
             match result {
                 Err(FillError::Disk(reason)) => self.fall_back(reason).await?,
@@ -98,6 +115,7 @@ impl BlobSource {
                 BlobSource::Disk(r) => return r.check().await.map(|()| r.size),
                 BlobSource::Fill(r) => r.verified().await,
                 BlobSource::Direct(r) => return r.finish().await,
+                BlobSource::Ranged(r) => return r.finish().await,
             };
             match result {
                 Err(FillError::Disk(reason)) => self.fall_back(reason).await?,
@@ -122,7 +140,7 @@ impl BlobSource {
     }
 }
 
-async fn read_at(file: &Arc<File>, offset: u64, len: usize) -> Result<Option<Bytes>, FillError> {
+pub(super) async fn read_at(file: &Arc<File>, offset: u64, len: usize) -> Result<Option<Bytes>, FillError> {
     if len == 0 {
         return Ok(None);
     }
@@ -319,6 +337,18 @@ impl FillReader {
             }
             wait_change(&mut rx).await?;
         }
+    }
+
+    /// For a range `[first, end)` far ahead of the fill's progress: its own ranged upstream
+    /// request (`None`: not worth it, or the upstream did not answer the range).
+    pub async fn ranged(&self, first: u64, end: u64) -> Option<RangedReader> {
+        let fallback = self.fallback.as_ref()?;
+        if !super::ranged::worth_it(&self.fill, first) {
+            return None;
+        }
+        let fill = Arc::clone(&self.fill.0);
+        let metrics = Arc::clone(&fallback.metrics);
+        RangedReader::open(fill, &fallback.upstream, &fallback.repository, first, Some(end - 1), metrics).await
     }
 
     /// Bytes written at or after `offset` that may be read now (waits for more if none).

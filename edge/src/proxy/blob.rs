@@ -10,10 +10,11 @@ use pingora::Result;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
 use crate::cache::fill::Lookup;
+use crate::cache::ranged::{self, RangedReader};
 use crate::cache::source::{DirectReader, DiskReader, Fallback, FillReader, FillStart};
 use crate::cache::{blocking, BlobSource, EntryKey, FillError, MemoryObject, SourceKind};
 use crate::registry::error::Subject;
-use crate::registry::range::RangeRequest;
+use crate::registry::range::{ByteRange, RangeRequest};
 use crate::registry::ApiError;
 use crate::state::EdgeState;
 use crate::upstream::Upstream;
@@ -38,21 +39,27 @@ pub(super) async fn serve(
     if is_head {
         return head(state, session, ctx, upstream, repository, digest).await;
     }
-    let source = match open_source(state, ctx, upstream, repository, digest).await {
+    // A range that starts far into the blob may be fetched on its own if the blob is cold.
+    let ahead = match range {
+        RangeRequest::Single(ByteRange::From { first, last }) if first > ranged::AHEAD => Some((first, last)),
+        _ => None,
+    };
+    let source = match open_source(state, ctx, upstream, repository, digest, ahead).await {
         Ok(source) => source,
         Err(err) => return respond::error(session, ctx, &err).await,
     };
     send(session, ctx, source, digest, range).await
 }
 
-/// The blob from memory, from disk, from a fill (started or joined), or straight from the
-/// upstream.
+/// The blob from memory, from disk, from a fill (started or joined), from its own ranged
+/// request beside a fill (`ahead`: a range far into a cold blob), or straight from the upstream.
 async fn open_source(
     state: &Arc<EdgeState>,
     ctx: &mut RequestCtx,
     upstream: &Arc<Upstream>,
     repository: &RepositoryName,
     digest: Digest,
+    ahead: Option<(u64, Option<u64>)>,
 ) -> Result<BlobSource, ApiError> {
     let key = EntryKey::blob(digest);
     let live = Arc::clone(&ctx.live);
@@ -109,6 +116,16 @@ async fn open_source(
             repository: repository.clone(),
             metrics: Arc::clone(&state.metrics),
         };
+        // The ranged request goes out beside the fill's (which runs as its own task), without
+        // waiting for the fill's headers.
+        // (Not beside a fill for another repository: that one may be refused, and this request
+        // then starts its own.)
+        if let Some((first, last)) = ahead.filter(|(first, _)| !foreign && ranged::worth_it(&fill, *first)) {
+            let metrics = Arc::clone(&state.metrics);
+            if let Some(r) = RangedReader::open(Arc::clone(&fill), upstream, repository, first, last, metrics).await {
+                return Ok(BlobSource::Ranged(Box::new(r)));
+            }
+        }
         match FillReader::start(fill, Some(fallback)).await {
             Ok(FillStart::Reader(reader)) => return Ok(BlobSource::Fill(reader)),
             Ok(FillStart::Bypass) => {
@@ -182,6 +199,12 @@ async fn send(
         },
         (_, size) => (200, 0, size),
     };
+    // A cold range far ahead of the fill gets its own upstream request (checked at the end).
+    if let (206, BlobSource::Fill(reader), Some(end)) = (status, &source, end) {
+        if let Some(ranged) = reader.ranged(first, end).await {
+            source = BlobSource::Ranged(Box::new(ranged));
+        }
+    }
     // An empty body would be complete with the headers: verify before sending them.
     if end == Some(first) {
         if let Err(e) = source.finish().await {

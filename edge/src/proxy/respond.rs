@@ -123,6 +123,16 @@ pub(super) async fn stream(
         };
         offset += chunk.len() as u64;
         let last = end == Some(offset);
+        if last && source.checked_at_the_end() && chunk.len() > 1 {
+            // All but the last byte go now (a cold range's first bytes must not wait for the
+            // whole blob); the last one only once the source is verified.
+            let (head, tail) = (chunk.slice(..chunk.len() - 1), chunk.slice(chunk.len() - 1..));
+            ctx.body_bytes += head.len() as u64;
+            session.write_response_body(Some(head), false).await?;
+            source.finish().await.map_err(abort)?;
+            ctx.body_bytes += 1;
+            return session.write_response_body(Some(tail), true).await;
+        }
         if last {
             source.finish().await.map_err(abort)?;
         }

@@ -54,6 +54,14 @@ pub struct HttpClient {
     guard: Arc<Guard>,
 }
 
+/// Request headers beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    pub accept: Option<&'a str>,
+    /// `bytes=<first>-<last>`.
+    pub range: Option<&'a str>,
+}
+
 impl HttpClient {
     /// A client whose connections `guard` polices (see `guard.rs`).
     pub fn new(timeouts: Timeouts, ca_file: Option<&Path>, guard: Arc<Guard>) -> Result<Self, ClientError> {
@@ -83,12 +91,23 @@ impl HttpClient {
         accept: Option<&str>,
         authorization: Option<&HeaderValue>,
     ) -> Result<UpstreamResponse, ClientError> {
+        self.send_with(method, uri, Extra { accept, range: None }, authorization).await
+    }
+
+    /// [`send`](Self::send) with a `Range` header too (kept across redirects).
+    pub async fn send_with(
+        &self,
+        method: Method,
+        uri: &str,
+        extra: Extra<'_>,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<UpstreamResponse, ClientError> {
         let origin: Uri = uri.parse().map_err(|_| ClientError::BadUrl(uri.to_owned()))?;
         let mut current = origin.clone();
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = current.scheme() == origin.scheme() && current.authority() == origin.authority();
             let auth = authorization.filter(|_| same_origin);
-            let mut response = self.send_once(method.clone(), current.clone(), accept, auth).await?;
+            let mut response = self.send_once(method.clone(), current.clone(), extra, auth).await?;
             if !is_redirect(response.status) {
                 response.from_origin = same_origin;
                 return Ok(response);
@@ -107,12 +126,15 @@ impl HttpClient {
         &self,
         method: Method,
         uri: Uri,
-        accept: Option<&str>,
+        extra: Extra<'_>,
         authorization: Option<&HeaderValue>,
     ) -> Result<UpstreamResponse, ClientError> {
         let mut builder = Request::builder().method(method).uri(uri).header(USER_AGENT, USER_AGENT_VALUE);
-        if let Some(accept) = accept {
+        if let Some(accept) = extra.accept {
             builder = builder.header(ACCEPT, accept);
+        }
+        if let Some(range) = extra.range {
+            builder = builder.header(http::header::RANGE, range);
         }
         if let Some(auth) = authorization {
             builder = builder.header(AUTHORIZATION, auth.clone());

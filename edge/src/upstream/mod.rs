@@ -171,6 +171,32 @@ impl Upstream {
         path: &str,
         accept: Option<&str>,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.fetch_with(method, repository, path, client::Extra { accept, range: None }).await
+    }
+
+    /// `GET` of the bytes `first..=last` of a blob (to its end without `last`); the answer may
+    /// be a `206` or a whole `200` (an upstream that ignores ranges): the caller checks.
+    pub async fn fetch_range(
+        &self,
+        repository: &RepositoryName,
+        path: &str,
+        first: u64,
+        last: Option<u64>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let range = match last {
+            Some(last) => format!("bytes={first}-{last}"),
+            None => format!("bytes={first}-"),
+        };
+        self.fetch_with(Method::GET, repository, path, client::Extra { accept: None, range: Some(&range) }).await
+    }
+
+    async fn fetch_with(
+        &self,
+        method: Method,
+        repository: &RepositoryName,
+        path: &str,
+        extra: client::Extra<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = format!("{}/v2/{}/{}", self.base_str(), repository, path);
         let scope = format!("repository:{repository}:pull");
         let slot = self.slot(&self.request_slots, "upstream_connections").await?;
@@ -179,7 +205,7 @@ impl Upstream {
             let authorization = self.auth.header_for(&scope).await.map_err(|source| self.auth_error(source))?;
             let response = self
                 .client
-                .send(method.clone(), &uri, accept, authorization.as_ref())
+                .send_with(method.clone(), &uri, extra, authorization.as_ref())
                 .await
                 .map_err(|source| UpstreamError::Client { upstream: self.name.clone(), source })?;
             // Only the upstream itself may ask for its credentials: a challenge from a redirect

@@ -1,5 +1,6 @@
 //! Single-flight fills: one origin fetch per blob, waiters served while it is written, clients
-//! that leave or stall do not affect it, ranges on a miss, and restarts keep the cache.
+//! that leave or stall do not affect it, ranges on a miss (a range far ahead of the fill by its
+//! own request), and restarts keep the cache.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,4 +187,86 @@ async fn a_failing_request_for_another_repository_does_not_fail_a_joined_pull() 
     let real = real.await.unwrap();
     assert_eq!(real.status, 200, "the pull of the real repository is not failed by the bogus one");
     assert_eq!(real.bytes().as_ref(), body.as_slice());
+}
+
+/// A lazy puller's range near the end of a cold blob while the fill is held back at 1 MiB.
+async fn range_ahead_of_a_held_fill(
+    corrupt: bool,
+) -> (Origin, String, Vec<u8>, client::Streaming, Arc<Notify>, edge::TestEdge) {
+    let origin = Origin::start().await;
+    let body = random_bytes(8 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let gate = Arc::new(Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt });
+    let edge = edge::start(&origin.url());
+    let url = format!("{}{path}", edge.url());
+    let mut fill = client::open(&url, &[]).await;
+    fill.read_at_least(1).await.unwrap();
+    origin.wait_holding(&path, 1).await;
+    let first = body.len() - 100_000;
+    let range = format!("bytes={first}-{}", body.len() - 1);
+    let ranged = client::open(&url, &[("Range", &range)]).await;
+    assert_eq!(ranged.status, 206);
+    drop(fill);
+    (origin, path, body, ranged, gate, edge)
+}
+
+#[tokio::test]
+async fn a_cold_range_far_ahead_of_the_fill_is_fetched_on_its_own_and_completes_once_the_blob_is_verified() {
+    let (origin, path, body, mut ranged, gate, edge) = range_ahead_of_a_held_fill(false).await;
+    // Every byte but the last arrives while the fill is still held at 1 MiB.
+    ranged.read_at_least(100_000 - 1).await.expect("the range's bytes before the fill reaches them");
+    assert_eq!(origin.holding(&path), 1, "the fill is still held");
+    let asked: Vec<_> =
+        origin.log().into_iter().filter(|l| l.path == path).map(|l| l.header("Range").map(str::to_owned)).collect();
+    assert_eq!(
+        asked,
+        vec![None, Some(format!("bytes={}-{}", body.len() - 100_000, body.len() - 1))],
+        "one full fetch, one ranged"
+    );
+    // The last byte waits for the whole blob to be verified.
+    gate.notify_one();
+    assert_eq!(ranged.finish().await.expect("complete range").as_ref(), &body[body.len() - 100_000..]);
+    assert_eq!(edge.metric("berth_edge_upstream_requests_total{request=\"blob_range\"").await, 1.0);
+    let digest = path.rsplit('/').next().unwrap().parse().unwrap();
+    edge.published(digest).await;
+    assert_eq!(client::get(&format!("{}{path}", edge.url())).await.header("x-berth-cache"), Some("hit"));
+}
+
+#[tokio::test]
+async fn a_range_fetched_on_its_own_is_cut_short_when_the_fill_proves_the_blob_wrong() {
+    // The origin's ranged answer is the true bytes, but the full fetch is corrupt: the digest
+    // cannot vouch for anything, so the range must not complete either.
+    let (_origin, _path, _body, mut ranged, gate, edge) = range_ahead_of_a_held_fill(true).await;
+    ranged.read_at_least(100_000 - 1).await.expect("the range's first bytes");
+    gate.notify_one();
+    assert!(ranged.finish().await.is_err(), "the last byte never goes out");
+    assert_eq!(edge.metric("berth_edge_digest_mismatches_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_cold_range_that_starts_the_fill_gets_its_bytes_from_its_own_request() {
+    // Nobody asked for the blob before: the range request starts the fill, and its own ranged
+    // request goes out beside it rather than after the fill's headers.
+    let origin = Origin::start().await;
+    let body = random_bytes(8 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let gate = Arc::new(Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    let edge = edge::start(&origin.url());
+    let first = 6 << 20;
+    let mut ranged = client::open(&format!("{}{path}", edge.url()), &[("Range", &format!("bytes={first}-"))]).await;
+    assert_eq!(ranged.status, 206);
+    assert_eq!(
+        ranged.headers.get("content-range").unwrap(),
+        &format!("bytes {first}-{}/{}", body.len() - 1, body.len())
+    );
+    ranged.read_at_least((2 << 20) - 1).await.expect("the range before the fill reaches it");
+    origin.wait_holding(&path, 1).await;
+    gate.notify_one();
+    assert_eq!(ranged.finish().await.expect("complete range").as_ref(), &body[first..]);
+    let full_fetches = origin.log().iter().filter(|l| l.path == path && l.header("Range").is_none()).count();
+    assert_eq!(full_fetches, 1, "the fill is the only full fetch");
 }
