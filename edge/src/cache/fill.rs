@@ -27,6 +27,8 @@ use crate::upstream::{ClientError, Upstream, UpstreamError};
 
 /// Bytes gathered from the upstream before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
+/// The most recent bytes of a fill kept in memory for its readers (beyond: read from the file).
+pub const RECENT_MAX: usize = 16 << 20;
 /// Reservation step for bodies without a Content-Length.
 const RESERVE_STEP: u64 = 64 << 20;
 
@@ -90,6 +92,9 @@ pub struct Fill {
     /// A read handle on the temp file; readers use positioned reads, so it is shared.
     pub(super) file: Arc<File>,
     state: watch::Receiver<FillState>,
+    /// The last written batches, in order: (offset, bytes), at most [`RECENT_MAX`] bytes. Every
+    /// byte here is also in the file (a batch enters once written).
+    recent: parking_lot::RwLock<std::collections::VecDeque<(u64, Bytes)>>,
 }
 
 impl Fill {
@@ -103,6 +108,28 @@ impl Fill {
             FillState::Streaming { total, .. } => *total,
             FillState::Verified { size } => Some(*size),
             _ => None,
+        }
+    }
+
+    /// Up to `max` written bytes at `offset` from memory, when the batch holding them is still
+    /// among the recent ones (none: read the file).
+    pub(super) fn recent_slice(&self, offset: u64, max: usize) -> Option<Bytes> {
+        let recent = self.recent.read();
+        let i = recent.partition_point(|(start, _)| *start <= offset).checked_sub(1)?;
+        let (start, bytes) = &recent[i];
+        let skip = usize::try_from(offset - start).ok()?;
+        (skip < bytes.len()).then(|| bytes.slice(skip..(skip + max).min(bytes.len())))
+    }
+
+    /// Keeps a written batch in memory, dropping the oldest beyond [`RECENT_MAX`].
+    fn remember(&self, offset: u64, bytes: Bytes) {
+        let mut recent = self.recent.write();
+        recent.push_back((offset, bytes));
+        let mut held: usize = recent.iter().map(|(_, b)| b.len()).sum();
+        while held > RECENT_MAX && recent.len() > 1 {
+            if let Some((_, old)) = recent.pop_front() {
+                held -= old.len();
+            }
         }
     }
 
@@ -213,6 +240,7 @@ impl Fills {
                 upstream: upstream.name.clone(),
                 repository: repository.clone(),
                 readers: Default::default(),
+                recent: Default::default(),
             });
             let registered = {
                 let mut inflight = self.inflight.lock();
@@ -365,7 +393,19 @@ impl FillJob {
                     Err(_) => return Ok(Finished::Bypass),
                 };
             }
-            sink.write(batch).await?;
+            // One buffer per batch, written to the file and kept for the readers: a joined
+            // reader takes its bytes from here rather than reading the file back.
+            let joined = match batch.len() {
+                1 => batch.swap_remove(0),
+                _ => {
+                    let mut all = bytes::BytesMut::with_capacity(batch_len);
+                    batch.iter().for_each(|b| all.extend_from_slice(b));
+                    all.freeze()
+                }
+            };
+            let offset = sink.written;
+            sink.write(vec![joined.clone()]).await?;
+            fill.remember(offset, joined);
             tx.send_replace(FillState::Streaming { total, written: sink.written });
         }
         let received = sink.written;
@@ -434,5 +474,39 @@ impl Sink {
         self.hasher = Some(hasher);
         self.written += len as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill() -> Fill {
+        let (_tx, rx) = watch::channel(FillState::Connecting);
+        Fill {
+            digest: Digest::of(b""),
+            upstream: "u".into(),
+            repository: RepositoryName::parse("r/app").unwrap(),
+            readers: Default::default(),
+            file: Arc::new(tempfile::tempfile().unwrap()),
+            state: rx,
+            recent: Default::default(),
+        }
+    }
+
+    #[test]
+    fn should_serve_recent_batches_from_memory_and_forget_the_oldest() {
+        let f = fill();
+        let batch = |b: u8| Bytes::from(vec![b; 1 << 20]);
+        for i in 0..20u8 {
+            f.remember(u64::from(i) << 20, batch(i));
+        }
+        // 16 MiB kept: batches 4..20.
+        assert!(f.recent_slice(0, 10).is_none(), "the oldest batches are read from the file");
+        assert!(f.recent_slice((4 << 20) - 1, 10).is_none());
+        let piece = f.recent_slice((5 << 20) + 100, 1 << 21).unwrap();
+        assert_eq!((piece.len(), piece[0]), ((1 << 20) - 100, 5), "up to the end of its batch");
+        assert_eq!(f.recent_slice(19 << 20, 7).unwrap().as_ref(), &[19u8; 7]);
+        assert!(f.recent_slice(20 << 20, 1).is_none(), "not written yet");
     }
 }

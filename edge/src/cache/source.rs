@@ -368,7 +368,11 @@ impl FillReader {
 
     async fn read(&mut self, offset: u64, max: usize) -> Result<Option<Bytes>, FillError> {
         let available = self.available(offset).await?;
-        let piece = read_at(&self.fill.file, offset, available.min(max as u64) as usize).await?;
+        let len = available.min(max as u64) as usize;
+        let piece = match self.fill.recent_slice(offset, len) {
+            Some(bytes) => Some(bytes),
+            None => read_at(&self.fill.file, offset, len).await?,
+        };
         if let Some(p) = &piece {
             self.read_upto = self.read_upto.max(offset + p.len() as u64);
         }
