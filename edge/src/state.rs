@@ -75,7 +75,8 @@ impl EdgeState {
     /// Opens the cache folder (rebuilding its index) and builds the upstream clients.
     pub fn new(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(&config.region));
-        let store = DiskStore::open(&config.cache.dir, config.cache.disk_max.bytes(), Arc::clone(&metrics))?;
+        let c = &config.cache;
+        let store = DiskStore::open_with(&c.dir, c.disk_max.bytes(), c.eviction, Arc::clone(&metrics))?;
         let live = Live::build(config.clone(), &metrics, None)?;
         let drain = crate::drain::Drain::load(
             &config.cache.dir,

@@ -193,6 +193,17 @@ pub fn distribution_proxy(dir: &Path, origin: SocketAddr) -> Result<Peer> {
 
 /// The Berth edge (release binary) with the origin as its default upstream.
 pub fn berth(dir: &Path, binary: &Path, origin: SocketAddr, disk_max: u64, memory_max: u64) -> Result<Peer> {
+    berth_with(dir, binary, origin, (disk_max, memory_max), ("berth", ""))
+}
+
+/// The Berth edge with extra `[cache]` keys (e.g. `eviction = "s3-fifo"`), named `name`.
+pub fn berth_with(
+    dir: &Path,
+    binary: &Path,
+    origin: SocketAddr,
+    (disk_max, memory_max): (u64, u64),
+    (name, cache_extra): (&'static str, &str),
+) -> Result<Peer> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin = free_port()?;
     std::fs::create_dir_all(dir)?;
@@ -200,11 +211,11 @@ pub fn berth(dir: &Path, binary: &Path, origin: SocketAddr, disk_max: u64, memor
     std::fs::write(
         &config,
         format!(
-            "region = \"bench\"\n[listen]\nhttp = \"{addr}\"\nadmin = \"127.0.0.1:{admin}\"\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\ndisk_max = \"{disk_max}\"\nmemory_max = \"{memory_max}\"\nscrub_rate = \"0\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://{origin}\"\ndefault = true\n",
+            "region = \"bench\"\n[listen]\nhttp = \"{addr}\"\nadmin = \"127.0.0.1:{admin}\"\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\ndisk_max = \"{disk_max}\"\nmemory_max = \"{memory_max}\"\nscrub_rate = \"0\"\n{cache_extra}\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://{origin}\"\ndefault = true\n",
             dir.join("cache").display().to_string()
         ),
     )?;
-    spawn("berth", dir, addr, Command::new(binary).arg("--config").arg(&config).env("BERTH_LOG", "warn"))
+    spawn(name, dir, addr, Command::new(binary).arg("--config").arg(&config).env("BERTH_LOG", "warn"))
 }
 
 /// Origin access-log lines (GET, status 200) since `from_line`, whose path contains `needle`:

@@ -54,6 +54,16 @@ impl DiskStore {
     /// Opens (creating if needed) the cache folder: empties `tmp/`, rebuilds the index from the
     /// files present, and evicts down to `max_bytes` if the folder holds more.
     pub fn open(root: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Arc<Self>, DiskError> {
+        Self::open_with(root, max_bytes, crate::cache::index::Eviction::default(), metrics)
+    }
+
+    /// [`open`](Self::open) with an eviction policy.
+    pub fn open_with(
+        root: &Path,
+        max_bytes: u64,
+        eviction: crate::cache::index::Eviction,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, DiskError> {
         for kind in [Kind::Blob, Kind::Manifest] {
             for algorithm in Algorithm::ALL {
                 let dir = root.join(kind.folder()).join(algorithm.name());
@@ -67,7 +77,7 @@ impl DiskStore {
         fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
         let store = Arc::new(DiskStore {
             root: root.to_owned(),
-            index: DiskIndex::new(max_bytes),
+            index: DiskIndex::with_policy(max_bytes, eviction),
             metrics,
             temp_seq: AtomicU64::new(0),
             degraded: Mutex::new(None),

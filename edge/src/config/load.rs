@@ -48,6 +48,16 @@ mod tests {
         assert_eq!(u.tag_ttl.to_string(), "1m");
         assert_eq!(u.stale_if_error.to_string(), "1d");
         assert!(u.uses_library_prefix());
+        assert_eq!(c.cache.eviction, crate::cache::index::Eviction::S3Fifo);
+    }
+
+    #[test]
+    fn should_name_a_bad_eviction_policy() {
+        let text = format!("[cache]\neviction = \"lfu\"\n{MINIMAL}");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("cache.eviction") && err.contains("s3-fifo") && err.contains("lru"), "{err}");
+        let lru = parse(&format!("[cache]\neviction = \"lru\"\n{MINIMAL}")).unwrap();
+        assert_eq!(lru.cache.eviction, crate::cache::index::Eviction::Lru);
     }
 
     #[test]

@@ -181,6 +181,10 @@ pub struct CacheConfig {
     /// its last byte if it does not match the digest; the entry is then dropped. Costs a hash of
     /// every byte served (a range request hashes the whole file). Default: `false`.
     pub verify_on_serve: bool,
+    /// Which entries leave the disk first when it is full: `"s3-fifo"` (a blob asked for only
+    /// once leaves before one asked for again) or `"lru"` (least recently used); see
+    /// docs/configuration.md. Default: `"s3-fifo"`.
+    pub eviction: crate::cache::index::Eviction,
 }
 
 impl Default for CacheConfig {
@@ -192,6 +196,7 @@ impl Default for CacheConfig {
             memory_object_max: ByteSize::mib(4),
             scrub_rate: ByteSize::mib(32),
             verify_on_serve: false,
+            eviction: Default::default(),
         }
     }
 }

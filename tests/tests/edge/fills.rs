@@ -143,6 +143,7 @@ async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
     let blobs: Vec<_> = (0..3u8).map(|i| origin.put_blob(REPO, vec![i; 400 << 10])).collect();
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.cache.disk_max = berth_shared::ByteSize::kib(1000);
+        c.cache.eviction = berth_edge::cache::index::Eviction::Lru;
     });
     let url = |d: &berth_shared::Digest| format!("{}/v2/{REPO}/blobs/{d}", edge.url());
     for d in &blobs[..2] {
@@ -272,4 +273,35 @@ async fn a_cold_range_that_starts_the_fill_gets_its_bytes_from_its_own_request()
     assert_eq!(ranged.finish().await.expect("complete range").as_ref(), &body[first..]);
     let full_fetches = origin.log().iter().filter(|l| l.path == path && l.header("Range").is_none()).count();
     assert_eq!(full_fetches, 1, "the fill is the only full fetch");
+}
+
+/// A blob pulled twice, then a scan of six one-time blobs through a disk of five: where the
+/// twice-pulled blob is after the scan, under each eviction policy.
+async fn after_a_scan(eviction: berth_edge::cache::index::Eviction) -> bool {
+    let origin = Origin::start().await;
+    let blobs: Vec<_> = (0..7u8).map(|i| origin.put_blob(REPO, vec![i; 200 << 10])).collect();
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.cache.disk_max = berth_shared::ByteSize::kib(1000);
+        c.cache.memory_max = berth_shared::ByteSize::kib(0);
+        c.cache.eviction = eviction;
+    });
+    let url = |d: &berth_shared::Digest| format!("{}/v2/{REPO}/blobs/{d}", edge.url());
+    client::get(&url(&blobs[0])).await.bytes();
+    edge.published(blobs[0]).await;
+    assert_eq!(client::get(&url(&blobs[0])).await.header("x-berth-cache"), Some("hit"));
+    for d in &blobs[1..] {
+        client::get(&url(d)).await.bytes();
+        edge.published(*d).await;
+    }
+    let store = edge.running().state.fills.store();
+    assert!(store.index().usage().0 <= 1000 << 10, "under the budget");
+    store.contains(&berth_edge::cache::EntryKey::blob(blobs[0])).is_some()
+}
+
+#[tokio::test]
+async fn s3_fifo_keeps_a_blob_asked_for_again_through_a_scan_that_lru_loses_it_to() {
+    use berth_edge::cache::index::Eviction;
+    assert!(after_a_scan(Eviction::S3Fifo).await, "S3-FIFO (the default) keeps the blob pulled twice");
+    assert!(!after_a_scan(Eviction::Lru).await, "LRU evicts it as the oldest");
+    assert_eq!(berth_edge::config::EdgeConfig::default().cache.eviction, Eviction::S3Fifo);
 }
