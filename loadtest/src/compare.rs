@@ -305,13 +305,10 @@ async fn zipf_workload(opts: &Options, origin: &Peer, pusher: &Pusher) -> Result
     );
     // Berth's memory tier counts against the same bound: disk + memory = the cache size.
     let mut peers = start_peers(&opts.work, opts, origin, cache * 7 / 8, cache / 8, "zipf")?;
-    // The same edge with S3-FIFO eviction instead of LRU, at the same bounds.
+    // The same edge with LRU eviction instead of S3-FIFO (the default), at the same bounds.
     let bounds = (cache * 7 / 8, cache / 8);
-    let s3fifo = ("berth-s3fifo", "eviction = \"s3-fifo\"");
-    peers.insert(
-        1,
-        peers::berth_with(&opts.work.join("berth-s3fifo-zipf"), &opts.edge_binary, origin.addr, bounds, s3fifo)?,
-    );
+    let lru = ("berth-lru", "eviction = \"lru\"");
+    peers.insert(1, peers::berth_with(&opts.work.join("berth-lru-zipf"), &opts.edge_binary, origin.addr, bounds, lru)?);
     for p in &mut peers {
         peers::wait_ready(p).await?;
     }
