@@ -113,12 +113,12 @@ pub async fn run(opts: &Options) -> Result<String> {
 async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     let mut seq = Table::new(
         "Hot blob, one client",
-        "The blob is cached first; then one keep-alive connection downloads it 5 times; 3 rounds, the caches taking turns, median shown. CPU is the server's (all its processes), user + system.",
-        &["cache", "MiB/s", "CPU s per GiB"],
+        "The blob is cached first; then one keep-alive connection downloads it 5 times; 3 rounds, the caches taking turns, median shown. CPU is the server's (all its processes), user + system, during the raw client's downloads. Three clients in turn: the loadtest's raw client (request written by hand, the body read into one 1 MiB buffer and counted: the figure the other rows use), hyper's HTTP/1 client, and curl (one process, 5 URLs on one connection, to /dev/null).",
+        &["cache", "MiB/s", "CPU s per GiB", "MiB/s, hyper client", "MiB/s, curl"],
     );
     let mut par = Table::new(
         "Hot blob, 8 clients",
-        "8 connections, 3 downloads each, at once; 3 rounds, median shown.",
+        "8 raw-client connections, 3 downloads each, at once; 3 rounds, median shown.",
         &["cache", "MiB/s (total)", "CPU s per GiB"],
     );
     let mut mem = Table::new(
@@ -134,35 +134,50 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     // (MiB/s, CPU s per GiB) per round, the caches taking turns; the median round is reported.
     let mut seq_rounds = vec![Vec::new(); peers.len()];
     let mut par_rounds = vec![Vec::new(); peers.len()];
+    let mut other_clients = vec![(Vec::new(), Vec::new()); peers.len()];
     for _ in 0..ROUNDS {
         for (i, p) in peers.iter().enumerate() {
             let cpu = p.cpu_seconds();
+            let mut conn = crate::raw::RawConn::connect(p.addr).await?;
+            let started = Instant::now();
+            let mut bytes = 0;
+            for _ in 0..5 {
+                bytes += conn.get(path).await?.bytes;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = p.cpu_seconds() - cpu;
+            seq_rounds[i].push((bytes as f64 / MIB as f64 / secs, cpu / (bytes as f64 / GIB)));
+            // The same downloads with hyper's client, and with curl.
             let mut conn = Conn::connect(p.addr).await?;
             let started = Instant::now();
             let mut bytes = 0;
             for _ in 0..5 {
                 bytes += conn.get(path, None, None).await?.bytes;
             }
-            let secs = started.elapsed().as_secs_f64();
-            let cpu = p.cpu_seconds() - cpu;
-            seq_rounds[i].push((bytes as f64 / MIB as f64 / secs, cpu / (bytes as f64 / GIB)));
+            other_clients[i].0.push(bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64());
+            other_clients[i].1.push(crate::raw::curl_mib_per_s(&format!("http://{}{path}", p.addr), 5)?);
         }
         for (i, p) in peers.iter().enumerate() {
             let cpu = p.cpu_seconds();
-            let (bytes, elapsed, _) = load::parallel_downloads(p.addr, path, 8, 3).await?;
+            let (bytes, elapsed, _) = crate::raw::parallel_downloads(p.addr, path, 8, 3).await?;
             let cpu = p.cpu_seconds() - cpu;
             par_rounds[i].push((bytes as f64 / MIB as f64 / elapsed.as_secs_f64(), cpu / (bytes as f64 / GIB)));
         }
     }
     for (i, p) in peers.iter().enumerate() {
         let (rate, cpu) = median(&seq_rounds[i]);
-        seq.row(vec![p.name.into(), f1(rate), f2(cpu)]);
+        let middle = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (hyper, curl) = (middle(&mut other_clients[i].0), middle(&mut other_clients[i].1));
+        seq.row(vec![p.name.into(), f1(rate), f2(cpu), f1(hyper), f1(curl)]);
         let (rate, cpu) = median(&par_rounds[i]);
         par.row(vec![p.name.into(), f1(rate), f2(cpu)]);
     }
     for p in peers {
         let sampler = procstat::RssSampler::start(p.pid());
-        let (bytes, elapsed, _) = load::parallel_downloads(p.addr, path, 32, 1).await?;
+        let (bytes, elapsed, _) = crate::raw::parallel_downloads(p.addr, path, 32, 1).await?;
         let peak = sampler.finish();
         mem.row(vec![
             p.name.into(),

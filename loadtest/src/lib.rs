@@ -11,6 +11,7 @@ pub mod peers;
 pub mod procstat;
 pub mod propagation;
 pub mod push;
+pub mod raw;
 pub mod report;
 pub mod secure;
 pub mod zipf;
