@@ -14,7 +14,7 @@ use berth_shared::Algorithm;
 use berth_shared::Digest;
 use parking_lot::Mutex;
 
-use super::flight::Flight;
+use super::flight::{Flight, Waiting};
 use super::index::{DiskIndex, FileStamp, NoRoom, Reservation, Victims};
 use super::{blocking, xattr, EntryKey, Kind};
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ pub struct DiskStore {
     /// When and why the disk last failed.
     degraded: Mutex<Option<(Instant, String)>>,
     /// First-use verifications in progress (one per entry, shared by concurrent requests).
-    verifying: Flight<EntryKey, bool>,
+    verifying: Flight<EntryKey, Waiting<bool>>,
     /// Serialises index-and-file changes (publish, evict, remove), so a delete for an evicted
     /// entry never removes a newer file published under the same name.
     files: Mutex<()>,

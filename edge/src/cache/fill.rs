@@ -4,7 +4,6 @@
 //! file is removed and the next request starts afresh. Fills run as their own tasks: a client
 //! that leaves or reads slowly does not affect them.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,10 +15,11 @@ use berth_shared::{Digest, RepositoryName};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::Method;
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::disk::DiskStore;
+use super::error::{DiskFault, DiskOp, FillError, PassReason};
+use super::flight::{Flight, Start};
 use super::index::Reservation;
 use super::{blocking, EntryKey};
 use crate::metrics::Metrics;
@@ -31,36 +31,6 @@ const WRITE_BATCH: usize = 1 << 20;
 pub const RECENT_MAX: usize = 16 << 20;
 /// Reservation step for bodies without a Content-Length.
 const RESERVE_STEP: u64 = 64 << 20;
-
-/// Why a fill did not produce a verified blob.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FillError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error("upstream sent content with digest {actual}, not {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
-    #[error("upstream body ended after {received} of {expected} bytes")]
-    Truncated { expected: u64, received: u64 },
-    #[error("upstream body is longer than its announced {expected} bytes")]
-    TooLong { expected: u64 },
-    #[error("cache disk failed: {0}")]
-    Disk(String),
-    #[error("upstream sent different bytes for the same digest on a second fetch")]
-    Inconsistent,
-}
-
-impl FillError {
-    /// Label for the `berth_edge_fill_failures_total` metric.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            FillError::Upstream(_) => "upstream",
-            FillError::DigestMismatch { .. } => "digest_mismatch",
-            FillError::Truncated { .. } | FillError::TooLong { .. } => "truncated",
-            FillError::Disk(_) => "disk",
-            FillError::Inconsistent => "digest_mismatch",
-        }
-    }
-}
 
 /// The progress of a fill, as its readers see it.
 #[derive(Debug, Clone)]
@@ -76,8 +46,8 @@ pub enum FillState {
     Verified {
         size: u64,
     },
-    /// The blob cannot be cached (larger than the disk budget): readers fetch it themselves.
-    Bypass,
+    /// The blob is not cached (larger than the disk budget): readers fetch it themselves.
+    PassThrough(PassReason),
     Failed(FillError),
 }
 
@@ -139,21 +109,24 @@ impl Fill {
     }
 }
 
-/// What a request for a blob finds.
+/// What a request for a blob finds past the memory tier: one of the states of the read path
+/// (docs/architecture.md, "the blob read path").
 pub enum Lookup {
-    /// On disk: a read handle and the size.
-    Cached(Arc<File>, u64),
-    /// A fill; `started` says whether this request started it (a miss) or joined it (coalesced).
-    Filling { fill: Arc<Fill>, started: bool },
-    /// The disk is failing: fetch straight from the upstream, without caching.
-    Bypass,
+    /// hit(file): verified on disk; a read handle and the size.
+    File(Arc<File>, u64),
+    /// join(fill): a fill another request started.
+    Join(Arc<Fill>),
+    /// fill: this request started the fill (a miss).
+    Fill(Arc<Fill>),
+    /// pass-through: no fill can start; the request streams from the upstream itself.
+    PassThrough(PassReason),
 }
 
-/// The fills in flight, by digest.
+/// The fills in flight, by digest: the single-flight table of blob fetches.
 pub struct Fills {
     store: Arc<DiskStore>,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    flight: Flight<Digest, Arc<Fill>>,
 }
 
 struct FillJob {
@@ -172,12 +145,13 @@ enum Finished {
     Published,
     /// Verified and served, but the disk failed to keep it.
     NotKept,
-    Bypass,
+    /// Larger than the disk budget: not cached.
+    OverBudget,
 }
 
 impl Fills {
     pub fn new(store: Arc<DiskStore>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Fills { store, metrics, inflight: Mutex::new(HashMap::new()) })
+        Arc::new(Fills { store, metrics, flight: Flight::default() })
     }
 
     pub fn store(&self) -> &Arc<DiskStore> {
@@ -195,94 +169,91 @@ impl Fills {
         patient: bool,
     ) -> Result<Lookup, FillError> {
         let key = EntryKey::blob(digest);
+        // Each turn of the loop is a race lost: the blob was published or a fill started between
+        // two checks; the next turn finds it.
         loop {
-            if let Some((file, size)) = self.store.open_entry(key).await {
-                return Ok(Lookup::Cached(file, size));
-            }
-            if let Some(found) = self.join_existing(&key) {
-                match found {
-                    Some(fill) => return Ok(Lookup::Filling { fill, started: false }),
-                    None => continue, // published between our disk check and now
-                }
+            if let Some(found) = self.find(key).await {
+                return Ok(found);
             }
             if self.store.degraded().is_some() {
-                return Ok(Lookup::Bypass);
+                return Ok(Lookup::PassThrough(PassReason::DiskDegraded));
             }
             let slot = upstream.fill_slot(patient).await?;
-            if let Some(found) = self.join_existing(&key) {
+            if let Some(found) = self.find(key).await {
                 // Started (or published) by another request while this one waited for a slot.
-                match found {
-                    Some(fill) => return Ok(Lookup::Filling { fill, started: false }),
-                    None => continue,
-                }
+                return Ok(found);
             }
-            // The temp file is made on the blocking pool, outside the lock: a slow disk must not
-            // stall the workers.
-            let store = Arc::clone(&self.store);
-            let files = blocking(move || {
-                let (temp, writer) = store.create_temp()?;
-                let reader = writer.try_clone()?;
-                Ok((temp, writer, reader))
-            })
-            .await;
-            let (temp, writer, reader) = match files {
-                Ok(files) => files,
-                Err(e) => {
-                    self.store.set_degraded(format!("cannot create a temp file: {e}"));
-                    return Ok(Lookup::Bypass);
-                }
-            };
-            let (tx, rx) = watch::channel(FillState::Connecting);
-            let fill = Arc::new(Fill {
-                digest,
-                file: Arc::new(reader),
-                state: rx,
-                upstream: upstream.name.clone(),
-                repository: repository.clone(),
-                readers: Default::default(),
-                recent: Default::default(),
-            });
-            let registered = {
-                let mut inflight = self.inflight.lock();
-                let free = !inflight.contains_key(&digest) && self.store.contains(&key).is_none();
-                if free {
-                    inflight.insert(digest, Arc::clone(&fill));
-                }
-                free
-            };
-            if !registered {
-                // Someone else started it (or it was published) meanwhile: use theirs.
-                let _ = blocking(move || std::fs::remove_file(temp)).await;
-                continue;
+            if let Some(started) = self.start(upstream, repository, key, slot).await {
+                return Ok(started);
             }
-            let job = FillJob {
-                fills: Arc::clone(self),
-                fill: Arc::clone(&fill),
-                tx,
-                writer,
-                temp,
-                upstream: Arc::clone(upstream),
-                repository: repository.clone(),
-                _slot: slot,
-            };
-            tokio::spawn(job.run());
-            return Ok(Lookup::Filling { fill, started: true });
         }
     }
 
-    /// `Some(Some(fill))` to join a fill in flight, `Some(None)` if the blob is now published,
-    /// `None` if neither.
-    fn join_existing(&self, key: &EntryKey) -> Option<Option<Arc<Fill>>> {
-        let inflight = self.inflight.lock();
-        if let Some(fill) = inflight.get(&key.digest) {
-            return Some(Some(Arc::clone(fill)));
+    /// The blob on disk, or the fill in flight for it.
+    async fn find(&self, key: EntryKey) -> Option<Lookup> {
+        if let Some((file, size)) = self.store.open_entry(key).await {
+            return Some(Lookup::File(file, size));
         }
-        self.store.contains(key).map(|_| None)
+        self.flight.get(&key.digest).map(Lookup::Join)
+    }
+
+    /// Starts a fill and spawns its task; `None` if another request started one (or published
+    /// the blob) meanwhile.
+    async fn start(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repository: &RepositoryName,
+        key: EntryKey,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<Lookup> {
+        // The temp file is made on the blocking pool, outside the table's lock: a slow disk
+        // must not stall the workers.
+        let store = Arc::clone(&self.store);
+        let files = blocking(move || {
+            let (temp, writer) = store.create_temp()?;
+            let reader = writer.try_clone()?;
+            Ok((temp, writer, reader))
+        })
+        .await;
+        let (temp, writer, reader) = match files {
+            Ok(files) => files,
+            Err(e) => {
+                self.store.set_degraded(DiskFault::new(DiskOp::CreateTemp, e).to_string());
+                return Some(Lookup::PassThrough(PassReason::DiskDegraded));
+            }
+        };
+        let (tx, rx) = watch::channel(FillState::Connecting);
+        let fill = Arc::new(Fill {
+            digest: key.digest,
+            file: Arc::new(reader),
+            state: rx,
+            upstream: upstream.name.clone(),
+            repository: repository.clone(),
+            readers: Default::default(),
+            recent: Default::default(),
+        });
+        let published = || self.store.contains(&key).is_some();
+        if !matches!(self.flight.start(key.digest, || Arc::clone(&fill), published), Start::Started) {
+            let _ = blocking(move || std::fs::remove_file(temp)).await;
+            return None;
+        }
+        let job = FillJob {
+            fills: Arc::clone(self),
+            fill: Arc::clone(&fill),
+            tx,
+            writer,
+            temp,
+            upstream: Arc::clone(upstream),
+            repository: repository.clone(),
+            _slot: slot,
+        };
+        tokio::spawn(job.run());
+        Some(Lookup::Fill(fill))
     }
 
     /// The fill in flight for a digest, if any.
     pub fn in_flight_for(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.inflight.lock().get(digest).cloned()
+        self.flight.get(digest)
     }
 
     /// How many requests are following the fill of a digest (0 if none runs).
@@ -292,14 +263,11 @@ impl Fills {
 
     /// Number of fills running.
     pub fn in_flight(&self) -> usize {
-        self.inflight.lock().len()
+        self.flight.len()
     }
 
     fn finish(&self, fill: &Arc<Fill>) {
-        let mut inflight = self.inflight.lock();
-        if inflight.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
-            inflight.remove(&fill.digest);
-        }
+        self.flight.end(&fill.digest, |f| Arc::ptr_eq(f, fill));
     }
 }
 
@@ -320,16 +288,16 @@ impl FillJob {
                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "fill published");
             }
             Ok(Finished::NotKept) => tracing::warn!("fill served but not cached: the disk failed"),
-            Ok(Finished::Bypass) => {
+            Ok(Finished::OverBudget) => {
                 tracing::info!("blob larger than the disk budget: served without caching");
                 fills.finish(&fill);
-                let _ = tx.send(FillState::Bypass);
+                let _ = tx.send(FillState::PassThrough(PassReason::OverBudget));
             }
             Err(e) => {
-                metrics.fill_failures.with_label_values(&[e.reason()]).inc();
+                metrics.fill_failures.with_label_values(&[e.reason().as_str()]).inc();
                 match &e {
                     FillError::DigestMismatch { .. } => metrics.digest_mismatches.inc(),
-                    FillError::Disk(reason) => fills.store.set_degraded(reason.clone()),
+                    FillError::Disk(fault) => fills.store.set_degraded(fault.to_string()),
                     _ => {}
                 }
                 tracing::warn!(error = %e, "fill failed: nothing cached");
@@ -351,12 +319,12 @@ impl FillJob {
         // `_slot` lives to the end of the fill: the upstream's fill bound holds while it runs.
         let FillJob { fills, fill, tx, writer, temp, upstream, repository, _slot } = self;
         let path = format!("blobs/{}", fill.digest);
-        fills.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob"]).inc();
+        fills.metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::Blob);
         let mut response = upstream.fetch(Method::GET, &repository, &path, None).await?;
         let total = response.content_length();
         let mut reservation = match fills.store.reserve_async(total.unwrap_or(RESERVE_STEP)).await {
             Ok(r) => r,
-            Err(_) => return Ok(Finished::Bypass),
+            Err(_) => return Ok(Finished::OverBudget),
         };
         tx.send_replace(FillState::Streaming { total, written: 0 });
         let upstream_bytes = fills.metrics.upstream_bytes.with_label_values(&[&upstream.name]);
@@ -390,7 +358,7 @@ impl FillJob {
                 let more = (after - reservation.bytes()).max(RESERVE_STEP);
                 reservation = match fills.store.grow_async(reservation, more).await {
                     Ok(r) => r,
-                    Err(_) => return Ok(Finished::Bypass),
+                    Err(_) => return Ok(Finished::OverBudget),
                 };
             }
             // One buffer per batch, written to the file and kept for the readers: a joined
@@ -444,7 +412,7 @@ async fn publish(
         store.publish(&temp, EntryKey::blob(digest), size, reservation)
     })
     .await
-    .map_err(|e| FillError::Disk(format!("publishing: {e}")))
+    .map_err(|e| FillError::Disk(DiskFault::new(DiskOp::Publish, e)))
 }
 
 /// The temp file and the running hash.
@@ -458,7 +426,7 @@ impl Sink {
     /// Writes and hashes a batch on the blocking pool.
     async fn write(&mut self, batch: Vec<Bytes>) -> Result<(), FillError> {
         let (Some(mut file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(FillError::Disk("writer lost after an earlier error".into()));
+            return Err(FillError::Disk(DiskFault::new(DiskOp::Write, "the writer was lost after an earlier error")));
         };
         let len: usize = batch.iter().map(Bytes::len).sum();
         let (file, hasher) = blocking(move || {
@@ -469,7 +437,7 @@ impl Sink {
             Ok((file, hasher))
         })
         .await
-        .map_err(|e| FillError::Disk(format!("writing temp file: {e}")))?;
+        .map_err(|e| FillError::Disk(DiskFault::new(DiskOp::Write, e)))?;
         self.file = Some(file);
         self.hasher = Some(hasher);
         self.written += len as u64;

@@ -12,7 +12,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, StatusCode};
 
 use super::disk::DiskStore;
-use super::flight::Flight;
+use super::flight::{Flight, Waiting};
 use super::memory::{MemoryObject, MemoryTier};
 use super::{blocking, EntryKey};
 use crate::metrics::Metrics;
@@ -82,16 +82,19 @@ struct TagKey {
     accept: AcceptList,
 }
 
+/// A tag lookup's result, shared by the requests that coalesced on it.
+type TagResult = Result<(TagEntry, Freshness), ManifestError>;
+
 /// The manifest cache.
 pub struct ManifestCache {
     store: Arc<DiskStore>,
     memory: Arc<MemoryTier>,
     metrics: Arc<Metrics>,
     tags: moka::sync::Cache<TagKey, TagEntry>,
-    tag_flight: Flight<TagKey, Result<(TagEntry, Freshness), ManifestError>>,
+    tag_flight: Flight<TagKey, Waiting<TagResult>>,
     /// Keyed by upstream and repository too: a request for another repository that the
     /// upstream refuses must not fail this one.
-    digest_flight: Flight<(String, RepositoryName, Digest), Result<StoredManifest, ManifestError>>,
+    digest_flight: Flight<(String, RepositoryName, Digest), Waiting<Result<StoredManifest, ManifestError>>>,
 }
 
 impl ManifestCache {
@@ -250,13 +253,13 @@ async fn revalidate(job: RevalidateJob) -> Result<(TagEntry, Freshness), Manifes
     let RevalidateJob { upstream, key, previous, tags, store, metrics } = job;
     let path = format!("manifests/{}", key.tag);
     let accept = key.accept.upstream_header();
-    metrics.upstream_requests.with_label_values(&[&upstream.name, "manifest_head"]).inc();
+    metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::ManifestHead);
     let head = upstream.fetch(Method::HEAD, &key.repository, &path, Some(&accept)).await;
     let entry = match head {
         Ok(response) => match entry_from_head(&response) {
             Some(entry) => entry,
             None => {
-                metrics.upstream_requests.with_label_values(&[&upstream.name, "manifest"]).inc();
+                metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::Manifest);
                 let mut response = upstream.fetch(Method::GET, &key.repository, &path, Some(&accept)).await?;
                 let manifest = receive(&mut response, None, &upstream.name, &metrics).await?;
                 let entry = TagEntry {
@@ -316,7 +319,7 @@ async fn fetch_by_digest(
     store: Arc<DiskStore>,
     metrics: Arc<Metrics>,
 ) -> Result<StoredManifest, ManifestError> {
-    metrics.upstream_requests.with_label_values(&[&upstream.name, "manifest"]).inc();
+    metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::Manifest);
     let path = format!("manifests/{digest}");
     let mut response = upstream.fetch(Method::GET, &repository, &path, Some(&accept)).await?;
     let manifest = receive(&mut response, Some(digest), &upstream.name, &metrics).await?;

@@ -2,13 +2,13 @@
 //! bound, single-flight fills that stream to every waiter while they write, and manifests.
 
 pub mod disk;
+pub mod error;
 pub mod fill;
 pub mod flight;
 pub mod index;
 pub mod manifests;
 pub mod memory;
 pub mod negative;
-pub mod ranged;
 pub mod scrub;
 pub mod source;
 mod xattr;
@@ -16,10 +16,11 @@ mod xattr;
 use berth_shared::Digest;
 
 pub use disk::{DiskError, DiskStore};
-pub use fill::{FillError, Fills};
+pub use error::{FillError, PassReason};
+pub use fill::Fills;
 pub use manifests::{ManifestCache, ManifestError};
 pub use memory::{MemoryObject, MemoryTier};
-pub use source::{BlobSource, SourceKind};
+pub use source::BlobSource;
 
 /// What a cached file holds. Blobs and manifests live in separate folders: a manifest file
 /// also records its media type.

@@ -276,9 +276,9 @@ impl PrefetchJobs {
         }
         let fills = &self.state.fills;
         match fills.lookup(upstream, repository, digest, true).await.map_err(|e| describe(&ApiError::from_fill(&e)))? {
-            Lookup::Cached(..) => Ok(()),
-            Lookup::Bypass => Err("the cache disk is degraded: not cached".into()),
-            Lookup::Filling { fill, .. } => {
+            Lookup::File(..) => Ok(()),
+            Lookup::PassThrough(reason) => Err(format!("{reason}: not cached")),
+            Lookup::Join(fill) | Lookup::Fill(fill) => {
                 let mut rx = fill.subscribe();
                 loop {
                     if let FillState::Failed(e) = &*rx.borrow_and_update() {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::link::Link;
 use super::Policy;
-use crate::metrics::{KINDS, OUTCOMES, TIERS};
+use crate::metrics::{Outcome, RequestKind, Tier};
 
 impl Policy {
     /// The report as of now, without pull counts (those go with [`run`]'s reports only).
@@ -17,16 +17,16 @@ impl Policy {
         let state = &self.state;
         let m = &state.metrics;
         let mut requests = BTreeMap::new();
-        for kind in KINDS {
-            for outcome in OUTCOMES {
-                let n = m.requests.with_label_values(&[kind, outcome]).get();
+        for kind in RequestKind::ALL {
+            for outcome in Outcome::ALL {
+                let n = m.requests.with_label_values(&[kind.as_str(), outcome.as_str()]).get();
                 if n > 0 {
                     requests.insert(format!("{kind}/{outcome}"), n);
                 }
             }
         }
         let served_bytes =
-            TIERS.iter().map(|t| (t.to_string(), m.served_bytes.with_label_values(&[t]).get())).collect();
+            Tier::ALL.iter().map(|t| (t.to_string(), m.served_bytes.with_label_values(&[t.as_str()]).get())).collect();
         let upstream_bytes =
             state.live().upstreams.iter().map(|u| m.upstream_bytes.with_label_values(&[&u.name]).get()).sum();
         let index = state.fills.store().index();

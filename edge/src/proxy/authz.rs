@@ -112,7 +112,7 @@ pub(super) async fn ensure_holds(
         Subject::Blob => (format!("blobs/{digest}"), None),
         Subject::Manifest => (format!("manifests/{digest}"), Some(MANIFEST_MEDIA_TYPES.join(", "))),
     };
-    state.metrics.upstream_requests.with_label_values(&[&upstream.name, "confirm"]).inc();
+    state.metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::Confirm);
     match upstream.fetch(Method::HEAD, repository, &path, accept.as_deref()).await {
         Ok(_) => {
             live.access.confirm(upstream.index, repository, digest);

@@ -1,4 +1,5 @@
-//! `GET/HEAD /v2/<name>/blobs/<digest>`: disk hits, single-flight fills, ranges.
+//! `GET/HEAD /v2/<name>/blobs/<digest>`: the range, the source from the read path
+//! (`read_path.rs`), the headers and the streamed body; `HEAD` from what is known locally.
 
 use std::sync::Arc;
 
@@ -7,12 +8,12 @@ use http::Method;
 use pingora::prelude::Session;
 use pingora::Result;
 
+use super::read_path::BlobRead;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
-use crate::cache::fill::Lookup;
-use crate::cache::ranged::{self, RangedReader};
-use crate::cache::source::{DirectReader, DiskReader, Fallback, FillReader, FillStart};
-use crate::cache::{blocking, BlobSource, EntryKey, FillError, MemoryObject, SourceKind};
+use crate::cache::source::ranged;
+use crate::cache::{BlobSource, EntryKey};
+use crate::metrics::{Outcome, RequestKind};
 use crate::registry::error::Subject;
 use crate::registry::range::{ByteRange, RangeRequest};
 use crate::registry::ApiError;
@@ -30,7 +31,7 @@ pub(super) async fn serve(
     digest: Digest,
     is_head: bool,
 ) -> Result<()> {
-    ctx.kind = "blob";
+    ctx.kind = RequestKind::Blob;
     let range_header = session.req_header().headers.get(http::header::RANGE).map(|v| v.as_bytes().to_vec());
     let range = match RangeRequest::parse(range_header.as_deref()) {
         Ok(r) => r,
@@ -44,143 +45,12 @@ pub(super) async fn serve(
         RangeRequest::Single(ByteRange::From { first, last }) if first > ranged::AHEAD => Some((first, last)),
         _ => None,
     };
-    let source = match open_source(state, ctx, upstream, repository, digest, ahead).await {
+    let read = BlobRead { state, live: Arc::clone(&ctx.live), upstream, repository, digest, ahead };
+    let source = match read.open(ctx).await {
         Ok(source) => source,
         Err(err) => return respond::error(session, ctx, &err).await,
     };
     send(session, ctx, source, digest, range).await
-}
-
-/// The blob from memory, from disk, from a fill (started or joined), from its own ranged
-/// request beside a fill (`ahead`: a range far into a cold blob), or straight from the upstream.
-async fn open_source(
-    state: &Arc<EdgeState>,
-    ctx: &mut RequestCtx,
-    upstream: &Arc<Upstream>,
-    repository: &RepositoryName,
-    digest: Digest,
-    ahead: Option<(u64, Option<u64>)>,
-) -> Result<BlobSource, ApiError> {
-    let key = EntryKey::blob(digest);
-    let live = Arc::clone(&ctx.live);
-    let holds = |subject| super::authz::ensure_holds(state, &live, upstream, repository, digest, subject);
-    if let Some(object) = state.memory.get(&key).filter(|o| memory_intact(state, key, &o.bytes)) {
-        holds(Subject::Blob).await?;
-        // Keep the disk copy as recent as the memory one: a hot blob must not age out on disk.
-        state.fills.store().index().touch(&key);
-        ctx.outcome = "hit";
-        ctx.tier = Some(SourceKind::Memory.as_str());
-        return Ok(BlobSource::Memory(object.bytes));
-    }
-    let direct = || async {
-        let direct = DirectReader::open(upstream, repository, digest, Arc::clone(&state.metrics)).await;
-        direct.map(|d| BlobSource::Direct(Box::new(d))).map_err(|e| ApiError::from_fill(&e))
-    };
-    // A fill started for another repository or upstream that the upstream refused (a 4xx) says
-    // nothing about this request: it tries once with its own.
-    let mut retried = false;
-    loop {
-        let lookup =
-            state.fills.lookup(upstream, repository, digest, false).await.map_err(|e| ApiError::from_fill(&e))?;
-        let (fill, started) = match lookup {
-            Lookup::Cached(file, size) => {
-                holds(Subject::Blob).await?;
-                ctx.outcome = "hit";
-                ctx.tier = Some(SourceKind::Disk.as_str());
-                return Ok(promote(state, key, file, size).await);
-            }
-            Lookup::Filling { fill, started } => (fill, started),
-            Lookup::Bypass => {
-                ctx.outcome = "bypass";
-                ctx.tier = Some(SourceKind::Upstream.as_str());
-                return direct().await;
-            }
-        };
-        // A request that finds the fill already verified is served from local, verified bytes.
-        ctx.outcome = match (started, fill.is_verified()) {
-            (true, _) => "miss",
-            (false, true) => "hit",
-            (false, false) => "coalesced",
-        };
-        // A verified fill is local bytes; one still running is the upstream's.
-        ctx.tier = Some(if ctx.outcome == "hit" { SourceKind::Disk } else { SourceKind::Upstream }.as_str());
-        let foreign = fill.upstream != upstream.name || &fill.repository != repository;
-        if started {
-            // This request's own fill, from this repository: the upstream's answer confirms it.
-            live.access.confirm(upstream.index, repository, digest);
-        } else if foreign {
-            holds(Subject::Blob).await?;
-        }
-        let fallback = Fallback {
-            upstream: Arc::clone(upstream),
-            repository: repository.clone(),
-            metrics: Arc::clone(&state.metrics),
-        };
-        // The ranged request goes out beside the fill's (which runs as its own task), without
-        // waiting for the fill's headers.
-        // (Not beside a fill for another repository: that one may be refused, and this request
-        // then starts its own.)
-        if let Some((first, last)) = ahead.filter(|(first, _)| !foreign && ranged::worth_it(&fill, *first)) {
-            let metrics = Arc::clone(&state.metrics);
-            if let Some(r) = RangedReader::open(Arc::clone(&fill), upstream, repository, first, last, metrics).await {
-                return Ok(BlobSource::Ranged(Box::new(r)));
-            }
-        }
-        match FillReader::start(fill, Some(fallback)).await {
-            Ok(FillStart::Reader(reader)) => return Ok(BlobSource::Fill(reader)),
-            Ok(FillStart::Bypass) => {
-                ctx.outcome = "bypass";
-                ctx.tier = Some(SourceKind::Upstream.as_str());
-                return direct().await;
-            }
-            Err(FillError::Upstream(e)) if foreign && !retried && e.status().is_some_and(|s| s.is_client_error()) => {
-                retried = true;
-            }
-            Err(e) => return Err(ApiError::from_fill(&e)),
-        }
-    }
-}
-
-/// With `verify_on_serve`, whether a memory entry still hashes to its digest (if not, it is
-/// dropped and the request goes on to the disk).
-fn memory_intact(state: &EdgeState, key: EntryKey, bytes: &bytes::Bytes) -> bool {
-    if !state.config.cache.verify_on_serve || berth_shared::Digest::of_with(key.digest.kind(), bytes) == key.digest {
-        return true;
-    }
-    tracing::error!(digest = %key.digest, "memory entry does not hash to its digest: dropped");
-    state.metrics.damaged_entries.inc();
-    state.memory.remove(&key);
-    false
-}
-
-/// A disk hit small enough for the memory tier is read whole and kept there; later requests
-/// are served from memory. With `verify_on_serve`, disk hits are hashed as they are served and
-/// the bytes read for the memory tier are checked first.
-async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<std::fs::File>, size: u64) -> BlobSource {
-    let store = Arc::clone(state.fills.store());
-    let verify = state.config.cache.verify_on_serve;
-    let disk = |file, size| match verify {
-        true => BlobSource::Disk(DiskReader::verifying(file, size, key, Arc::clone(&store))),
-        false => BlobSource::Disk(DiskReader::new(file, size)),
-    };
-    if !state.memory.admits(size) {
-        return disk(file, size);
-    }
-    let read = Arc::clone(&file);
-    let bytes = blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; size as usize];
-        read.read_exact_at(&mut buf, 0)?;
-        Ok(bytes::Bytes::from(buf))
-    })
-    .await;
-    match bytes {
-        Ok(bytes) if memory_intact(state, key, &bytes) => {
-            state.memory.insert(key, MemoryObject { bytes: bytes.clone(), media_type: None });
-            BlobSource::Memory(bytes)
-        }
-        _ => disk(file, size),
-    }
 }
 
 /// Writes the headers (200 or 206) and streams the body.
@@ -224,7 +94,7 @@ async fn send(
         let total = size.unwrap_or_default();
         resp.insert_header(http::header::CONTENT_RANGE, format!("bytes {first}-{}/{total}", end.unwrap_or(total) - 1))?;
     }
-    resp.insert_header(respond::BERTH_CACHE, ctx.outcome)?;
+    resp.insert_header(respond::BERTH_CACHE, ctx.outcome.as_str())?;
     send_header(session, ctx, resp, false).await?;
     respond::stream(session, ctx, &mut source, first, end).await
 }
@@ -244,8 +114,8 @@ async fn head(
     let cached = in_memory.or_else(|| state.fills.store().contains(&key));
     let filling = || state.fills.in_flight_for(&digest).and_then(|f| f.known_size());
     let local = match (cached, cached.is_none().then(filling).flatten()) {
-        (Some(size), _) => Some(("hit", size)),
-        (None, Some(size)) => Some(("coalesced", size)),
+        (Some(size), _) => Some((Outcome::Hit, size)),
+        (None, Some(size)) => Some((Outcome::Coalesced, size)),
         (None, None) => None,
     };
     if local.is_some() {
@@ -260,13 +130,13 @@ async fn head(
             size
         }
         None => {
-            state.metrics.upstream_requests.with_label_values(&[&upstream.name, "blob_head"]).inc();
+            state.metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::BlobHead);
             let path = format!("blobs/{digest}");
             match upstream.fetch(Method::HEAD, repository, &path, None).await {
                 Ok(r) => match r.content_length() {
                     Some(size) => {
                         ctx.live.access.confirm(upstream.index, repository, digest);
-                        ctx.outcome = "miss";
+                        ctx.outcome = Outcome::Miss;
                         size
                     }
                     None => {
@@ -285,6 +155,6 @@ async fn head(
     let mut resp = header(200)?;
     resp.insert_header(http::header::ACCEPT_RANGES, http::HeaderValue::from_static("bytes"))?;
     content_headers(&mut resp, &digest, BLOB_TYPE, size)?;
-    resp.insert_header(respond::BERTH_CACHE, ctx.outcome)?;
+    resp.insert_header(respond::BERTH_CACHE, ctx.outcome.as_str())?;
     send_header(session, ctx, resp, true).await
 }

@@ -10,6 +10,7 @@ use pingora::Result;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
 use crate::cache::manifests::{Found, Freshness, StoredManifest, TagEntry};
+use crate::metrics::{Outcome, RequestKind, Tier};
 use crate::registry::error::Subject;
 use crate::registry::{AcceptList, ApiError};
 use crate::state::EdgeState;
@@ -24,7 +25,7 @@ pub(super) async fn serve(
     reference: &Reference,
     is_head: bool,
 ) -> Result<()> {
-    ctx.kind = "manifest";
+    ctx.kind = RequestKind::Manifest;
     let accept = AcceptList::from_headers(
         session.req_header().headers.get_all(http::header::ACCEPT).iter().map(|v| v.as_bytes()),
     );
@@ -59,9 +60,9 @@ pub(super) async fn serve(
         Ok((manifest, found)) => {
             ctx.outcome = outcome(freshness, found);
             ctx.tier = Some(match found {
-                Found::Memory => "memory",
-                Found::Disk => "disk",
-                Found::Fetched | Found::Coalesced => "upstream",
+                Found::Memory => Tier::Memory,
+                Found::Disk => Tier::Disk,
+                Found::Fetched | Found::Coalesced => Tier::Upstream,
             });
             send(session, ctx, manifest, is_head, freshness == Some(Freshness::Stale)).await
         }
@@ -69,13 +70,13 @@ pub(super) async fn serve(
     }
 }
 
-fn outcome(freshness: Option<Freshness>, found: Found) -> &'static str {
+fn outcome(freshness: Option<Freshness>, found: Found) -> Outcome {
     match (freshness, found) {
-        (Some(Freshness::Stale), _) => "stale",
-        (_, Found::Fetched) => "miss",
-        (_, Found::Coalesced) => "coalesced",
-        (Some(Freshness::Revalidated), Found::Disk | Found::Memory) => "revalidated",
-        (_, Found::Disk | Found::Memory) => "hit",
+        (Some(Freshness::Stale), _) => Outcome::Stale,
+        (_, Found::Fetched) => Outcome::Miss,
+        (_, Found::Coalesced) => Outcome::Coalesced,
+        (Some(Freshness::Revalidated), Found::Disk | Found::Memory) => Outcome::Revalidated,
+        (_, Found::Disk | Found::Memory) => Outcome::Hit,
     }
 }
 
@@ -105,9 +106,9 @@ async fn head_from_tag(
     freshness: Freshness,
 ) -> Result<()> {
     ctx.outcome = match freshness {
-        Freshness::Fresh => "hit",
-        Freshness::Revalidated => "revalidated",
-        Freshness::Stale => "stale",
+        Freshness::Fresh => Outcome::Hit,
+        Freshness::Revalidated => Outcome::Revalidated,
+        Freshness::Stale => Outcome::Stale,
     };
     let mut resp = header(200)?;
     content_headers(&mut resp, &entry.digest, &entry.media_type, entry.size)?;
@@ -115,8 +116,8 @@ async fn head_from_tag(
     send_header(session, ctx, resp, true).await
 }
 
-fn mark(resp: &mut pingora::http::ResponseHeader, outcome: &str, stale: bool) -> Result<()> {
-    resp.insert_header(super::respond::BERTH_CACHE, outcome)?;
+fn mark(resp: &mut pingora::http::ResponseHeader, outcome: Outcome, stale: bool) -> Result<()> {
+    resp.insert_header(super::respond::BERTH_CACHE, outcome.as_str())?;
     if stale {
         resp.insert_header(http::header::WARNING, "110 - \"Response is Stale\"")?;
     }

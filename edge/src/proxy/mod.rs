@@ -6,6 +6,7 @@ mod blob;
 pub mod connection;
 mod head;
 mod manifest;
+mod read_path;
 mod respond;
 mod token;
 
@@ -20,6 +21,7 @@ use tracing::Instrument;
 
 use berth_shared::Reference;
 
+use crate::metrics::{Outcome, RequestKind, Tier};
 use crate::registry::route::Request;
 use crate::registry::ApiError;
 use crate::registry::Target;
@@ -29,12 +31,10 @@ use crate::state::EdgeState;
 pub struct RequestCtx {
     started: Instant,
     span: tracing::Span,
-    /// `blob`, `manifest`, `base` or `other`.
-    kind: &'static str,
-    /// `hit`, `miss`, `coalesced`, `revalidated`, `stale`, `bypass` or `error`.
-    outcome: &'static str,
-    /// The tier that served the body: `memory`, `disk` or `upstream`.
-    tier: Option<&'static str>,
+    kind: RequestKind,
+    outcome: Outcome,
+    /// The tier that served the body.
+    tier: Option<Tier>,
     status: u16,
     body_bytes: u64,
     headers_sent: bool,
@@ -59,8 +59,8 @@ impl RequestCtx {
             live,
             started: Instant::now(),
             span: tracing::Span::none(),
-            kind: "other",
-            outcome: "error",
+            kind: RequestKind::Other,
+            outcome: Outcome::Error,
             tier: None,
             status: 0,
             body_bytes: 0,
@@ -133,7 +133,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        ctx.outcome = "error";
+        ctx.outcome = Outcome::Error;
         if !ctx.headers_sent {
             // Nothing sent yet (an internal failure): answer with a proper error; the detail is
             // logged, not sent.
@@ -151,7 +151,7 @@ impl ProxyHttp for EdgeProxy {
         if self.state.access_log.enabled() {
             access_line(&self.state, session, ctx, elapsed);
         }
-        if let (None, "manifest", 200, Some(upstream), Some(repository), Some(reference)) =
+        if let (None, RequestKind::Manifest, 200, Some(upstream), Some(repository), Some(reference)) =
             (e, ctx.kind, ctx.status, &ctx.upstream, &ctx.repository, &ctx.reference)
         {
             self.state.pulls.record(upstream, repository, reference);
@@ -160,10 +160,10 @@ impl ProxyHttp for EdgeProxy {
         let times = crate::metrics::Times { elapsed, first_byte: ctx.first_byte };
         self.state.metrics.per_request.record(ctx.kind, ctx.outcome, served, times);
         let _enter = ctx.span.enter();
-        ctx.span.record("kind", ctx.kind);
-        ctx.span.record("outcome", ctx.outcome);
+        ctx.span.record("kind", ctx.kind.as_str());
+        ctx.span.record("outcome", ctx.outcome.as_str());
         if let Some(tier) = ctx.tier {
-            ctx.span.record("tier", tier);
+            ctx.span.record("tier", tier.as_str());
         }
         match e {
             Some(e) => {
@@ -194,9 +194,9 @@ fn access_line(state: &EdgeState, session: &Session, ctx: &RequestCtx, elapsed: 
         upstream: ctx.upstream.as_deref(),
         status: ctx.status,
         bytes: ctx.body_bytes,
-        kind: ctx.kind,
-        outcome: ctx.outcome,
-        tier: ctx.tier,
+        kind: ctx.kind.as_str(),
+        outcome: ctx.outcome.as_str(),
+        tier: ctx.tier.map(Tier::as_str),
         ttfb_ms: ctx.first_byte.map(|t| t.as_secs_f64() * 1000.0),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         user: ctx.user.as_deref(),
@@ -219,12 +219,12 @@ async fn handle(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut Request
     match routed {
         Err(e) => respond::error(session, ctx, &ApiError::from(e)).await,
         Ok(Request::Base) => {
-            ctx.kind = "base";
+            ctx.kind = RequestKind::Base;
             let live = Arc::clone(&ctx.live);
             if let Err(challenge) = authz::authorize_base(state, &live, session) {
                 return respond::error(session, ctx, &challenge).await;
             }
-            ctx.outcome = "hit";
+            ctx.outcome = Outcome::Hit;
             respond::base(session, ctx, is_head).await
         }
         Ok(Request::Pull(route)) => pull(state, session, ctx, route, is_head).await,

@@ -63,7 +63,7 @@ pub(super) async fn send_header(
 
 /// An OCI error response.
 pub(super) async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) -> Result<()> {
-    ctx.outcome = "error";
+    ctx.outcome = crate::metrics::Outcome::Error;
     let body = Bytes::from(err.body());
     let mut resp = header(err.status.as_u16())?;
     resp.insert_header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
@@ -119,7 +119,7 @@ pub(super) async fn stream(
         let chunk = match source.read(offset, want).await.map_err(abort)? {
             Some(chunk) => chunk,
             None if end.is_none() => break,
-            None => return Err(abort(FillError::Disk("source ended early".into()))),
+            None => return Err(abort(FillError::Truncated { expected: end.unwrap_or(offset), received: offset })),
         };
         offset += chunk.len() as u64;
         let last = end == Some(offset);

@@ -29,7 +29,7 @@ struct TokenRequest {
 }
 
 pub(super) async fn serve(state: &Arc<EdgeState>, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-    ctx.kind = "other";
+    ctx.kind = crate::metrics::RequestKind::Other;
     let request = match read_request(session).await {
         Ok(r) => r,
         Err(e) => return respond::error(session, ctx, &e).await,
@@ -53,7 +53,7 @@ pub(super) async fn serve(state: &Arc<EdgeState>, session: &mut Session, ctx: &m
     };
     state.metrics.auth.with_label_values(&["issued"]).inc();
     tracing::info!(user = %claims.sub, repositories = claims.pull.len(), "token issued");
-    ctx.outcome = "hit";
+    ctx.outcome = crate::metrics::Outcome::Hit;
     let ttl = live.access.token_ttl().as_secs();
     let issued_at = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let body = serde_json::json!({

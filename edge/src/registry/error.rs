@@ -128,9 +128,12 @@ impl ApiError {
                 bad_gateway("the upstream's body did not have its announced length".into())
             }
             FillError::Inconsistent => bad_gateway(e.to_string()),
-            FillError::Disk(_) => {
+            FillError::Disk(_) | FillError::PassThrough(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the edge's cache disk failed")
                     .with_detail(e)
+            }
+            FillError::Abandoned | FillError::OutOfOrder { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "internal error").with_detail(e)
             }
         }
     }
@@ -227,7 +230,10 @@ mod tests {
         let e = ApiError::from_upstream(&chain, Subject::Blob);
         assert_eq!(e.message, "upstream u could not be reached");
         assert!(e.detail.unwrap().contains("10.1.2.3"), "the chain goes to the log");
-        let disk = ApiError::from_fill(&FillError::Disk("writing /var/lib/berth/tmp/x: No space left".into()));
+        let disk = ApiError::from_fill(&FillError::Disk(crate::cache::error::DiskFault::new(
+            crate::cache::error::DiskOp::Write,
+            "/var/lib/berth/tmp/x: No space left on device",
+        )));
         assert!(!disk.body().contains("/var/lib"), "{}", disk.body());
         let limited = ApiError::from_upstream(&status(429), Subject::Blob);
         assert_eq!(limited.headers, vec![("Retry-After", "7".to_string())]);

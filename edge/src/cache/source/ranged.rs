@@ -14,9 +14,10 @@ use berth_shared::{Digest, DigestHasher, RepositoryName};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::fill::{Fill, FillError, FillState};
-use super::source::read_at;
-use crate::metrics::Metrics;
+use super::read_at;
+use crate::cache::error::FillError;
+use crate::cache::fill::{Fill, FillState};
+use crate::metrics::{Metrics, UpstreamRequest};
 use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
 
 /// How far ahead of the bytes a fill has written a range must start to get its own request.
@@ -60,7 +61,7 @@ impl RangedReader {
         last: Option<u64>,
         metrics: Arc<Metrics>,
     ) -> Option<Self> {
-        metrics.upstream_requests.with_label_values(&[&upstream.name, "blob_range"]).inc();
+        metrics.upstream_request(&upstream.name, UpstreamRequest::BlobRange);
         let path = format!("blobs/{}", fill.digest);
         let response = match upstream.fetch_range(repository, &path, first, last).await {
             Ok(r) => r,
@@ -132,7 +133,7 @@ impl RangedReader {
             }
         };
         if start != offset {
-            return Err(FillError::Disk(format!("ranged reader read out of order: {offset}, expected {start}")));
+            return Err(FillError::OutOfOrder { offset, expected: start });
         }
         let take = bytes.len().min(max);
         if take < bytes.len() {
@@ -154,12 +155,11 @@ impl RangedReader {
             match state {
                 FillState::Verified { size } => break size,
                 FillState::Failed(e) => return Err(e),
-                FillState::Bypass => {
-                    return Err(FillError::Disk("the fill went to bypass: the range cannot be checked".into()))
-                }
+                // The range cannot be checked against a blob the fill does not keep.
+                FillState::PassThrough(reason) => return Err(FillError::PassThrough(reason)),
                 _ => {}
             }
-            self.rx.changed().await.map_err(|_| FillError::Disk("fill ended without a result".into()))?;
+            self.rx.changed().await.map_err(|_| FillError::Abandoned)?;
         };
         let mut verified = self.fill.digest.hasher();
         let mut offset = self.first;

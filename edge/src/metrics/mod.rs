@@ -6,12 +6,12 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Kinds, outcomes and tiers of requests: the label values `per_request` knows.
-pub const KINDS: &[&str] = &["blob", "manifest", "base", "other"];
-pub const OUTCOMES: &[&str] = &["hit", "miss", "coalesced", "revalidated", "stale", "bypass", "error"];
-pub const TIERS: &[&str] = &["memory", "disk", "upstream"];
+mod labels;
 
-/// The per-request series, resolved once: no label hashing on the request path.
+pub use labels::{FillFailure, Outcome, RequestKind, Tier, UpstreamRequest};
+
+/// The per-request series, resolved once: no label hashing on the request path. Indexed by the
+/// label enums' positions.
 pub struct PerRequest {
     requests: Vec<IntCounter>,
     responses: Vec<IntCounter>,
@@ -19,10 +19,6 @@ pub struct PerRequest {
     /// By kind, then source (the tiers, then `none`).
     seconds: Vec<Histogram>,
     miss_first_byte: Vec<Histogram>,
-}
-
-fn position(values: &[&str], value: &str) -> usize {
-    values.iter().position(|v| *v == value).unwrap_or(values.len() - 1)
 }
 
 impl PerRequest {
@@ -38,38 +34,38 @@ impl PerRequest {
 
     fn new(m: &Metrics) -> Self {
         let mut per = PerRequest::empty();
-        for kind in KINDS {
-            for source in TIERS.iter().chain(&["none"]) {
+        for kind in RequestKind::ALL.iter().map(|k| k.as_str()) {
+            for source in Tier::ALL.iter().map(|t| t.as_str()).chain(["none"]) {
                 per.seconds.push(m.request_seconds.with_label_values(&[kind, source]));
             }
             per.miss_first_byte.push(m.miss_first_byte_seconds.with_label_values(&[kind]));
-            for outcome in OUTCOMES {
-                per.requests.push(m.requests.with_label_values(&[kind, outcome]));
+            for outcome in Outcome::ALL {
+                per.requests.push(m.requests.with_label_values(&[kind, outcome.as_str()]));
             }
-            for tier in TIERS {
-                per.responses.push(m.responses.with_label_values(&[kind, tier]));
+            for tier in Tier::ALL {
+                per.responses.push(m.responses.with_label_values(&[kind, tier.as_str()]));
             }
         }
-        per.served_bytes = TIERS.iter().map(|t| m.served_bytes.with_label_values(&[t])).collect();
+        per.served_bytes = Tier::ALL.iter().map(|t| m.served_bytes.with_label_values(&[t.as_str()])).collect();
         per
     }
 
     /// Counts one request: its kind and outcome; the tier that served it with the body bytes
     /// and whether it succeeded; its duration, and for a miss when its first byte left.
-    pub fn record(&self, kind: &str, outcome: &str, served: Option<(&str, u64, bool)>, times: Times) {
-        let k = position(KINDS, kind);
-        self.requests[k * OUTCOMES.len() + position(OUTCOMES, outcome)].inc();
-        let mut source = TIERS.len();
+    pub fn record(&self, kind: RequestKind, outcome: Outcome, served: Option<(Tier, u64, bool)>, times: Times) {
+        let k = kind.index();
+        self.requests[k * Outcome::ALL.len() + outcome.index()].inc();
+        let mut source = Tier::ALL.len();
         if let Some((tier, bytes, ok)) = served {
-            let t = position(TIERS, tier);
+            let t = tier.index();
             source = t;
             self.served_bytes[t].inc_by(bytes);
             if ok {
-                self.responses[k * TIERS.len() + t].inc();
+                self.responses[k * Tier::ALL.len() + t].inc();
             }
         }
-        self.seconds[k * (TIERS.len() + 1) + source].observe(times.elapsed.as_secs_f64());
-        if let (Some(first_byte), "miss") = (times.first_byte, outcome) {
+        self.seconds[k * (Tier::ALL.len() + 1) + source].observe(times.elapsed.as_secs_f64());
+        if let (Some(first_byte), Outcome::Miss) = (times.first_byte, outcome) {
             self.miss_first_byte[k].observe(first_byte.as_secs_f64());
         }
     }
@@ -356,8 +352,8 @@ impl Metrics {
         };
         metrics.per_request = PerRequest::new(&metrics);
         // Every label value a dashboard or an alert reads exists from the start, at zero.
-        for reason in ["digest_mismatch", "truncated", "upstream", "disk"] {
-            metrics.fill_failures.with_label_values(&[reason]);
+        for reason in FillFailure::ALL {
+            metrics.fill_failures.with_label_values(&[reason.as_str()]);
         }
         for result in ["loaded", "refused"] {
             metrics.tls_reloads.with_label_values(&[result]);
@@ -376,6 +372,11 @@ impl Metrics {
             metrics.prefetch_blobs.with_label_values(&[state]);
         }
         metrics
+    }
+
+    /// Counts one request to an upstream.
+    pub fn upstream_request(&self, upstream: &str, request: UpstreamRequest) {
+        self.upstream_requests.with_label_values(&[upstream, request.as_str()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
