@@ -169,6 +169,34 @@ async fn the_disk_budget_is_kept_by_evicting_the_least_recently_used_blob() {
 }
 
 #[tokio::test]
+async fn a_blob_larger_than_the_disk_budget_passes_through_verified_and_is_never_cached() {
+    let origin = Origin::start().await;
+    let body = random_bytes(1500 << 10);
+    let digest = origin.put_blob(REPO, body.clone());
+    let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+        c.cache.disk_max = berth_shared::ByteSize::kib(1000);
+    });
+    let url = format!("{}/v2/{REPO}/blobs/{digest}", edge.url());
+    for pull in 1..=2 {
+        let r = client::get(&url).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-berth-cache"), Some("bypass"), "pull {pull}: over the budget, pass-through");
+        assert_eq!(r.bytes().as_ref(), body.as_slice(), "pull {pull}: every byte, verified");
+    }
+    // Each pull: the fill's GET (which finds the blob over the budget), then the reader's own.
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/")), 4);
+    let store = edge.running().state.fills.store();
+    assert!(store.contains(&berth_edge::cache::EntryKey::blob(digest)).is_none(), "nothing cached");
+    // Counted once each response is logged, just after its last byte.
+    let bypassed = r#"berth_edge_requests_total{kind="blob",outcome="bypass""#;
+    berth_tests::eventually_async("both pulls counted as bypass", Duration::from_secs(10), || async {
+        edge.metric(bypassed).await == 2.0
+    })
+    .await;
+    assert_eq!(edge.metric(r#"berth_edge_served_bytes_total{tier="upstream""#).await, 2.0 * body.len() as f64);
+}
+
+#[tokio::test]
 async fn a_failing_request_for_another_repository_does_not_fail_a_joined_pull() {
     let origin = Origin::start().await;
     let body = random_bytes(200 << 10);
