@@ -1,4 +1,5 @@
-//! The memory tier (foyer): manifests and small blobs, bounded by `cache.memory_max`. Entries
+//! The memory tier (foyer): manifests and blobs up to `cache.memory_object_max`, bounded by
+//! `cache.memory_max`. Entries
 //! come only from verified sources (a published fill, a verified disk read, a verified manifest).
 
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use foyer::{Cache, CacheBuilder};
 
+use super::flight::{Flight, Turn};
 use super::EntryKey;
 
 /// Per-entry bookkeeping counted against the budget on top of the bytes.
@@ -22,13 +24,16 @@ pub struct MemoryObject {
 pub struct MemoryTier {
     cache: Option<Cache<EntryKey, MemoryObject>>,
     object_max: u64,
+    /// Entries being read from disk into memory now: one read per entry at a time.
+    promoting: Flight<EntryKey, ()>,
 }
 
 impl MemoryTier {
     /// `capacity`: bytes (0 disables the tier); `object_max`: largest object kept.
     pub fn new(capacity: u64, object_max: u64) -> Self {
-        // Each shard holds capacity/shards: keep shards large enough for many objects.
-        let shards = (capacity / object_max.max(1) / 64).clamp(1, 8) as usize;
+        // Each shard holds capacity/shards: keep shards large enough for several of the largest
+        // objects (and many small ones).
+        let shards = (capacity / object_max.max(1).saturating_mul(4)).clamp(1, 8) as usize;
         let cache = (capacity > 0).then(|| {
             CacheBuilder::new(capacity as usize)
                 .with_name("berth-memory")
@@ -36,7 +41,13 @@ impl MemoryTier {
                 .with_weighter(|_: &EntryKey, v: &MemoryObject| v.bytes.len() + ENTRY_OVERHEAD)
                 .build()
         });
-        MemoryTier { cache, object_max }
+        MemoryTier { cache, object_max, promoting: Flight::default() }
+    }
+
+    /// The turn to read `key` into memory, unless another request is doing it (that read will
+    /// serve the next requests; this one is served from disk meanwhile).
+    pub fn promotion(&self, key: EntryKey) -> Option<Turn<EntryKey>> {
+        self.promoting.turn(key)
     }
 
     /// Whether an object of `size` bytes belongs in memory.

@@ -224,6 +224,11 @@ async fn promote(state: &Arc<EdgeState>, key: EntryKey, file: Arc<File>, size: u
     if !state.memory.admits(size) {
         return disk(file, size);
     }
+    // One read into memory per entry at a time: concurrent first hits of a large blob are
+    // served from disk while it is read, not each read whole.
+    let Some(_turn) = state.memory.promotion(key) else {
+        return disk(file, size);
+    };
     let read = Arc::clone(&file);
     let bytes = blocking(move || {
         use std::os::unix::fs::FileExt;

@@ -46,6 +46,47 @@ async fn a_small_blob_is_served_from_memory_after_a_disk_hit() {
 }
 
 #[tokio::test]
+async fn a_large_hot_blob_moves_to_memory_on_its_first_disk_hits_and_is_held_once() {
+    // 48 MiB: under the default memory_object_max (128 MiB).
+    let origin = Origin::start().await;
+    let body = random_bytes(48 << 20);
+    let d = origin.put_blob(REPO, body.clone());
+    let edge = edge::start(&origin.url());
+    let url = blob_url(&edge, &d);
+    client::get(&url).await.bytes();
+    edge.published(d).await;
+    let hits: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { client::get(&url).await })
+        })
+        .collect();
+    for hit in hits {
+        assert_eq!(hit.await.unwrap().bytes().as_ref(), body.as_slice());
+    }
+    let counted = |tier: &'static str| {
+        let edge = &edge;
+        async move { edge.metric(&format!("berth_edge_responses_total{{kind=\"blob\",tier=\"{tier}\"")).await }
+    };
+    berth_tests::eventually_async("the four hits counted", std::time::Duration::from_secs(10), || async {
+        counted("disk").await + counted("memory").await == 4.0
+    })
+    .await;
+    // Which of the concurrent first hits read the file depends on timing (one reads it into
+    // memory, the others meanwhile read the file: `cache/flight.rs`'s turn, unit-tested there).
+    let memory_bytes = edge.metric("berth_edge_memory_bytes").await;
+    assert!(memory_bytes >= body.len() as f64 && memory_bytes < 2.0 * body.len() as f64, "held once: {memory_bytes}");
+    // The next hit is served from memory, even with the file gone.
+    std::fs::remove_file(blob_file(&edge, &d)).unwrap();
+    assert_eq!(client::get(&url).await.bytes().as_ref(), body.as_slice());
+    berth_tests::eventually_async("the memory hit counted", std::time::Duration::from_secs(10), || async {
+        counted("disk").await + counted("memory").await == 5.0
+    })
+    .await;
+    assert_eq!(origin.count("GET", "/v2/"), 1);
+}
+
+#[tokio::test]
 async fn a_blob_over_memory_object_max_stays_on_disk() {
     let origin = Origin::start().await;
     let d = origin.put_blob(REPO, random_bytes(300 << 10));
@@ -350,6 +391,8 @@ async fn change_while_serving(verify_on_serve: bool) -> (Result<bytes::Bytes, St
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
         c.cache.verify_on_serve = verify_on_serve;
         c.cache.scrub_rate = ByteSize::kib(0);
+        // Served from its file each time, not moved to memory on the first hit.
+        c.cache.memory_object_max = ByteSize::mib(4);
     });
     let url = format!("{}/v2/{REPO}/blobs/{digest}", edge.url());
     client::get(&url).await.bytes();
