@@ -135,7 +135,11 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     let mut seq_rounds = vec![Vec::new(); peers.len()];
     let mut par_rounds = vec![Vec::new(); peers.len()];
     let mut other_clients = vec![(Vec::new(), Vec::new()); peers.len()];
+    // The machine's ceiling, measured in the same rounds: loopback TCP, 1 MiB writes.
+    let (mut ceiling_one, mut ceiling_eight) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
+        ceiling_one.push(crate::ceiling::loopback_mib_per_s(1, 500)?);
+        ceiling_eight.push(crate::ceiling::loopback_mib_per_s(8, 300)?);
         for (i, p) in peers.iter().enumerate() {
             let cpu = p.cpu_seconds();
             let mut conn = crate::raw::RawConn::connect(p.addr).await?;
@@ -175,6 +179,13 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
         let (rate, cpu) = median(&par_rounds[i]);
         par.row(vec![p.name.into(), f1(rate), f2(cpu)]);
     }
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let name = "ceiling: loopback TCP (iperf3 -l 1M)";
+    seq.row(vec![name.into(), f1(middle(ceiling_one)), "-".into(), "-".into(), "-".into()]);
+    par.row(vec![format!("{name}, 8 streams"), f1(middle(ceiling_eight)), "-".into()]);
     for p in peers {
         let sampler = procstat::RssSampler::start(p.pid());
         let (bytes, elapsed, _) = crate::raw::parallel_downloads(p.addr, path, 32, 1).await?;

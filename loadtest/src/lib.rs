@@ -2,6 +2,7 @@
 //! instead (nginx `proxy_cache`, Varnish, the distribution registry in proxy mode) and the Berth
 //! edge, started side by side and measured interleaved in one run.
 
+pub mod ceiling;
 pub mod cold_range;
 pub mod compare;
 pub mod fleet_page;

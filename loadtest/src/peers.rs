@@ -33,7 +33,9 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        for pid in procstat::tree(self.pid()).into_iter().rev() {
+        // The parent first: a master (nginx) that outlives a killed worker starts another one,
+        // which would be left running.
+        for pid in procstat::tree(self.pid()) {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
         let _ = self.child.wait();

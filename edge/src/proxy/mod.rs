@@ -120,12 +120,9 @@ impl ProxyHttp for EdgeProxy {
             path = %req.uri.path(),
             // containerd's raw `ns` (still percent-encoded), so a wrong one can be diagnosed.
             ns = raw_ns(req.uri.query()),
-            kind = tracing::field::Empty,
             repository = tracing::field::Empty,
             reference = tracing::field::Empty,
             upstream = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            tier = tracing::field::Empty,
         );
         let span = ctx.span.clone();
         handle(&self.state, session, ctx).instrument(span).await?;
@@ -160,21 +157,17 @@ impl ProxyHttp for EdgeProxy {
         let times = crate::metrics::Times { elapsed, first_byte: ctx.first_byte };
         self.state.metrics.per_request.record(ctx.kind, ctx.outcome, served, times);
         let _enter = ctx.span.enter();
-        ctx.span.record("kind", ctx.kind.as_str());
-        ctx.span.record("outcome", ctx.outcome.as_str());
-        if let Some(tier) = ctx.tier {
-            ctx.span.record("tier", tier.as_str());
-        }
+        let (kind, outcome, tier) = (ctx.kind.as_str(), ctx.outcome.as_str(), ctx.tier.map_or("", Tier::as_str));
+        let elapsed_ms = elapsed.as_millis() as u64;
         match e {
             Some(e) => {
-                tracing::warn!(status = ctx.status, bytes = ctx.body_bytes, elapsed_ms = elapsed.as_millis() as u64, error = %e, "request aborted")
+                tracing::warn!(kind, outcome, tier, status = ctx.status, bytes = ctx.body_bytes, elapsed_ms, error = %e, "request aborted")
             }
-            None => tracing::info!(
-                status = ctx.status,
-                bytes = ctx.body_bytes,
-                elapsed_ms = elapsed.as_millis() as u64,
-                "request"
-            ),
+            // One line per request only at debug: at thousands of requests a second the
+            // process log would cost more than the requests (the access log is the record).
+            None => {
+                tracing::debug!(kind, outcome, tier, status = ctx.status, bytes = ctx.body_bytes, elapsed_ms, "request")
+            }
         }
     }
 }
