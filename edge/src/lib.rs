@@ -7,6 +7,7 @@ pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod listener;

@@ -24,6 +24,8 @@ pub enum StartError {
     AccessLog { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// What a reload (SIGHUP) replaces: the upstreams, who may pull through them, and the request
@@ -88,6 +90,7 @@ impl EdgeState {
         let quarantine = crate::policy::quarantine::Quarantine::load(&config.cache.dir);
         metrics.quarantined.set(quarantine.len() as i64);
         let memory = Arc::new(MemoryTier::new(config.cache.memory_max.bytes(), config.cache.memory_object_max.bytes()));
+        let cluster = crate::cluster::Cluster::new(&config.cluster, &metrics).map_err(StartError::Cluster)?;
         Ok(Arc::new(EdgeState {
             live: arc_swap::ArcSwap::from_pointee(live),
             config_file: parking_lot::Mutex::new(None),
@@ -95,7 +98,7 @@ impl EdgeState {
             negative: crate::cache::negative::NegativeCache::new(
                 config.upstream.iter().map(|u| u.negative_ttl.get()).max().unwrap_or_default(),
             ),
-            fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics)),
+            fills: Fills::new(Arc::clone(&store), Arc::clone(&metrics), cluster),
             manifests: ManifestCache::new(store, Arc::clone(&memory), Arc::clone(&metrics)),
             memory,
             metrics,

@@ -13,6 +13,7 @@ pub mod procstat;
 pub mod propagation;
 pub mod push;
 pub mod raw;
+pub mod region;
 pub mod report;
 pub mod secure;
 pub mod zipf;

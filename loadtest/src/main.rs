@@ -72,6 +72,18 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         trials: usize,
     },
+    /// A region of 4 edges on a Zipf pull workload: sharded (`[cluster]`) against independent,
+    /// and sharded with one edge killed halfway.
+    Region {
+        #[arg(long, default_value = "target/release/berth-edge")]
+        edge: PathBuf,
+        #[arg(long, default_value = "/var/tmp/berth-bench-region")]
+        work: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        images: usize,
+        #[arg(long, default_value_t = 300)]
+        pulls: usize,
+    },
     /// The distributor's fleet page and its JSON with many simulated edges, and its load time
     /// in headless Chromium.
     FleetPage {
@@ -131,6 +143,11 @@ async fn main() -> anyhow::Result<()> {
         Command::ColdRange { edge, work, blob_mib, trials } => {
             let _ = std::fs::remove_dir_all(&work);
             print!("{}", berth_loadtest::cold_range::run(&edge, &work, blob_mib, trials).await?);
+        }
+        Command::Region { edge, work, images, pulls } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let opts = berth_loadtest::region::Options { edge_binary: edge, work, images, pulls };
+            print!("{}", berth_loadtest::region::run(&opts).await?);
         }
         Command::FleetPage { distributor, work, edges, runs } => {
             let _ = std::fs::remove_dir_all(&work);

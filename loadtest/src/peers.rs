@@ -220,6 +220,36 @@ pub fn berth_with(
     spawn(name, dir, addr, Command::new(binary).arg("--config").arg(&config).env("BERTH_LOG", "warn"))
 }
 
+/// One Berth edge of a region: `addr` and `admin` chosen by the caller (every edge must know the
+/// others' addresses before they start), `peers` the whole region's pull URLs (empty: an
+/// independent edge), the region key in `key_file`.
+pub fn berth_region(
+    dir: &Path,
+    binary: &Path,
+    origin: SocketAddr,
+    (addr, admin): (SocketAddr, u16),
+    disk_max: u64,
+    (peers, key_file): (&[String], &Path),
+) -> Result<Peer> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("edge.toml");
+    let cluster = match peers.is_empty() {
+        true => String::new(),
+        false => format!(
+            "[cluster]\nadvertise = \"http://{addr}\"\npeers = {peers:?}\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"bench\"\n[listen]\nhttp = \"{addr}\"\nadmin = \"127.0.0.1:{admin}\"\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\ndisk_max = \"{disk_max}\"\nmemory_max = \"64MiB\"\nscrub_rate = \"0\"\n{cluster}[[upstream]]\nname = \"docker.io\"\nurl = \"http://{origin}\"\ndefault = true\n",
+            dir.join("cache").display().to_string()
+        ),
+    )?;
+    spawn("berth", dir, addr, Command::new(binary).arg("--config").arg(&config).env("BERTH_LOG", "warn"))
+}
+
 /// Origin access-log lines (GET, status 200) since `from_line`, whose path contains `needle`:
 /// (requests, bytes).
 pub fn origin_gets(origin: &Peer, from_line: usize, needle: &str) -> (usize, u64) {

@@ -13,17 +13,18 @@ use std::time::Instant;
 use berth_shared::DigestHasher;
 use berth_shared::{Digest, RepositoryName};
 use bytes::Bytes;
-use futures_util::FutureExt;
-use http::Method;
 use tokio::sync::watch;
 
 use super::disk::DiskStore;
 use super::error::{DiskFault, DiskOp, FillError, PassReason};
+use super::feed::Feed;
 use super::flight::{Flight, Start};
 use super::index::Reservation;
 use super::{blocking, EntryKey};
+use crate::cluster::sources::Sources;
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
-use crate::upstream::{ClientError, Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
 /// Bytes gathered from the upstream before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
@@ -122,11 +123,26 @@ pub enum Lookup {
     PassThrough(PassReason),
 }
 
+/// Who asks for a blob: how a fill it starts may wait and where it gets its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// A client: a fill waits up to `queue_timeout` for a slot, and may come from the region's
+    /// owner of the blob.
+    Client,
+    /// Another edge of the region: the fill comes from the origin (a request from a peer is
+    /// never sent to another).
+    Peer,
+    /// A prefetch job: waits as long as it takes for a slot; the blob is kept here.
+    Prefetch,
+}
+
 /// The fills in flight, by digest: the single-flight table of blob fetches.
 pub struct Fills {
     store: Arc<DiskStore>,
     metrics: Arc<Metrics>,
     flight: Flight<Digest, Arc<Fill>>,
+    /// The other edges of the region, when it is one cache.
+    cluster: Option<Arc<Cluster>>,
 }
 
 struct FillJob {
@@ -137,6 +153,11 @@ struct FillJob {
     temp: PathBuf,
     upstream: Arc<Upstream>,
     repository: RepositoryName,
+    /// Where the bytes come from: the origin, or the region's owner first.
+    sources: Sources,
+    /// Whether the verified blob is kept here (not: a blob filled from its owner that is not
+    /// popular here).
+    keep: bool,
     /// The upstream's fill slot (`max_fills`), held until the fill ends.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -147,11 +168,18 @@ enum Finished {
     NotKept,
     /// Larger than the disk budget: not cached.
     OverBudget,
+    /// Filled from the region's owner and not popular here: served, left to the owner.
+    LeftToOwner,
 }
 
 impl Fills {
-    pub fn new(store: Arc<DiskStore>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Fills { store, metrics, flight: Flight::default() })
+    pub fn new(store: Arc<DiskStore>, metrics: Arc<Metrics>, cluster: Option<Arc<Cluster>>) -> Arc<Self> {
+        Arc::new(Fills { store, metrics, flight: Flight::default(), cluster })
+    }
+
+    /// The region, when this edge is one of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn store(&self) -> &Arc<DiskStore> {
@@ -159,14 +187,14 @@ impl Fills {
     }
 
     /// The blob from disk, or the fill that is (or now starts) fetching it. Starting a fill takes
-    /// one of the upstream's `max_fills` slots: waiting up to `queue_timeout`, or, when
-    /// `patient` (prefetch), as long as it takes.
+    /// one of the upstream's `max_fills` slots: waiting up to `queue_timeout`, or, for a
+    /// prefetch, as long as it takes.
     pub async fn lookup(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
         repository: &RepositoryName,
         digest: Digest,
-        patient: bool,
+        asker: Asker,
     ) -> Result<Lookup, FillError> {
         let key = EntryKey::blob(digest);
         // Each turn of the loop is a race lost: the blob was published or a fill started between
@@ -178,12 +206,12 @@ impl Fills {
             if self.store.degraded().is_some() {
                 return Ok(Lookup::PassThrough(PassReason::DiskDegraded));
             }
-            let slot = upstream.fill_slot(patient).await?;
+            let slot = upstream.fill_slot(asker == Asker::Prefetch).await?;
             if let Some(found) = self.find(key).await {
                 // Started (or published) by another request while this one waited for a slot.
                 return Ok(found);
             }
-            if let Some(started) = self.start(upstream, repository, key, slot).await {
+            if let Some(started) = self.start(upstream, repository, key, asker, slot).await {
                 return Ok(started);
             }
         }
@@ -204,6 +232,7 @@ impl Fills {
         upstream: &Arc<Upstream>,
         repository: &RepositoryName,
         key: EntryKey,
+        asker: Asker,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<Lookup> {
         // The temp file is made on the blocking pool, outside the table's lock: a slow disk
@@ -237,6 +266,7 @@ impl Fills {
             let _ = blocking(move || std::fs::remove_file(temp)).await;
             return None;
         }
+        let (sources, keep) = self.sources(upstream, repository, key.digest, asker);
         let job = FillJob {
             fills: Arc::clone(self),
             fill: Arc::clone(&fill),
@@ -245,10 +275,31 @@ impl Fills {
             temp,
             upstream: Arc::clone(upstream),
             repository: repository.clone(),
+            sources,
+            keep,
             _slot: slot,
         };
         tokio::spawn(job.run());
         Some(Lookup::Fill(fill))
+    }
+
+    /// Where a fill gets its bytes, and whether the blob is kept here: the origin, or, in a
+    /// region, the blob's owner first (not for a request from a peer: one hop at most).
+    fn sources(
+        &self,
+        upstream: &Arc<Upstream>,
+        repository: &RepositoryName,
+        digest: Digest,
+        asker: Asker,
+    ) -> (Sources, bool) {
+        let sources = Sources::origin(upstream, repository, digest, &self.metrics);
+        match (&self.cluster, asker) {
+            (Some(cluster), Asker::Client | Asker::Prefetch) => {
+                let plan = cluster.plan(&digest, asker == Asker::Prefetch);
+                (sources.through(cluster, plan.peers), plan.keep)
+            }
+            _ => (sources, true),
+        }
     }
 
     /// The fill in flight for a digest, if any.
@@ -288,6 +339,7 @@ impl FillJob {
                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "fill published");
             }
             Ok(Finished::NotKept) => tracing::warn!("fill served but not cached: the disk failed"),
+            Ok(Finished::LeftToOwner) => tracing::info!("filled from the region's owner: served, not kept here"),
             Ok(Finished::OverBudget) => {
                 tracing::info!("blob larger than the disk budget: served without caching");
                 fills.finish(&fill);
@@ -317,39 +369,24 @@ impl FillJob {
 
     async fn fetch(self) -> Result<Finished, FillError> {
         // `_slot` lives to the end of the fill: the upstream's fill bound holds while it runs.
-        let FillJob { fills, fill, tx, writer, temp, upstream, repository, _slot } = self;
-        let path = format!("blobs/{}", fill.digest);
-        fills.metrics.upstream_request(&upstream.name, crate::metrics::UpstreamRequest::Blob);
-        let mut response = upstream.fetch(Method::GET, &repository, &path, None).await?;
-        let total = response.content_length();
+        let FillJob { fills, fill, tx, writer, temp, sources, keep, _slot, .. } = self;
+        let mut feed = Feed::open(sources, Arc::clone(&fills.metrics)).await?;
+        let total = feed.total;
         let mut reservation = match fills.store.reserve_async(total.unwrap_or(RESERVE_STEP)).await {
             Ok(r) => r,
             Err(_) => return Ok(Finished::OverBudget),
         };
         tx.send_replace(FillState::Streaming { total, written: 0 });
-        let upstream_bytes = fills.metrics.upstream_bytes.with_label_values(&[&upstream.name]);
-        let client_error = |source: ClientError| {
-            FillError::Upstream(UpstreamError::Client { upstream: upstream.name.clone(), source })
-        };
         let mut sink = Sink { file: Some(writer), hasher: Some(fill.digest.hasher()), written: 0 };
-        loop {
-            let Some(first) = response.body.chunk().await.map_err(client_error)? else {
-                break;
-            };
+        while let Some(first) = feed.chunk().await? {
             let mut batch = vec![first];
             let mut batch_len = batch[0].len();
             // Take what has already arrived, without waiting, to write in larger pieces.
             while batch_len < WRITE_BATCH {
-                match response.body.chunk().now_or_never() {
-                    Some(Ok(Some(more))) => {
-                        batch_len += more.len();
-                        batch.push(more);
-                    }
-                    Some(Err(e)) => return Err(client_error(e)),
-                    Some(Ok(None)) | None => break,
-                }
+                let Some(more) = feed.ready() else { break };
+                batch_len += more.len();
+                batch.push(more);
             }
-            upstream_bytes.inc_by(batch_len as u64);
             let after = sink.written + batch_len as u64;
             if let Some(total) = total.filter(|t| after > *t) {
                 return Err(FillError::TooLong { expected: total });
@@ -385,6 +422,13 @@ impl FillJob {
             return Err(FillError::DigestMismatch { expected: fill.digest, actual });
         }
         tx.send_replace(FillState::Verified { size: received });
+        if feed.used_peer() {
+            let kept = if keep { "kept" } else { "not_kept" };
+            fills.metrics.peer_fills.with_label_values(&[kept]).inc();
+            if !keep {
+                return Ok(Finished::LeftToOwner);
+            }
+        }
         if let Err(e) = publish(&fills.store, sink, temp, fill.digest, received, reservation).await {
             // Every reader already has verified bytes; only the cache entry is lost.
             fills.store.set_degraded(e.to_string());

@@ -3,6 +3,7 @@
 
 pub mod disk;
 pub mod error;
+mod feed;
 pub mod fill;
 pub mod flight;
 pub mod index;

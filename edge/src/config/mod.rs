@@ -1,6 +1,7 @@
 //! The edge's TOML configuration: one file per node. Every field documents its default;
 //! docs/configuration.md is the reference for operators.
 
+mod cluster;
 mod load;
 mod validate;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use berth_shared::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 
+pub use cluster::ClusterConfig;
 pub use load::{load_file, parse, ConfigError};
 
 /// The configuration an edge runs with when started without `--config`: a mirror of Docker Hub
@@ -43,6 +45,8 @@ pub struct EdgeConfig {
     pub log: crate::access_log::LogConfig,
     /// The registries this edge mirrors. Only these are ever contacted.
     pub upstream: Vec<UpstreamConfig>,
+    /// The other edges of this region, so the region caches as one. Default: none (alone).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for EdgeConfig {
@@ -59,6 +63,7 @@ impl Default for EdgeConfig {
             admin: AdminConfig::default(),
             log: Default::default(),
             upstream: Vec::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -369,6 +374,10 @@ pub struct UpstreamConfig {
     /// Prefix one-segment repository names with `library/` (Docker Hub's official images).
     /// Default: `true` for the upstream named `docker.io`, else `false`.
     pub library_prefix: Option<bool>,
+    /// The upstream is another Berth edge (a parent region, a shield in front of the origin):
+    /// every request to it carries `ns=<this upstream's name>`, so the parent routes it to the
+    /// registry of the same name and applies its own access rules. Default: `false`.
+    pub parent: bool,
     /// Who may pull: `"anonymous"`, `"upstream"` or `"htpasswd"`. Default: `"upstream"` when
     /// the upstream has credentials (`username`), else `"anonymous"`.
     pub access: Option<AccessMode>,
@@ -414,6 +423,7 @@ impl Default for UpstreamConfig {
             queue_timeout: HumanDuration::secs(10),
             allow_private_networks: Vec::new(),
             library_prefix: None,
+            parent: false,
             access: None,
             allow_anonymous_with_credentials: false,
             htpasswd_file: None,

@@ -19,6 +19,7 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
         problems.push("log.sample_hits: must be between 0.0 and 1.0".to_owned());
     }
     problems.extend(validate_auth(config));
+    problems.extend(validate_cluster(&config.cluster));
     if let Some(link) = &config.distributor {
         match link.url.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
@@ -251,6 +252,53 @@ pub fn is_registry_host(name: &str) -> bool {
     host_ok && port_ok
 }
 
+/// `[cluster]`: with peers, this edge's own URL, valid peer URLs and a region key.
+fn validate_cluster(cluster: &super::ClusterConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if cluster.peers.is_empty() {
+        return problems;
+    }
+    let bare_url = |value: &str| match value.parse::<http::Uri>() {
+        Ok(u) => {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && u.query().is_none()
+                && matches!(u.path(), "" | "/")
+        }
+        Err(_) => false,
+    };
+    match &cluster.advertise {
+        None => problems
+            .push("cluster.advertise: required with cluster.peers (this edge's URL as its peers reach it)".into()),
+        Some(a) if !bare_url(a) => {
+            problems.push(format!("cluster.advertise: {a:?} is not an http:// or https:// URL without a path"))
+        }
+        Some(_) => {}
+    }
+    let mut seen = HashSet::new();
+    for (i, peer) in cluster.peers.iter().enumerate() {
+        if !bare_url(peer) {
+            problems.push(format!("cluster.peers[{i}]: {peer:?} is not an http:// or https:// URL without a path"));
+        } else if !seen.insert(peer.as_str()) {
+            problems.push(format!("cluster.peers[{i}]: {peer:?} is listed twice"));
+        }
+    }
+    match cluster.key().and_then(|k| crate::cluster::hop::RegionKey::new(&k)) {
+        Ok(_) => {}
+        Err(e) => {
+            let key = if cluster.key_file.is_some() { "key_file" } else { "key_env" };
+            problems.push(format!("cluster.{key}: {e}"));
+        }
+    }
+    if cluster.keep_after == 0 {
+        problems.push("cluster.keep_after: must be at least 1".into());
+    }
+    if let Err(e) = berth_shared::tls::client_config(cluster.ca_file.as_deref()) {
+        problems.push(format!("cluster.ca_file: {e}"));
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse;
@@ -296,6 +344,45 @@ mod tests {
         ] {
             assert!(all.contains(key), "{key} missing from:\n{all}");
         }
+    }
+
+    #[test]
+    fn should_name_every_cluster_problem_at_once() {
+        let text = r#"
+            [cluster]
+            peers = ["http://edge-2:5000", "ftp://edge-3", "http://edge-2:5000", "http://edge-4:5000/path"]
+            key_env = "BERTH_TEST_SURELY_UNSET_REGION_KEY"
+            keep_after = 0
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+        "#;
+        let all = parse(text).unwrap_err().to_string();
+        for key in [
+            "cluster.advertise: required with cluster.peers",
+            "cluster.peers[1]: \"ftp://edge-3\" is not an http:// or https:// URL",
+            "cluster.peers[2]: \"http://edge-2:5000\" is listed twice",
+            "cluster.peers[3]",
+            "cluster.key_env: environment variable BERTH_TEST_SURELY_UNSET_REGION_KEY is not set",
+            "cluster.keep_after: must be at least 1",
+        ] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn should_refuse_a_short_region_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "short\n").unwrap();
+        let text = format!(
+            "[cluster]\nadvertise = \"http://edge-1:5000\"\npeers = [\"http://edge-2:5000\"]\nkey_file = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n",
+            key.display().to_string()
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("cluster.key_file: the region key must be at least 16 bytes"), "{err}");
+        std::fs::write(&key, "a-region-key-long-enough-0000\n").unwrap();
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

@@ -88,6 +88,8 @@ label! {
         ManifestHead = "manifest_head",
         /// A `HEAD` that checks a repository holds a digest served from the cache.
         Confirm = "confirm",
+        /// A blob from another edge of the region (its owner).
+        Peer = "peer",
     }
 }
 

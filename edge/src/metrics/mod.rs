@@ -162,6 +162,14 @@ pub struct Metrics {
     pub prefetch_blobs: IntGaugeVec,
     /// Bytes of blobs made present by prefetch jobs.
     pub prefetched_bytes: IntCounter,
+    /// Requests to other edges of the region that failed (the next owner, then the origin, was
+    /// asked).
+    pub peer_failures: IntCounter,
+    /// Blob requests from other edges of the region answered, by result (`served`, `refused`).
+    pub peer_requests: IntCounterVec,
+    /// Blobs filled from a peer and verified, by whether this edge kept them (`kept`, `not_kept`:
+    /// not popular here, left to their owner).
+    pub peer_fills: IntCounterVec,
     /// Request durations by kind and source (`memory`, `disk`, `upstream`, `none` for an
     /// answer without a body from a tier), from request line to last byte.
     pub request_seconds: HistogramVec,
@@ -345,6 +353,23 @@ impl Metrics {
                 "berth_edge_prefetched_bytes_total",
                 "Bytes of blobs made present by prefetch jobs",
             ),
+            peer_failures: counter(
+                r,
+                "berth_edge_peer_failures_total",
+                "Requests to other edges of the region that failed (the next source was asked)",
+            ),
+            peer_requests: counter_vec(
+                r,
+                "berth_edge_peer_requests_total",
+                "Blob requests from other edges of the region, by result",
+                &["result"],
+            ),
+            peer_fills: counter_vec(
+                r,
+                "berth_edge_peer_fills_total",
+                "Blobs filled from another edge of the region, by whether this edge kept them",
+                &["result"],
+            ),
             request_seconds,
             miss_first_byte_seconds,
             fill_seconds,
@@ -370,6 +395,12 @@ impl Metrics {
         }
         for state in ["total", "done"] {
             metrics.prefetch_blobs.with_label_values(&[state]);
+        }
+        for result in ["served", "refused"] {
+            metrics.peer_requests.with_label_values(&[result]);
+        }
+        for kept in ["kept", "not_kept"] {
+            metrics.peer_fills.with_label_values(&[kept]);
         }
         metrics
     }

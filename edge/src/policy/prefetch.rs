@@ -275,7 +275,11 @@ impl PrefetchJobs {
             return Err(format!("{digest} is quarantined: {reason}"));
         }
         let fills = &self.state.fills;
-        match fills.lookup(upstream, repository, digest, true).await.map_err(|e| describe(&ApiError::from_fill(&e)))? {
+        match fills
+            .lookup(upstream, repository, digest, crate::cache::fill::Asker::Prefetch)
+            .await
+            .map_err(|e| describe(&ApiError::from_fill(&e)))?
+        {
             Lookup::File(..) => Ok(()),
             Lookup::PassThrough(reason) => Err(format!("{reason}: not cached")),
             Lookup::Join(fill) | Lookup::Fill(fill) => {

@@ -129,6 +129,36 @@ pub(super) async fn ensure_holds(
     }
 }
 
+/// A request from another edge of the region: the sender its `X-Berth-Peer` header names,
+/// `None` for a request without one, `403 DENIED` for a header that is not valid (wrong key,
+/// too old, malformed, or this edge is in no cluster), and `503` while this edge is not ready
+/// (the sender then asks the next owner).
+pub(super) fn peer(state: &EdgeState, session: &Session) -> Result<Option<String>, ApiError> {
+    let req = session.req_header();
+    let Some(value) = req.headers.get(crate::cluster::hop::PEER_HEADER) else { return Ok(None) };
+    let path = req.uri.path_and_query().map_or("", |p| p.as_str());
+    let verified = match state.fills.cluster() {
+        None => Err(crate::cluster::hop::HopError::NoCluster),
+        Some(cluster) => match value.to_str() {
+            Ok(value) => cluster.key().verify(value, crate::cluster::hop::unix_now(), path),
+            Err(_) => Err(crate::cluster::hop::HopError::Malformed),
+        },
+    };
+    let refused = |e: ApiError| {
+        state.metrics.peer_requests.with_label_values(&["refused"]).inc();
+        Err(e)
+    };
+    let sender = match verified {
+        Ok(sender) => sender,
+        Err(e) => return refused(ApiError::new(StatusCode::FORBIDDEN, "DENIED", e.to_string())),
+    };
+    if let Some(reason) = state.not_ready_reason() {
+        return refused(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("not ready: {reason}")));
+    }
+    state.metrics.peer_requests.with_label_values(&["served"]).inc();
+    Ok(Some(sender))
+}
+
 /// `403 DENIED` naming the reason, when the digest is quarantined.
 pub(super) fn quarantined(state: &EdgeState, digest: &Digest) -> Result<(), ApiError> {
     match state.quarantine.reason(digest) {

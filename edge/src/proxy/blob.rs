@@ -11,6 +11,7 @@ use pingora::Result;
 use super::read_path::BlobRead;
 use super::respond::{self, content_headers, header, send_header};
 use super::RequestCtx;
+use crate::cache::fill::Asker;
 use crate::cache::source::ranged;
 use crate::cache::{BlobSource, EntryKey};
 use crate::metrics::{Outcome, RequestKind};
@@ -45,7 +46,8 @@ pub(super) async fn serve(
         RangeRequest::Single(ByteRange::From { first, last }) if first > ranged::AHEAD => Some((first, last)),
         _ => None,
     };
-    let read = BlobRead { state, live: Arc::clone(&ctx.live), upstream, repository, digest, ahead };
+    let asker = if ctx.from_peer { Asker::Peer } else { Asker::Client };
+    let read = BlobRead { state, live: Arc::clone(&ctx.live), upstream, repository, digest, ahead, asker };
     let source = match read.open(ctx).await {
         Ok(source) => source,
         Err(err) => return respond::error(session, ctx, &err).await,

@@ -40,6 +40,8 @@ pub struct RequestCtx {
     headers_sent: bool,
     /// The answer was the upstream's 404 (cached for `negative_ttl`).
     upstream_not_found: bool,
+    /// The request came from another edge of the region (a signed hop: never forwarded again).
+    from_peer: bool,
     /// Counts this request as in flight (a shutdown waits for it) until dropped.
     _in_flight: Option<crate::drain::InFlight>,
     /// The upstreams, access rules and limits this request uses from start to end (a reload
@@ -66,6 +68,7 @@ impl RequestCtx {
             body_bytes: 0,
             headers_sent: false,
             upstream_not_found: false,
+            from_peer: false,
             _in_flight: None,
             repository: None,
             reference: None,
@@ -245,9 +248,17 @@ async fn pull(
         Target::Blob(d) => d.to_string(),
         Target::Manifest(r) => r.to_string(),
     });
-    match authz::authorize(state, &live, session, &upstream, &route.repository) {
-        Ok(user) => ctx.user = user,
-        Err(challenge) => return respond::error(session, ctx, &challenge).await,
+    // A peer authorized its own client; the region's key authorizes the peer.
+    match authz::peer(state, session) {
+        Ok(Some(sender)) => {
+            ctx.from_peer = true;
+            ctx.user = Some(format!("peer {sender}"));
+        }
+        Ok(None) => match authz::authorize(state, &live, session, &upstream, &route.repository) {
+            Ok(user) => ctx.user = user,
+            Err(challenge) => return respond::error(session, ctx, &challenge).await,
+        },
+        Err(refused) => return respond::error(session, ctx, &refused).await,
     }
     let digest = match &route.target {
         Target::Blob(d) | Target::Manifest(Reference::Digest(d)) => Some(d),

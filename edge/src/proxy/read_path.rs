@@ -21,7 +21,7 @@ use berth_shared::{Digest, RepositoryName};
 use bytes::Bytes;
 
 use super::RequestCtx;
-use crate::cache::fill::{Fill, Lookup};
+use crate::cache::fill::{Asker, Fill, Lookup};
 use crate::cache::source::{ranged, DirectReader, DiskReader, Fallback, FillReader, RangedReader};
 use crate::cache::{blocking, BlobSource, EntryKey, FillError, MemoryObject, PassReason};
 use crate::metrics::{Outcome, Tier};
@@ -40,6 +40,8 @@ pub(super) struct BlobRead<'a> {
     /// A range that starts this far into the blob: `(first, last)`; it may get its own upstream
     /// request if the blob is cold.
     pub ahead: Option<(u64, Option<u64>)>,
+    /// A client, or another edge of the region (whose miss fills from the origin).
+    pub asker: Asker,
 }
 
 /// The state a lookup puts a request in.
@@ -101,7 +103,7 @@ impl BlobRead<'_> {
         if let Some(object) = self.state.memory.get(&key).filter(|o| memory_intact(self.state, key, &o.bytes)) {
             return Ok(State::Memory(object.bytes));
         }
-        let lookup = self.state.fills.lookup(self.upstream, self.repository, self.digest, false).await;
+        let lookup = self.state.fills.lookup(self.upstream, self.repository, self.digest, self.asker).await;
         Ok(match lookup.map_err(|e| ApiError::from_fill(&e))? {
             Lookup::File(file, size) => State::File(file, size),
             Lookup::Join(fill) => State::Join(fill),

@@ -60,6 +60,9 @@ pub struct Extra<'a> {
     pub accept: Option<&'a str>,
     /// `bytes=<first>-<last>`.
     pub range: Option<&'a str>,
+    /// The `X-Berth-Peer` header of a request to another edge of the region (sent to that
+    /// edge only, never to a redirect target).
+    pub peer: Option<&'a str>,
 }
 
 impl HttpClient {
@@ -91,7 +94,7 @@ impl HttpClient {
         accept: Option<&str>,
         authorization: Option<&HeaderValue>,
     ) -> Result<UpstreamResponse, ClientError> {
-        self.send_with(method, uri, Extra { accept, range: None }, authorization).await
+        self.send_with(method, uri, Extra { accept, range: None, peer: None }, authorization).await
     }
 
     /// [`send`](Self::send) with a `Range` header too (kept across redirects).
@@ -107,6 +110,7 @@ impl HttpClient {
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = current.scheme() == origin.scheme() && current.authority() == origin.authority();
             let auth = authorization.filter(|_| same_origin);
+            let extra = Extra { peer: extra.peer.filter(|_| same_origin), ..extra };
             let mut response = self.send_once(method.clone(), current.clone(), extra, auth).await?;
             if !is_redirect(response.status) {
                 response.from_origin = same_origin;
@@ -138,6 +142,9 @@ impl HttpClient {
         }
         if let Some(auth) = authorization {
             builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(peer) = extra.peer {
+            builder = builder.header(crate::cluster::hop::PEER_HEADER, peer);
         }
         let request = builder.body(Empty::new()).map_err(|e| ClientError::Request(e.to_string()))?;
         // IP literals skip the resolver: check them here, before any connection.

@@ -171,7 +171,21 @@ impl Upstream {
         path: &str,
         accept: Option<&str>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        self.fetch_with(method, repository, path, client::Extra { accept, range: None }).await
+        self.fetch_with(method, repository, path, client::Extra { accept, range: None, peer: None }).await
+    }
+
+    /// `GET` of a blob from another edge of the region, with the signed peer header, from
+    /// `offset` (a `Range` request when not 0).
+    pub async fn fetch_peer(
+        &self,
+        repository: &RepositoryName,
+        path: &str,
+        peer_header: &str,
+        offset: u64,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let range = (offset > 0).then(|| format!("bytes={offset}-"));
+        let extra = client::Extra { accept: None, range: range.as_deref(), peer: Some(peer_header) };
+        self.fetch_with(Method::GET, repository, path, extra).await
     }
 
     /// `GET` of the bytes `first..=last` of a blob (to its end without `last`); the answer may
@@ -187,7 +201,8 @@ impl Upstream {
             Some(last) => format!("bytes={first}-{last}"),
             None => format!("bytes={first}-"),
         };
-        self.fetch_with(Method::GET, repository, path, client::Extra { accept: None, range: Some(&range) }).await
+        let extra = client::Extra { accept: None, range: Some(&range), peer: None };
+        self.fetch_with(Method::GET, repository, path, extra).await
     }
 
     async fn fetch_with(
@@ -197,7 +212,7 @@ impl Upstream {
         path: &str,
         extra: client::Extra<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let uri = format!("{}/v2/{}/{}", self.base_str(), repository, path);
+        let uri = self.with_ns(format!("{}/v2/{}/{}", self.base_str(), repository, path));
         let scope = format!("repository:{repository}:pull");
         let slot = self.slot(&self.request_slots, "upstream_connections").await?;
         let mut retried = false;
@@ -275,8 +290,10 @@ impl Upstream {
         let _slot = self.slot(&self.request_slots, "upstream_connections").await?;
         let auth = auth::Authenticator::new(self.client.clone(), credentials, self.base.scheme_str() == Some("https"));
         let (uri, scope) = match repository {
-            Some(r) => (format!("{}/v2/{r}/tags/list?n=1", self.base_str()), format!("repository:{r}:pull")),
-            None => (format!("{}/v2/", self.base_str()), String::new()),
+            Some(r) => {
+                (self.with_ns(format!("{}/v2/{r}/tags/list?n=1", self.base_str())), format!("repository:{r}:pull"))
+            }
+            None => (self.with_ns(format!("{}/v2/", self.base_str())), String::new()),
         };
         let mut retried = false;
         loop {
@@ -308,6 +325,16 @@ impl Upstream {
                 _ => Err(UpstreamError::Status { upstream: self.name.clone(), status, retry_after: None }),
             };
         }
+    }
+
+    /// A parent edge's requests carry `ns=<name>`: the parent routes them to its upstream of
+    /// the same name (containerd's convention for mirrors).
+    fn with_ns(&self, uri: String) -> String {
+        if !self.config.parent {
+            return uri;
+        }
+        let separator = if uri.contains('?') { '&' } else { '?' };
+        format!("{uri}{separator}ns={}", self.name)
     }
 
     fn base_str(&self) -> String {

@@ -2,6 +2,7 @@
 
 mod access;
 mod bounds;
+mod cluster;
 mod drain;
 mod durability;
 mod faults;

@@ -1,0 +1,344 @@
+//! A region as one cache: real edges that know each other (`[cluster]`), each blob filled from
+//! the origin once for the whole region by its owner, a failed owner replaced by the next one,
+//! and peer requests that must carry the region's signature.
+
+use berth_edge::cache::EntryKey;
+use berth_edge::cluster::ring;
+use berth_shared::Digest;
+use berth_tests::client;
+use berth_tests::edge::{self, TestEdge};
+use berth_tests::origin::{Fault, Origin};
+use berth_tests::registry::random_bytes;
+
+const REPO: &str = "team/svc";
+const KEY: &str = "the-region-key-for-these-tests-0001";
+
+/// `n` edges in front of `origin`, each knowing the others by their real addresses.
+fn region(origin: &Origin, n: usize) -> Vec<TestEdge> {
+    let edges: Vec<TestEdge> = (0..n)
+        .map(|_| {
+            edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
+                let key = c.cache.dir.with_file_name("region.key");
+                std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+                std::fs::write(&key, KEY).unwrap();
+                c.cluster.key_file = Some(key);
+                // The real addresses are known once the edges listen: set just below.
+                c.cluster.advertise = Some("http://placeholder.invalid:1".into());
+                c.cluster.peers = vec!["http://placeholder.invalid:2".into()];
+            })
+        })
+        .collect();
+    let urls: Vec<String> = edges.iter().map(TestEdge::url).collect();
+    for e in &edges {
+        let cluster = e.running().state.fills.cluster().expect("a cluster").clone();
+        cluster.set_members(&e.url(), &urls).unwrap();
+    }
+    edges
+}
+
+fn owner_rank(edges: &[TestEdge], digest: &Digest) -> Vec<usize> {
+    let urls: Vec<String> = edges.iter().map(TestEdge::url).collect();
+    ring::rank(urls.iter().map(String::as_str), digest)
+        .into_iter()
+        .map(|u| urls.iter().position(|x| x == u).unwrap())
+        .collect()
+}
+
+fn holds(edge: &TestEdge, digest: Digest) -> bool {
+    edge.running().state.fills.store().contains(&EntryKey::blob(digest)).is_some()
+}
+
+async fn pull(edge: &TestEdge, digest: &Digest, body: &[u8]) {
+    let r = client::get(&format!("{}/v2/{REPO}/blobs/{digest}", edge.url())).await;
+    assert_eq!(r.status, 200, "{digest} from {}", edge.url());
+    assert_eq!(r.bytes().as_ref(), body, "{digest} from {}: every byte", edge.url());
+}
+
+#[tokio::test]
+async fn a_region_of_four_edges_fetches_each_blob_from_the_origin_once_and_keeps_it_on_its_owner() {
+    let origin = Origin::start().await;
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..16)
+        .map(|_| {
+            let body = random_bytes(300 << 10);
+            (origin.put_blob(REPO, body.clone()), body)
+        })
+        .collect();
+    let edges = region(&origin, 4);
+    // Clients spread over the edges as DNS would: every blob pulled at every edge, at once.
+    let mut pulls = Vec::new();
+    for (digest, body) in &blobs {
+        for e in &edges {
+            let (url, digest, body) = (format!("{}/v2/{REPO}/blobs/{digest}", e.url()), *digest, body.clone());
+            pulls.push(tokio::spawn(async move {
+                let r = client::get(&url).await;
+                assert_eq!(r.status, 200, "{url}");
+                assert_eq!(r.bytes().as_ref(), body.as_slice(), "{url}: every byte");
+                digest
+            }));
+        }
+    }
+    for p in pulls {
+        p.await.unwrap();
+    }
+    for (digest, _) in &blobs {
+        let path = format!("/v2/{REPO}/blobs/{digest}");
+        assert_eq!(origin.count("GET", &path), 1, "{digest}: one origin fetch for the whole region");
+    }
+    // Each blob is kept by its owner, and (pulled once there) by no other edge.
+    for (digest, _) in &blobs {
+        let rank = owner_rank(&edges, digest);
+        edge_publishes(&edges[rank[0]], *digest).await;
+        for other in &rank[1..] {
+            assert!(!holds(&edges[*other], *digest), "{digest}: not kept by a non-owner that filled it once");
+        }
+    }
+    let (mut kept, mut left) = (0.0, 0.0);
+    for e in &edges {
+        kept += e.metric(r#"berth_edge_peer_fills_total{result="kept""#).await;
+        left += e.metric(r#"berth_edge_peer_fills_total{result="not_kept""#).await;
+    }
+    assert_eq!((kept, left), (0.0, 48.0), "16 blobs, each filled from its owner by the 3 other edges");
+}
+
+/// Waits until an edge has published a blob (its fill ends a moment after the last byte).
+async fn edge_publishes(edge: &TestEdge, digest: Digest) {
+    edge.published(digest).await;
+}
+
+#[tokio::test]
+async fn a_blob_pulled_again_at_a_non_owner_becomes_popular_and_is_kept_there() {
+    let origin = Origin::start().await;
+    let body = random_bytes(200 << 10);
+    let digest = origin.put_blob(REPO, body.clone());
+    let edges = region(&origin, 3);
+    let rank = owner_rank(&edges, &digest);
+    let (owner, other) = (&edges[rank[0]], &edges[rank[2]]);
+    pull(other, &digest, &body).await;
+    owner.published(digest).await;
+    assert!(!holds(other, digest), "filled once at a non-owner: left to its owner");
+    // The first fill ends a moment after its last byte (a pull meanwhile would join it).
+    let fills = std::sync::Arc::clone(&other.running().state.fills);
+    berth_tests::eventually("the first fill ended", std::time::Duration::from_secs(10), || fills.in_flight() == 0)
+        .await;
+    pull(other, &digest, &body).await;
+    other.published(digest).await;
+    let r = client::get(&format!("{}/v2/{REPO}/blobs/{digest}", other.url())).await;
+    assert_eq!(r.header("x-berth-cache"), Some("hit"), "popular: now a local hit");
+    assert_eq!(r.bytes().as_ref(), body.as_slice());
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1, "the owner fetched it, once");
+    let kept = other.metric(r#"berth_edge_peer_fills_total{result="kept""#).await;
+    assert_eq!(kept, 1.0);
+}
+
+#[tokio::test]
+async fn a_stopped_owner_sends_the_fill_to_the_next_owner_and_no_pull_fails() {
+    let origin = Origin::start().await;
+    let body = random_bytes(200 << 10);
+    let digest = origin.put_blob(REPO, body.clone());
+    let mut edges: Vec<Option<TestEdge>> = region(&origin, 3).into_iter().map(Some).collect();
+    let rank = {
+        let live: Vec<&TestEdge> = edges.iter().flatten().collect();
+        let urls: Vec<String> = live.iter().map(|e| e.url()).collect();
+        ring::rank(urls.iter().map(String::as_str), &digest)
+            .into_iter()
+            .map(|u| urls.iter().position(|x| x == u).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let owner = edges[rank[0]].take().unwrap();
+    tokio::task::spawn_blocking(move || owner.stop()).await.unwrap();
+    let (next, last) = (edges[rank[1]].as_ref().unwrap(), edges[rank[2]].as_ref().unwrap());
+    pull(last, &digest, &body).await;
+    next.published(digest).await;
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1, "the next owner fetched it");
+    assert!(last.metric("berth_edge_peer_failures_total").await >= 1.0, "the stopped owner was tried and skipped");
+    // Skipped for a while: the next pull at the last edge goes to the next owner straight away.
+    pull(last, &digest, &body).await;
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
+}
+
+#[tokio::test]
+async fn an_owner_lost_in_the_middle_of_a_blob_is_resumed_from_the_origin_with_a_range() {
+    let origin = Origin::start().await;
+    let body = random_bytes(3 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    // The owner's fetch from the origin stops after 1 MiB (a ranged request is not held).
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate, corrupt: false });
+    let mut edges: Vec<Option<TestEdge>> = region(&origin, 2).into_iter().map(Some).collect();
+    let rank = {
+        let urls: Vec<String> = edges.iter().flatten().map(|e| e.url()).collect();
+        ring::rank(urls.iter().map(String::as_str), &digest)
+            .into_iter()
+            .map(|u| urls.iter().position(|x| x == u).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let owner = edges[rank[0]].take().unwrap();
+    let other = edges[rank[1]].take().unwrap();
+    let mut reading = client::open(&format!("{}{path}", other.url()), &[]).await;
+    reading.read_at_least(1 << 20).await.unwrap();
+    tokio::task::spawn_blocking(move || owner.stop()).await.unwrap();
+    let served = reading.finish().await.expect("the pull completes");
+    assert_eq!(
+        served.as_ref(),
+        body.as_slice(),
+        "every byte, verified: the first MiB from the owner, the rest from the origin"
+    );
+    let ranged = origin.log().iter().filter(|l| l.path == path && l.header("range").is_some()).count();
+    assert_eq!(ranged, 1, "the rest was asked of the origin as a range");
+    assert!(other.metric("berth_edge_peer_failures_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn peer_requests_need_the_region_signature_and_are_never_forwarded_again() {
+    let origin = Origin::start().await;
+    let body = random_bytes(100 << 10);
+    let digest = origin.put_blob(REPO, body.clone());
+    let edges = region(&origin, 2);
+    let rank = owner_rank(&edges, &digest);
+    let (owner, other) = (&edges[rank[0]], &edges[rank[1]]);
+    let path = format!("/v2/{REPO}/blobs/{digest}?ns=docker.io");
+    let url = format!("{}{path}", other.url());
+    // Bad input: each gets 403 DENIED, nothing is fetched.
+    let now = berth_edge::cluster::hop::unix_now();
+    let wrong_key = berth_edge::cluster::hop::RegionKey::new("not-the-key-of-this-region-000000").unwrap();
+    for (header, why) in [
+        ("garbage".to_owned(), "malformed"),
+        (wrong_key.sign(&owner.url(), now, &path), "another key"),
+        (berth_edge::cluster::hop::RegionKey::new(KEY).unwrap().sign(&owner.url(), now - 3600, &path), "an hour old"),
+    ] {
+        let r = client::request(http::Method::GET, &url, &[("x-berth-peer", &header)]).await;
+        assert_eq!(r.status, 403, "{why}");
+        assert!(String::from_utf8_lossy(r.bytes()).contains("DENIED"), "{why}");
+    }
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/")), 0);
+    // A signed request at a non-owner is a hop: served from the origin, not sent to the owner.
+    let header = berth_edge::cluster::hop::RegionKey::new(KEY).unwrap().sign(&owner.url(), now, &path);
+    let r = client::request(http::Method::GET, &url, &[("x-berth-peer", &header)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.bytes().as_ref(), body.as_slice());
+    assert_eq!(owner.metric("berth_edge_peer_requests_total").await, 0.0, "the owner was not asked");
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
+}
+
+/// The index of a Zipf(1.0)-distributed draw over `n` items, from a uniform `u` in [0, 1).
+fn zipf_index(n: usize, u: f64) -> usize {
+    let total: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
+    let mut acc = 0.0;
+    for k in 1..=n {
+        acc += 1.0 / k as f64 / total;
+        if u < acc {
+            return k - 1;
+        }
+    }
+    n - 1
+}
+
+#[tokio::test]
+async fn a_zipf_workload_over_four_edges_survives_the_loss_of_one_with_no_failed_pull() {
+    use rand::Rng;
+    use std::sync::Arc;
+    let origin = Origin::start().await;
+    let blobs: Arc<Vec<(Digest, Vec<u8>)>> = Arc::new(
+        (0..40)
+            .map(|_| {
+                let body = random_bytes(128 << 10);
+                (origin.put_blob(REPO, body.clone()), body)
+            })
+            .collect(),
+    );
+    let edges = region(&origin, 4);
+    let urls: Vec<String> = edges.iter().map(TestEdge::url).collect();
+    // The edges clients may use: the stopped one leaves it, as DNS or anycast would take it out.
+    let live = Arc::new(parking_lot::Mutex::new(urls.clone()));
+    let pulls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let run = |count: usize| {
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (blobs, live, pulls) = (Arc::clone(&blobs), Arc::clone(&live), Arc::clone(&pulls));
+            clients.push(tokio::spawn(async move {
+                let mut failed = Vec::new();
+                for _ in 0..count {
+                    let (i, pick) = {
+                        let mut rng = rand::thread_rng();
+                        (zipf_index(blobs.len(), rng.gen()), rng.gen::<usize>())
+                    };
+                    let (digest, body) = &blobs[i];
+                    let url = {
+                        let live = live.lock();
+                        format!("{}/v2/{REPO}/blobs/{digest}", live[pick % live.len()])
+                    };
+                    let r = client::request(http::Method::GET, &url, &[]).await;
+                    if r.status != 200 || r.bytes().as_ref() != body.as_slice() {
+                        failed.push(format!("{url}: {}", r.status));
+                    }
+                    pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                failed
+            }));
+        }
+        clients
+    };
+    let mut failed = Vec::new();
+    for c in run(15) {
+        failed.extend(c.await.unwrap());
+    }
+    let fetched_before: usize = blobs.iter().map(|(d, _)| origin.count("GET", &format!("/v2/{REPO}/blobs/{d}"))).sum();
+    let pulled_before: std::collections::HashSet<_> = blobs
+        .iter()
+        .filter(|(d, _)| origin.count("GET", &format!("/v2/{REPO}/blobs/{d}")) > 0)
+        .map(|(d, _)| *d)
+        .collect();
+    assert_eq!(fetched_before, pulled_before.len(), "before the loss: each blob fetched from the origin once");
+    // One edge stops while the next clients run: it leaves the clients' list first.
+    let mut edges: Vec<Option<TestEdge>> = edges.into_iter().map(Some).collect();
+    let victim = 1;
+    live.lock().retain(|u| *u != urls[victim]);
+    let clients = run(15);
+    let stopped = edges[victim].take().unwrap();
+    tokio::task::spawn_blocking(move || stopped.stop()).await.unwrap();
+    for c in clients {
+        failed.extend(c.await.unwrap());
+    }
+    assert!(failed.is_empty(), "failed pulls: {failed:?}");
+    assert_eq!(pulls.load(std::sync::atomic::Ordering::SeqCst), 240);
+    // Blobs the stopped edge owned are fetched again, once, by their next owner; no other blob is.
+    for (digest, _) in blobs.iter() {
+        let n = origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}"));
+        let owned_by_victim = ring::rank(urls.iter().map(String::as_str), digest)[0] == urls[victim];
+        assert!(n <= 1 + owned_by_victim as usize, "{digest}: {n} origin fetches");
+    }
+}
+
+#[tokio::test]
+async fn regions_behind_a_parent_edge_fetch_each_blob_from_the_origin_once_and_keep_the_registry() {
+    // The parent mirrors two registries; the child regions name it as their upstream for both.
+    let (hub, ghcr) = (Origin::start().await, Origin::start().await);
+    let body = random_bytes(256 << 10);
+    let digest = ghcr.put_blob(REPO, body.clone());
+    let parent = edge::start_custom(&[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())], "", |_| {});
+    let children: Vec<TestEdge> = (0..3)
+        .map(|_| {
+            edge::start_custom(&[("docker.io", &parent.url()), ("ghcr.io", &parent.url())], "", |c| {
+                c.upstream.iter_mut().for_each(|u| u.parent = true);
+            })
+        })
+        .collect();
+    let mut pulls = Vec::new();
+    for child in &children {
+        let url = format!("{}/v2/{REPO}/blobs/{digest}?ns=ghcr.io", child.url());
+        let body = body.clone();
+        pulls.push(tokio::spawn(async move {
+            let r = client::get(&url).await;
+            assert_eq!(r.status, 200, "{url}");
+            assert_eq!(r.bytes().as_ref(), body.as_slice());
+        }));
+    }
+    for p in pulls {
+        p.await.unwrap();
+    }
+    assert_eq!(ghcr.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1, "one origin fetch for every region");
+    assert_eq!(hub.count("GET", "/v2/"), 0, "ns travelled: the parent asked ghcr.io's origin, not its default");
+    let asked = parent.metric(r#"berth_edge_requests_total{kind="blob""#).await;
+    assert_eq!(asked, 3.0, "each region asked the parent once");
+}
