@@ -18,8 +18,10 @@ pub struct Feed {
     pub total: Option<u64>,
     /// Bytes handed out so far: where a resumed request starts.
     received: u64,
-    /// Where the current bytes come from (the `upstream` label of the bytes counted).
+    /// Where the current bytes come from.
     source: String,
+    /// `berth_edge_upstream_bytes_total` of that source, resolved once per source.
+    counted: prometheus::IntCounter,
     /// An error met while taking a chunk without waiting, handed out by the next `chunk`.
     pending: Option<ClientError>,
     metrics: std::sync::Arc<Metrics>,
@@ -29,7 +31,8 @@ impl Feed {
     /// The first source that answers.
     pub async fn open(mut sources: Sources, metrics: std::sync::Arc<Metrics>) -> Result<Self, FillError> {
         let Opened { response, total, skip, source } = sources.open(0, None).await?;
-        Ok(Feed { sources, response, skip, total, received: 0, source, pending: None, metrics })
+        let counted = metrics.upstream_bytes.with_label_values(&[&source]);
+        Ok(Feed { sources, response, skip, total, received: 0, source, counted, pending: None, metrics })
     }
 
     /// Whether any byte came from a peer.
@@ -90,7 +93,7 @@ impl Feed {
             return None;
         }
         self.received += c.len() as u64;
-        self.metrics.upstream_bytes.with_label_values(&[&self.source]).inc_by(c.len() as u64);
+        self.counted.inc_by(c.len() as u64);
         Some(c)
     }
 
@@ -102,6 +105,7 @@ impl Feed {
         tracing::warn!(source = %self.source, received = self.received, %why, "fill source failed: resuming from the next one");
         self.sources.current_failed();
         let Opened { response, total, skip, source } = self.sources.open(self.received, self.total).await?;
+        self.counted = self.metrics.upstream_bytes.with_label_values(&[&source]);
         (self.response, self.skip, self.source) = (response, skip, source);
         self.total = self.total.or(total);
         Ok(())
