@@ -12,18 +12,11 @@ use berth_shared::protocol::{PullCount, Pulls};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Bucket, Store, StoreError};
 
 pub const BUCKET_MS: u64 = 60_000;
 pub const BUCKET_NAMES: usize = 1000;
 pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
-
-/// One region's pulls in one minute.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Bucket {
-    pub repositories: BTreeMap<String, u64>,
-    pub manifests: BTreeMap<String, u64>,
-}
 
 impl Bucket {
     fn add(&mut self, other: &Bucket) {
@@ -80,13 +73,13 @@ pub struct TopPulls {
 
 /// Buckets being filled, and the store they go to.
 pub struct Analytics {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     pending: Mutex<BTreeMap<(String, u64), Bucket>>,
     keep_ms: u64,
 }
 
 impl Analytics {
-    pub fn new(store: Arc<Store>, keep: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, keep: Duration) -> Self {
         Analytics { store, pending: Mutex::default(), keep_ms: keep.as_millis() as u64 }
     }
 
@@ -186,6 +179,7 @@ pub async fn run(analytics: Arc<Analytics>, mut closing: tokio::sync::watch::Rec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RedbStore;
 
     fn pulls(repos: &[(&str, u64)]) -> Pulls {
         Pulls {
@@ -200,7 +194,7 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let t = 1_000 * BUCKET_MS;
         {
-            let a = Analytics::new(Arc::new(Store::open(dir.path()).unwrap()), day);
+            let a = Analytics::new(Arc::new(RedbStore::open(dir.path()).unwrap()), day);
             a.record("eu", &pulls(&[("r/app", 3), ("r/db", 1)]), t);
             a.flush(t).unwrap();
             a.record("eu", &pulls(&[("r/db", 5)]), t + 10);
@@ -209,7 +203,7 @@ mod tests {
             assert_eq!(eu.repositories[0], PullCount { name: "r/db".into(), count: 6 }, "stored + pending");
             a.flush(t + BUCKET_MS).unwrap();
         }
-        let a = Analytics::new(Arc::new(Store::open(dir.path()).unwrap()), day);
+        let a = Analytics::new(Arc::new(RedbStore::open(dir.path()).unwrap()), day);
         let all = a.top(None, t, 1).unwrap();
         assert_eq!(all.repositories, vec![PullCount { name: "r/app".into(), count: 10 }]);
         assert_eq!(all.manifests, vec![PullCount { name: "r/app:latest".into(), count: 10 }]);
@@ -223,7 +217,7 @@ mod tests {
     #[test]
     fn should_drop_buckets_older_than_keep_and_bound_names() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Analytics::new(Arc::new(Store::open(dir.path()).unwrap()), Duration::from_secs(3600));
+        let a = Analytics::new(Arc::new(RedbStore::open(dir.path()).unwrap()), Duration::from_secs(3600));
         a.record("eu", &pulls(&[("old", 1)]), 0);
         a.flush(0).unwrap();
         a.record("eu", &pulls(&[("new", 1)]), 2 * 3_600_000);

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::EdgeRecord;
+use crate::store::EdgeRecord;
 
 /// `[dns]`
 #[derive(Debug, Clone, Serialize, Deserialize)]

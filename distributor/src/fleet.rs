@@ -5,28 +5,15 @@ use std::sync::Arc;
 
 use berth_shared::protocol::{EdgeReport, JobState};
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError};
+use crate::store::{EdgeRecord, Store, StoreError};
 
 /// Finished jobs remembered per edge beyond what it reports.
 const KEEP_FINISHED: usize = 1000;
 
-/// An edge as the distributor knows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EdgeRecord {
-    pub id: String,
-    pub region: String,
-    /// The edge's software version.
-    pub version: String,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
-    pub report: EdgeReport,
-}
-
 /// Edges by id, in memory and in the store.
 pub struct Fleet {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     edges: RwLock<BTreeMap<String, EdgeRecord>>,
 }
 
@@ -35,7 +22,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl Fleet {
-    pub fn load(store: Arc<Store>) -> Result<Self, StoreError> {
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let edges = store.edges()?.into_iter().map(|e| (e.id.clone(), e)).collect();
         Ok(Fleet { store, edges: RwLock::new(edges) })
     }

@@ -2,20 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use berth_shared::protocol::{Action, JobState, PrefetchOrder};
+use berth_shared::protocol::{Action, JobState};
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::EdgeRecord;
-
-/// A prefetch order as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    pub id: String,
-    pub order: PrefetchOrder,
-    /// The policy version of its event.
-    pub version: u64,
-    pub created_ms: u64,
-}
+use crate::store::{EdgeRecord, Job};
 
 /// One edge's part of a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,7 +112,7 @@ pub fn status(job: &Job, edges: &[EdgeRecord]) -> JobStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_shared::protocol::{EdgeReport, PrefetchProgress};
+    use berth_shared::protocol::{EdgeReport, PrefetchOrder, PrefetchProgress};
 
     fn edge(id: &str, region: &str, progress: Option<(JobState, u64, u64)>) -> EdgeRecord {
         let prefetch = progress

@@ -10,7 +10,7 @@ use crate::config::DistributorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::policy::PolicyLog;
-use crate::store::{Store, StoreError};
+use crate::store::{RedbStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,7 +45,7 @@ impl Distributor {
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let tls = config.tls.clone().map(berth_shared::tls::ReloadingCert::load).transpose()?;
-        let store = Arc::new(Store::open(&config.store.dir)?);
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.store.dir)?);
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let analytics = Arc::new(crate::analytics::Analytics::new(Arc::clone(&store), config.analytics.keep.get()));
         let state = Arc::new(AppState {

@@ -8,9 +8,9 @@ use std::hash::{Hash, Hasher};
 use berth_shared::protocol::{Action, JobState, PolicyEvent, PullCount};
 use serde::Serialize;
 
-use crate::fleet::EdgeRecord;
 use crate::jobs::JobStatus;
 use crate::stats::{Counters, Stats, Window};
+use crate::store::EdgeRecord;
 
 pub const FIVE_MINUTES_MS: u64 = 5 * 60_000;
 pub const HOUR_MS: u64 = 60 * 60_000;

@@ -36,7 +36,7 @@ use crate::store::Store;
 pub struct AppState {
     pub log: Arc<PolicyLog>,
     pub fleet: Arc<Fleet>,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub tokens: Tokens,
     pub metrics: Arc<Metrics>,
     pub keepalive: Duration,

@@ -17,7 +17,7 @@ const SNAPSHOT_JOBS: usize = 1000;
 const BROADCAST_CAPACITY: usize = 1024;
 
 pub struct PolicyLog {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     tx: broadcast::Sender<PolicyEvent>,
     keep: u64,
     /// Serialises appends, so events are broadcast in version order.
@@ -31,7 +31,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl PolicyLog {
-    pub fn new(store: Arc<Store>, keep: u64) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, keep: u64) -> Arc<Self> {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         Arc::new(PolicyLog { store, tx, keep, append_lock: Mutex::new(()) })
     }

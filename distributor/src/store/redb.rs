@@ -1,4 +1,4 @@
-//! The embedded store (redb): the policy log, prefetch jobs and the fleet, surviving restarts.
+//! The embedded store (redb), the default: the policy log, prefetch jobs and the fleet, surviving restarts.
 //! Version numbers are assigned here, inside the write transaction that records the event, so
 //! they only move forward, across restarts too.
 
@@ -9,9 +9,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::analytics::Bucket;
-use crate::fleet::EdgeRecord;
-use crate::jobs::Job;
+use super::{Bucket, EdgeRecord, Job, Store, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -26,14 +24,6 @@ const PULLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pulls");
 const NEXT_VERSION: &str = "next_version";
 const COMPACTED_THROUGH: &str = "compacted_through";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Db(String),
-    #[error("store: corrupt record: {0}")]
-    Corrupt(#[from] serde_json::Error),
-}
-
 macro_rules! db_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
@@ -44,16 +34,16 @@ macro_rules! db_errors {
     )*};
 }
 db_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
+    ::redb::DatabaseError,
+    ::redb::TransactionError,
+    ::redb::TableError,
+    ::redb::StorageError,
+    ::redb::CommitError,
     std::io::Error
 );
 
-/// The distributor's persistent state.
-pub struct Store {
+/// The embedded store: one redb file.
+pub struct RedbStore {
     db: Database,
 }
 
@@ -65,9 +55,9 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
-impl Store {
+impl RedbStore {
     /// Opens (creating) `<dir>/berth.redb`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("berth.redb"))?;
         let w = db.begin_write()?;
@@ -81,12 +71,38 @@ impl Store {
             w.open_table(PULLS)?;
         }
         w.commit()?;
-        Ok(Store { db })
+        Ok(RedbStore { db })
     }
 
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
+        let mut w = self.db.begin_write()?;
+        w.set_durability(durability);
+        w.open_table(table)?.insert(key, json(value)?.as_slice())?;
+        w.commit()?;
+        Ok(())
+    }
+
+    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(table)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            out.push(parse(item?.1.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for RedbStore {
     /// Appends an event with the next version number; a prefetch order's job record is written
     /// in the same transaction.
-    pub fn append(&self, action: Action, now_ms: u64) -> Result<PolicyEvent, StoreError> {
+    fn append(&self, action: Action, now_ms: u64) -> Result<PolicyEvent, StoreError> {
         let w = self.db.begin_write()?;
         let event = {
             let mut meta = w.open_table(META)?;
@@ -114,7 +130,7 @@ impl Store {
     }
 
     /// The digests in quarantine now.
-    pub fn quarantined(&self) -> Result<Vec<berth_shared::protocol::QuarantineOrder>, StoreError> {
+    fn quarantined(&self) -> Result<Vec<berth_shared::protocol::QuarantineOrder>, StoreError> {
         let r = self.db.begin_read()?;
         let table = r.open_table(QUARANTINE)?;
         let mut out = Vec::new();
@@ -126,7 +142,7 @@ impl Store {
     }
 
     /// (latest version, version through which the log was compacted).
-    pub fn versions(&self) -> Result<(u64, u64), StoreError> {
+    fn versions(&self) -> Result<(u64, u64), StoreError> {
         let r = self.db.begin_read()?;
         let meta = r.open_table(META)?;
         let next = meta.get(NEXT_VERSION)?.map_or(1, |v| v.value());
@@ -135,7 +151,7 @@ impl Store {
     }
 
     /// Events after `since`, oldest first, at most `limit`.
-    pub fn events_since(&self, since: u64, limit: usize) -> Result<Vec<PolicyEvent>, StoreError> {
+    fn events_since(&self, since: u64, limit: usize) -> Result<Vec<PolicyEvent>, StoreError> {
         let r = self.db.begin_read()?;
         let events = r.open_table(EVENTS)?;
         let mut out = Vec::new();
@@ -148,7 +164,7 @@ impl Store {
 
     /// Drops events beyond the newest `keep`; purges among them are kept for snapshots.
     /// Returns how many events were dropped.
-    pub fn compact(&self, keep: u64) -> Result<u64, StoreError> {
+    fn compact(&self, keep: u64) -> Result<u64, StoreError> {
         let (latest, compacted) = self.versions()?;
         let through = latest.saturating_sub(keep);
         if through <= compacted {
@@ -180,7 +196,7 @@ impl Store {
     }
 
     /// Digest purges that were compacted out of the log.
-    pub fn compacted_purges(&self) -> Result<Vec<Invalidation>, StoreError> {
+    fn compacted_purges(&self) -> Result<Vec<Invalidation>, StoreError> {
         let r = self.db.begin_read()?;
         let purges = r.open_table(PURGES)?;
         let mut out = Vec::new();
@@ -190,34 +206,29 @@ impl Store {
         Ok(out)
     }
 
-    pub fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+    fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let r = self.db.begin_read()?;
         let jobs = r.open_table(JOBS)?;
         let value = jobs.get(id)?;
         value.map(|v| parse(v.value())).transpose()
     }
 
-    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+    fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.all(JOBS)
     }
 
     /// Records an edge; reports are frequent, so this commit is not forced to disk at once.
-    pub fn put_edge(&self, edge: &EdgeRecord) -> Result<(), StoreError> {
+    fn put_edge(&self, edge: &EdgeRecord) -> Result<(), StoreError> {
         self.put(EDGES, &edge.id, edge, redb::Durability::Eventual)
     }
 
-    pub fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+    fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
         self.all(EDGES)
     }
 
     /// Adds pull buckets to the stored ones (each kept to `names` names per kind) and drops
     /// buckets that start before `drop_before` (Unix ms).
-    pub fn merge_pulls(
-        &self,
-        buckets: &[(String, u64, Bucket)],
-        names: usize,
-        drop_before: u64,
-    ) -> Result<(), StoreError> {
+    fn merge_pulls(&self, buckets: &[(String, u64, Bucket)], names: usize, drop_before: u64) -> Result<(), StoreError> {
         let mut w = self.db.begin_write()?;
         w.set_durability(redb::Durability::Eventual);
         {
@@ -252,7 +263,7 @@ impl Store {
     }
 
     /// The stored pull buckets of `region` (or every region) that start at or after `since`.
-    pub fn pulls_since(&self, region: Option<&str>, since: u64) -> Result<Vec<(String, u64, Bucket)>, StoreError> {
+    fn pulls_since(&self, region: Option<&str>, since: u64) -> Result<Vec<(String, u64, Bucket)>, StoreError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(PULLS)?;
         let mut out = Vec::new();
@@ -266,30 +277,6 @@ impl Store {
             if start >= since && region.is_none_or(|want| want == bucket_region) {
                 out.push((bucket_region.to_owned(), start, parse(value.value())?));
             }
-        }
-        Ok(out)
-    }
-
-    fn put<T: Serialize>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &T,
-        durability: redb::Durability,
-    ) -> Result<(), StoreError> {
-        let mut w = self.db.begin_write()?;
-        w.set_durability(durability);
-        w.open_table(table)?.insert(key, json(value)?.as_slice())?;
-        w.commit()?;
-        Ok(())
-    }
-
-    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(table)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            out.push(parse(item?.1.value())?);
         }
         Ok(out)
     }
@@ -321,11 +308,11 @@ mod tests {
     fn should_number_events_forward_across_reopens() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = RedbStore::open(dir.path()).unwrap();
             assert_eq!(store.append(inv("a", false), 0).unwrap().version, 1);
             assert_eq!(store.append(inv("b", false), 0).unwrap().version, 2);
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.append(inv("c", false), 0).unwrap().version, 3);
         let since: Vec<u64> = store.events_since(1, 10).unwrap().iter().map(|e| e.version).collect();
         assert_eq!(since, vec![2, 3]);
@@ -334,7 +321,7 @@ mod tests {
     #[test]
     fn should_compact_keeping_purges_for_snapshots() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
         store.append(inv("purged", true), 0).unwrap();
         for r in ["a", "b", "c"] {
             store.append(inv(r, false), 0).unwrap();

@@ -1,0 +1,49 @@
+//! The distributor's persistent state behind one interface: the policy log (versions assigned
+//! inside the write that records an event, so they only move forward), prefetch jobs, the
+//! fleet and pull analytics. `redb.rs` is the embedded implementation (the default); the record
+//! types live below it in `records.rs`, so the modules that use the store (`fleet.rs`,
+//! `jobs.rs`, `analytics.rs`) import it and it imports none of them.
+
+mod records;
+mod redb;
+
+use berth_shared::protocol::{Action, Invalidation, PolicyEvent, QuarantineOrder};
+
+pub use records::{Bucket, EdgeRecord, Job};
+pub use redb::RedbStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(String),
+    #[error("store: corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// What the distributor keeps.
+pub trait Store: Send + Sync {
+    /// Appends an event with the next version number; a prefetch order's job record and a
+    /// quarantine's entry are written in the same transaction.
+    fn append(&self, action: Action, now_ms: u64) -> Result<PolicyEvent, StoreError>;
+    /// The digests in quarantine now.
+    fn quarantined(&self) -> Result<Vec<QuarantineOrder>, StoreError>;
+    /// (latest version, version through which the log was compacted).
+    fn versions(&self) -> Result<(u64, u64), StoreError>;
+    /// Events after `since`, oldest first, at most `limit`.
+    fn events_since(&self, since: u64, limit: usize) -> Result<Vec<PolicyEvent>, StoreError>;
+    /// Drops events beyond the newest `keep`; digest purges among them are kept for snapshots.
+    /// Returns how many events were dropped.
+    fn compact(&self, keep: u64) -> Result<u64, StoreError>;
+    /// Digest purges that were compacted out of the log.
+    fn compacted_purges(&self) -> Result<Vec<Invalidation>, StoreError>;
+    fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    fn jobs(&self) -> Result<Vec<Job>, StoreError>;
+    /// Records an edge (reports are frequent: this write need not be forced to disk at once).
+    fn put_edge(&self, edge: &EdgeRecord) -> Result<(), StoreError>;
+    fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError>;
+    /// Adds pull buckets to the stored ones (each kept to `names` names per kind) and drops
+    /// buckets that start before `drop_before` (Unix ms).
+    fn merge_pulls(&self, buckets: &[(String, u64, Bucket)], names: usize, drop_before: u64) -> Result<(), StoreError>;
+    /// The stored pull buckets of `region` (or every region) that start at or after `since`.
+    fn pulls_since(&self, region: Option<&str>, since: u64) -> Result<Vec<(String, u64, Bucket)>, StoreError>;
+}
