@@ -80,11 +80,22 @@ pub struct StoreConfig {
     /// Folder of the embedded database (edges, policy log, jobs). Default:
     /// `"./berth-distributor-data"`.
     pub dir: PathBuf,
+    /// A PostgreSQL database instead of the embedded one (`postgres://user@host:port/db`), so
+    /// that several replicas serve one fleet; `dir` is then unused. Default: none.
+    pub postgres_url: Option<String>,
+    /// With PostgreSQL: how often a replica checks the log for changes it was not told of.
+    /// Changes reach every replica at once by `NOTIFY`; this only catches up one that a dropped
+    /// connection lost. Default: `"1s"`.
+    pub recheck: HumanDuration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { dir: PathBuf::from("./berth-distributor-data") }
+        StoreConfig {
+            dir: PathBuf::from("./berth-distributor-data"),
+            postgres_url: None,
+            recheck: HumanDuration::secs(1),
+        }
     }
 }
 
@@ -191,6 +202,14 @@ pub fn parse(text: &str) -> Result<DistributorConfig, ConfigError> {
 
 fn validate(config: &DistributorConfig) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Some(url) = &config.store.postgres_url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push("store.postgres_url: must start with postgres:// or postgresql://".to_owned());
+        }
+    }
+    if config.store.recheck.get().is_zero() {
+        problems.push("store.recheck: must be greater than zero".to_owned());
+    }
     let a = &config.auth;
     for (key, file, var) in [
         ("admin_tokens", &a.admin_tokens_file, &a.admin_tokens_env),

@@ -10,7 +10,7 @@ use crate::config::DistributorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::policy::PolicyLog;
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{PgStore, RedbStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +31,9 @@ pub struct Distributor {
     state: Arc<AppState>,
     closing: tokio::sync::watch::Sender<bool>,
     tls: Option<Arc<berth_shared::tls::ReloadingCert>>,
+    /// With a PostgreSQL store: where to listen for the other replicas' appends, and how often
+    /// to check without being told.
+    postgres: Option<(String, std::time::Duration)>,
 }
 
 impl Distributor {
@@ -45,11 +48,14 @@ impl Distributor {
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let tls = config.tls.clone().map(berth_shared::tls::ReloadingCert::load).transpose()?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.store.dir)?);
+        let store: Arc<dyn Store> = match &config.store.postgres_url {
+            Some(url) => Arc::new(PgStore::open(url)?),
+            None => Arc::new(RedbStore::open(&config.store.dir)?),
+        };
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let analytics = Arc::new(crate::analytics::Analytics::new(Arc::clone(&store), config.analytics.keep.get()));
         let state = Arc::new(AppState {
-            log: PolicyLog::new(Arc::clone(&store), config.log.keep_events),
+            log: PolicyLog::new(Arc::clone(&store), config.log.keep_events)?,
             fleet: Arc::new(Fleet::load(Arc::clone(&store))?),
             store,
             tokens: config.tokens(),
@@ -67,7 +73,8 @@ impl Distributor {
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(http = %addr, scheme, "distributor ready to serve");
-        Ok(Distributor { listener, addr, state, closing, tls })
+        let postgres = config.store.postgres_url.clone().map(|url| (url, config.store.recheck.get()));
+        Ok(Distributor { listener, addr, state, closing, tls, postgres })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -86,6 +93,9 @@ impl Distributor {
         // Pull analytics are written every few seconds, and once more at shutdown.
         let flusher =
             tokio::spawn(crate::analytics::run(Arc::clone(&self.state.analytics), self.state.closing.clone()));
+        if let Some((url, recheck)) = self.postgres {
+            follow_replicas(url, recheck, Arc::clone(&self.state.log), self.state.closing.clone());
+        }
         let router = api::router(self.state);
         let served = match self.tls {
             Some(cert) => crate::tls::serve(listener, router, cert, metrics, signal).await,
@@ -168,4 +178,33 @@ impl Drop for RunningDistributor {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// With PostgreSQL: events appended through any replica reach this one's watch streams, in
+/// version order, as soon as PostgreSQL announces them (`NOTIFY`); every `recheck` without an
+/// announcement the log is checked anyway, so one lost with a connection is caught up.
+fn follow_replicas(
+    url: String,
+    recheck: std::time::Duration,
+    log: Arc<PolicyLog>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let stopped = closing.clone();
+    crate::store::postgres::listen(url, recheck, move |_| {
+        // A full channel already holds a wake-up: this one is covered by it.
+        let _ = tx.try_send(());
+        !*stopped.borrow() && !tx.is_closed()
+    });
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                woken = rx.recv() => if woken.is_none() { return },
+                _ = closing.changed() => return,
+            }
+            if let Err(e) = log.catch_up().await {
+                tracing::warn!(error = %e, "cannot read the policy log from PostgreSQL");
+            }
+        }
+    });
 }

@@ -43,6 +43,29 @@ impl DistributorProcess {
         tls: Option<(&Path, &Path)>,
         extra: &str,
     ) -> DistributorProcess {
+        Self::start_full(dir, listener, (keep_events, None), log, tls, extra)
+    }
+
+    /// A replica on a PostgreSQL store at `postgres_url`.
+    pub fn start_on_postgres(
+        dir: &Path,
+        listener: &std::net::TcpListener,
+        postgres_url: &str,
+        log: &Path,
+    ) -> DistributorProcess {
+        Self::start_full(dir, listener, (100, Some(postgres_url)), log, None, "")
+    }
+
+    fn start_full(
+        dir: &Path,
+        listener: &std::net::TcpListener,
+        (keep_events, postgres_url): (u64, Option<&str>),
+        log: &Path,
+        tls: Option<(&Path, &Path)>,
+        extra: &str,
+    ) -> DistributorProcess {
+        // A recheck far beyond the test's deadlines: changes must travel by NOTIFY.
+        let postgres = postgres_url.map_or(String::new(), |u| format!("postgres_url = {u:?}\nrecheck = \"1h\"\n"));
         let addr = listener.local_addr().expect("listener address");
         let tls_table = tls.map_or(String::new(), |(cert, key)| {
             format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string())
@@ -51,7 +74,7 @@ impl DistributorProcess {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{addr}\"\n{tls_table}[store]\ndir = {:?}\n[log]\nkeep_events = {keep_events}\n[watch]\nkeepalive = \"1s\"\n{extra}",
+                "[listen]\nhttp = \"{addr}\"\n{tls_table}[store]\ndir = {:?}\n{postgres}[log]\nkeep_events = {keep_events}\n[watch]\nkeepalive = \"1s\"\n{extra}",
                 dir.join("store").display().to_string()
             ),
         )

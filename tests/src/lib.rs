@@ -10,6 +10,7 @@ pub mod edge;
 pub mod fleet;
 pub mod origin;
 pub mod pki;
+pub mod postgres;
 pub mod registry;
 pub mod token_server;
 pub mod tools;

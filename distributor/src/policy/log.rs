@@ -20,8 +20,9 @@ pub struct PolicyLog {
     store: Arc<dyn Store>,
     tx: broadcast::Sender<PolicyEvent>,
     keep: u64,
-    /// Serialises appends, so events are broadcast in version order.
-    append_lock: Mutex<()>,
+    /// Serialises appends and catch-ups, so events are broadcast in version order; holds the
+    /// newest version told to watchers.
+    told: Mutex<u64>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -31,24 +32,53 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl PolicyLog {
-    pub fn new(store: Arc<dyn Store>, keep: u64) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, keep: u64) -> Result<Arc<Self>, StoreError> {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Arc::new(PolicyLog { store, tx, keep, append_lock: Mutex::new(()) })
+        let (latest, _) = store.versions()?;
+        Ok(Arc::new(PolicyLog { store, tx, keep, told: Mutex::new(latest) }))
     }
 
-    /// Records an action as the next event, then tells every watcher.
+    /// Records an action as the next event, then tells every watcher (first, any event another
+    /// replica appended before it).
     pub async fn append(&self, action: Action) -> Result<PolicyEvent, StoreError> {
-        let _guard = self.append_lock.lock().await;
+        let mut told = self.told.lock().await;
         let store = Arc::clone(&self.store);
         let keep = self.keep;
         let appended = Arc::clone(&store);
         let event = blocking(move || appended.append(action, crate::fleet::now_ms())).await?;
-        let _ = self.tx.send(event.clone());
+        self.tell_through(&mut told, event.version).await?;
         // Compaction is housekeeping: the event is committed and announced whatever happens here.
         if let Err(e) = blocking(move || store.compact(keep)).await {
             tracing::warn!(error = %e, "policy log compaction failed");
         }
         Ok(event)
+    }
+
+    /// Tells watchers every event up to the newest in the store (appended through another
+    /// replica).
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        let mut told = self.told.lock().await;
+        let store = Arc::clone(&self.store);
+        let (latest, _) = blocking(move || store.versions()).await?;
+        self.tell_through(&mut told, latest).await
+    }
+
+    /// Broadcasts the events after `*told` through `version`, in order.
+    async fn tell_through(&self, told: &mut u64, version: u64) -> Result<(), StoreError> {
+        while *told < version {
+            let (store, since) = (Arc::clone(&self.store), *told);
+            let events = blocking(move || store.events_since(since, 1000)).await?;
+            let Some(last) = events.last().map(|e| e.version) else {
+                // Compacted away meanwhile: watchers behind re-read from a snapshot.
+                *told = version;
+                break;
+            };
+            for event in events.into_iter().filter(|e| e.version <= version) {
+                let _ = self.tx.send(event);
+            }
+            *told = last.min(version).max(*told + 1);
+        }
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<PolicyEvent> {

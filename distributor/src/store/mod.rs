@@ -4,11 +4,13 @@
 //! types live below it in `records.rs`, so the modules that use the store (`fleet.rs`,
 //! `jobs.rs`, `analytics.rs`) import it and it imports none of them.
 
+pub mod postgres;
 mod records;
 mod redb;
 
 use berth_shared::protocol::{Action, Invalidation, PolicyEvent, QuarantineOrder};
 
+pub use postgres::PgStore;
 pub use records::{Bucket, EdgeRecord, Job};
 pub use redb::RedbStore;
 

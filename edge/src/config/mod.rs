@@ -74,6 +74,11 @@ impl Default for EdgeConfig {
 pub struct DistributorLink {
     /// Base URL of the distributor, e.g. `"http://distributor:7000"`. Required.
     pub url: String,
+    /// Further replicas of the distributor (on one PostgreSQL store), tried in turn when the
+    /// one in use cannot be reached; the watch resumes from the last version applied, so
+    /// nothing is missed. (A `url` whose name has several addresses is tried address by
+    /// address too.) Default: none.
+    pub replicas: Vec<String>,
     /// Environment variable holding this edge's bearer token. Default: `"BERTH_EDGE_TOKEN"`.
     pub token_env: String,
     /// A file holding the bearer token instead (e.g. a mounted secret); when set, `token_env` is
@@ -99,6 +104,7 @@ impl Default for DistributorLink {
     fn default() -> Self {
         DistributorLink {
             url: String::new(),
+            replicas: Vec::new(),
             token_env: "BERTH_EDGE_TOKEN".into(),
             token_file: None,
             ca_file: None,

@@ -21,9 +21,13 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
     problems.extend(validate_auth(config));
     problems.extend(validate_cluster(&config.cluster));
     if let Some(link) = &config.distributor {
-        match link.url.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => problems.push(format!("distributor.url: {:?} is not an http:// or https:// URL", link.url)),
+        let urls = std::iter::once(("distributor.url".to_owned(), &link.url))
+            .chain(link.replicas.iter().enumerate().map(|(i, u)| (format!("distributor.replicas[{i}]"), u)));
+        for (key, url) in urls {
+            match url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+                _ => problems.push(format!("{key}: {url:?} is not an http:// or https:// URL")),
+            }
         }
         if let Err(e) = link.token() {
             let key = if link.token_file.is_some() { "token_file" } else { "token_env" };

@@ -23,9 +23,11 @@ pub enum LinkError {
     Timeout(Duration),
 }
 
-/// A client for one distributor.
+/// A client for the distributor: `url`, then its replicas in turn when one cannot be reached.
 pub struct Link {
-    base: String,
+    bases: Vec<String>,
+    /// The base in use (the last that answered).
+    current: std::sync::atomic::AtomicUsize,
     token: String,
     pub config: DistributorLink,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -51,7 +53,11 @@ impl Link {
             .enable_http1()
             .wrap_connector(http);
         Link {
-            base: config.url.trim_end_matches('/').to_owned(),
+            bases: std::iter::once(&config.url)
+                .chain(&config.replicas)
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
+            current: Default::default(),
             // Validated at start; an unreadable token shows as 401s from the distributor.
             token: config.token().unwrap_or_default(),
             config: config.clone(),
@@ -59,10 +65,43 @@ impl Link {
         }
     }
 
+    /// Sends to the replica in use; one that cannot be reached (or fails: a 5xx) hands over to
+    /// the next, once round the list.
     async fn send(&self, method: Method, path: &str, body: Bytes, wait: Duration) -> Result<Incoming, LinkError> {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = LinkError::Unreachable("no distributor configured".into());
+        for i in 0..self.bases.len() {
+            let at = (first + i) % self.bases.len();
+            match self.send_to(&self.bases[at], method.clone(), path, body.clone(), wait).await {
+                Ok(body) => {
+                    if at != first {
+                        tracing::info!(distributor = %self.bases[at], "distributor replica in use");
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(body);
+                }
+                Err(LinkError::Status(s)) if !s.is_server_error() => return Err(LinkError::Status(s)),
+                Err(e) => {
+                    tracing::debug!(distributor = %self.bases[at], error = %e, "distributor replica failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn send_to(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        wait: Duration,
+    ) -> Result<Incoming, LinkError> {
         let req = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(format!("{base}{path}"))
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(body))

@@ -16,6 +16,7 @@ mod api;
 mod dns;
 mod hooks;
 mod page;
+mod replicas;
 mod tls;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
