@@ -69,7 +69,7 @@ async fn time_get(url: &str, runs: usize) -> (Duration, Duration, usize) {
 }
 
 pub async fn run(binary: &Path, work: &Path, edges: usize, runs: usize) -> Result<String> {
-    let mut peer = distributor(binary, &work.join("distributor"))?;
+    let mut peer = distributor(binary, &work.join("distributor"), None)?;
     wait_up(&mut peer).await?;
     let addr = peer.addr;
     post_reports(addr, edges, 1).await?;

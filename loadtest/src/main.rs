@@ -60,6 +60,15 @@ enum Command {
         edges: usize,
         #[arg(long, default_value_t = 50)]
         rounds: usize,
+        /// Distributor replicas (more than one needs `--postgres`).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// Run the replicas on a PostgreSQL started for the benchmark.
+        #[arg(long)]
+        postgres: bool,
+        /// Kill the first replica half way and time the catch-up of its edges.
+        #[arg(long)]
+        kill_one: bool,
     },
     /// A cold range near the end of a large blob, through the edge and from the origin.
     ColdRange {
@@ -119,9 +128,17 @@ async fn main() -> anyhow::Result<()> {
             let opts = berth_loadtest::secure::Options { edge_binary: edge, work, blob_mib, small_seconds, only };
             print!("{}", berth_loadtest::secure::run(&opts).await?);
         }
-        Command::Propagation { distributor, work, edges, rounds } => {
+        Command::Propagation { distributor, work, edges, rounds, replicas, postgres, kill_one } => {
             let _ = std::fs::remove_dir_all(&work);
-            let p = berth_loadtest::propagation::run(&distributor, &work, edges, rounds).await?;
+            let setup = berth_loadtest::propagation::Setup { replicas, postgres, kill_one };
+            let p = berth_loadtest::propagation::run(&distributor, &work, edges, rounds, &setup).await?;
+            if let Some(t) = p.after_kill {
+                println!(
+                    "first change after a replica was killed: every edge had it after {:.1} ms",
+                    t.as_secs_f64() * 1000.0
+                );
+                println!();
+            }
             let pct = |v: &[std::time::Duration], q: f64| berth_loadtest::load::percentile(v, q) / 1000.0;
             println!("| measure | p50 ms | p99 ms | max ms |");
             println!("|---|---|---|---|");
