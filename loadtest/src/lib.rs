@@ -7,6 +7,7 @@ pub mod cold_range;
 pub mod compare;
 pub mod fleet_page;
 pub mod index_bench;
+pub mod ingest;
 pub mod load;
 pub mod peers;
 pub mod procstat;

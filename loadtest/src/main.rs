@@ -70,6 +70,22 @@ enum Command {
         #[arg(long)]
         kill_one: bool,
     },
+    /// Report ingestion from many simulated edges by distributor replicas on PostgreSQL, and
+    /// its CPU cost.
+    Ingest {
+        #[arg(long, default_value = "target/release/berth-distributor")]
+        distributor: PathBuf,
+        #[arg(long, default_value = "/var/tmp/berth-bench-ingest")]
+        work: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        edges: usize,
+        #[arg(long, default_value_t = 5)]
+        interval_seconds: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+    },
     /// A cold range near the end of a large blob, through the edge and from the origin.
     ColdRange {
         #[arg(long, default_value = "target/release/berth-edge")]
@@ -156,6 +172,11 @@ async fn main() -> anyhow::Result<()> {
                 pct(&p.slowest, 0.99),
                 pct(&p.slowest, 1.0)
             );
+        }
+        Command::Ingest { distributor, work, edges, interval_seconds, seconds, replicas } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let interval = std::time::Duration::from_secs(interval_seconds);
+            print!("{}", berth_loadtest::ingest::run(&distributor, &work, edges, interval, seconds, replicas).await?);
         }
         Command::ColdRange { edge, work, blob_mib, trials } => {
             let _ = std::fs::remove_dir_all(&work);

@@ -85,6 +85,11 @@ impl Postgres {
         pg
     }
 
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The URL of its `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
