@@ -78,6 +78,14 @@ impl PgStore {
                 };
                 let _ = ready_tx.send(Ok(()));
                 while let Ok(work) = rx.recv() {
+                    // A connection lost (a PostgreSQL restart, a failover) is made again before
+                    // the next piece of work; if that fails, the work fails and the next retries.
+                    if client.is_closed() {
+                        match connect_and_migrate(&url) {
+                            Ok(c) => client = c,
+                            Err(e) => tracing::warn!(error = %e, "cannot reconnect to PostgreSQL"),
+                        }
+                    }
                     work(&mut client);
                 }
             })
@@ -279,14 +287,17 @@ impl Store for PgStore {
             let mut t = c.transaction()?;
             for (region, start, bucket) in buckets {
                 let start = start as i64;
-                let row = t.query_opt(
+                // The row exists before it is locked: two replicas creating the same bucket at
+                // once then merge one after the other instead of overwriting.
+                t.execute(
+                    "INSERT INTO berth_pulls VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&region, &start, &json(&Bucket::default())?],
+                )?;
+                let row = t.query_one(
                     "SELECT body FROM berth_pulls WHERE region = $1 AND start = $2 FOR UPDATE",
                     &[&region, &start],
                 )?;
-                let mut merged: Bucket = match row {
-                    Some(r) => parse(r.get::<_, &[u8]>(0))?,
-                    None => Bucket::default(),
-                };
+                let mut merged: Bucket = parse(row.get::<_, &[u8]>(0))?;
                 for (name, n) in &bucket.repositories {
                     *merged.repositories.entry(name.clone()).or_default() += n;
                 }

@@ -55,6 +55,8 @@ impl Feed {
                 }
                 Ok(None) if self.short() && self.sources.can_resume() => self.resume("the body ended early").await?,
                 Ok(None) => return Ok(None),
+                // Every byte is in: an error after them (a chunked body's end) ends the body.
+                Err(_) if self.total == Some(self.received) => return Ok(None),
                 Err(e) if self.sources.can_resume() => self.resume(&e.to_string()).await?,
                 Err(source) => {
                     return Err(FillError::Upstream(UpstreamError::Client { upstream: self.source.clone(), source }))

@@ -24,6 +24,16 @@ use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 use hop::RegionKey;
 
+/// A member's name as every edge must hash it: the URL without a trailing `/`, its scheme and
+/// host in lower case (`HTTP://Edge-1:5000/` and `http://edge-1:5000` are one member).
+fn normal(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{}://{}", scheme.to_ascii_lowercase(), rest.to_ascii_lowercase()),
+        None => url.to_ascii_lowercase(),
+    }
+}
+
 /// How long a peer that failed is skipped before it is tried again.
 const DOWN_FOR: Duration = Duration::from_secs(5);
 
@@ -81,14 +91,15 @@ impl Cluster {
     pub fn set_members(&self, me: &str, peers: &[String]) -> Result<(), String> {
         let current = Arc::clone(&self.members.read());
         let mut map = HashMap::new();
-        for url in peers.iter().filter(|p| p.as_str() != me) {
-            let peer = match current.peers.get(url) {
+        let me = normal(me);
+        for url in peers.iter().map(|p| normal(p)).filter(|p| *p != me) {
+            let peer = match current.peers.get(&url) {
                 Some(existing) => Arc::clone(existing),
-                None => Arc::new(self.peer_upstream(url)?),
+                None => Arc::new(self.peer_upstream(&url)?),
             };
-            map.insert(url.clone(), peer);
+            map.insert(url, peer);
         }
-        *self.members.write() = Arc::new(Members { me: me.to_owned(), peers: map });
+        *self.members.write() = Arc::new(Members { me, peers: map });
         Ok(())
     }
 
@@ -175,6 +186,16 @@ mod tests {
         last.peer_failed(ranked[0]);
         let asked: Vec<_> = last.plan(&d, false).peers.iter().map(|p| p.name.clone()).collect();
         assert_eq!(asked, [ranked[1]], "a peer that failed is skipped for a while");
+    }
+
+    #[test]
+    fn should_treat_spellings_of_one_url_as_one_member() {
+        assert_eq!(normal("HTTP://Edge-1.EU:5000/"), "http://edge-1.eu:5000");
+        let c = cluster("http://a:5000/", &["http://A:5000", "http://b:5000/"], 2);
+        assert_eq!(c.me(), "http://a:5000");
+        let d = Digest::of(b"x");
+        let peers: Vec<_> = c.plan(&d, false).peers.iter().map(|p| p.name.clone()).collect();
+        assert!(peers.iter().all(|p| p == "http://b:5000"), "this edge is not its own peer: {peers:?}");
     }
 
     #[test]

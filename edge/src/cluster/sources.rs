@@ -1,6 +1,7 @@
 //! Where a fill gets its bytes: the peers of its plan in owner order, then the origin. A peer
-//! that cannot answer (unreachable, not ready, an error) is marked down and the next one is
-//! asked; a peer's `404` is the origin's (the owner asked it) and ends the search. A fill whose
+//! that cannot answer (unreachable, too slow, not ready: `503`) is marked down and the next one
+//! is asked; a peer that answers with another error (a `404`, a relayed `429`) sends the fill
+//! to the origin, which decides. A fill whose
 //! peer fails in the middle of the body resumes from the next source with a `Range` request
 //! from the bytes it already has: every byte is still hashed, and the digest checked at the end.
 
@@ -83,12 +84,12 @@ impl Sources {
                     (self.on_peer, self.used_peer) = (Some(peer.name.clone()), true);
                     return Ok(opened);
                 }
-                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
-                    // The owner asked the origin: its 404 is the origin's.
-                    let upstream = self.origin.name.clone();
-                    return Err(
-                        UpstreamError::Status { upstream, status: StatusCode::NOT_FOUND, retry_after: None }.into()
-                    );
+                // The peer answered, with the origin's answer or one of its own (a 404 for an
+                // upstream it does not know, a 429 relayed): the origin decides, once, without
+                // asking the other peers and without holding it against this one.
+                Err(e) if e.status().is_some_and(|s| s != StatusCode::SERVICE_UNAVAILABLE) => {
+                    tracing::info!(peer = %peer.name, error = %e, "peer answered with an error: asking the origin");
+                    self.peers.clear();
                 }
                 Err(e) => {
                     tracing::warn!(peer = %peer.name, error = %e, offset, "peer could not serve the fill: asking the next source");

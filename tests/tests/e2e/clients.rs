@@ -57,7 +57,12 @@ impl Setup {
             ),
         )
         .unwrap();
-        let edge = EdgeProcess::start(&config, &work.path().join("edge.log"));
+        // At debug the edge logs a line per request with the raw `ns` the client sent.
+        let edge = EdgeProcess::start_with_env(
+            &config,
+            &work.path().join("edge.log"),
+            &[("BERTH_LOG", "info,berth_edge=debug")],
+        );
         Setup { edge, origin, proxy: RefusingPort::new(), work }
     }
 

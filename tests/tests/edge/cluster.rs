@@ -342,3 +342,37 @@ async fn regions_behind_a_parent_edge_fetch_each_blob_from_the_origin_once_and_k
     let asked = parent.metric(r#"berth_edge_requests_total{kind="blob""#).await;
     assert_eq!(asked, 3.0, "each region asked the parent once");
 }
+
+#[tokio::test]
+async fn an_owner_that_lacks_the_upstream_sends_the_fill_to_the_origin_without_being_marked_down() {
+    // Edge 0 mirrors docker.io only; edge 1 also ghcr.io. A ghcr.io blob owned by edge 0: it
+    // answers 404 (no such upstream), and edge 1 asks the origin itself.
+    let (hub, ghcr) = (Origin::start().await, Origin::start().await);
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), KEY).unwrap();
+    let cluster = |c: &mut berth_edge::EdgeConfig| {
+        c.cluster.key_file = Some(key.path().to_owned());
+        c.cluster.advertise = Some("http://placeholder.invalid:1".into());
+        c.cluster.peers = vec!["http://placeholder.invalid:2".into()];
+    };
+    let edges = [
+        edge::start_custom(&[("docker.io", &hub.url())], "", cluster),
+        edge::start_custom(&[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())], "", cluster),
+    ];
+    let urls: Vec<String> = edges.iter().map(TestEdge::url).collect();
+    for e in &edges {
+        e.running().state.fills.cluster().unwrap().set_members(&e.url(), &urls).unwrap();
+    }
+    let (digest, body) = loop {
+        let body = random_bytes(64 << 10);
+        let digest = ghcr.put_blob(REPO, body.clone());
+        if owner_rank(&edges, &digest)[0] == 0 {
+            break (digest, body);
+        }
+    };
+    let r = client::get(&format!("{}/v2/{REPO}/blobs/{digest}?ns=ghcr.io", edges[1].url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.bytes().as_ref(), body.as_slice());
+    assert_eq!(ghcr.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
+    assert_eq!(edges[1].metric("berth_edge_peer_failures_total").await, 0.0, "it answered: not marked down");
+}
