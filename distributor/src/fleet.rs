@@ -31,7 +31,11 @@ impl Fleet {
     /// finished even once the edge stops reporting it.
     pub fn record(&self, mut report: EdgeReport) -> Result<EdgeRecord, StoreError> {
         let now = now_ms();
-        let previous = self.edges.read().get(&report.id).cloned();
+        // On a shared store the edge may have reported to another replica last time.
+        let previous = match self.store.shared() {
+            true => self.store.edge(&report.id)?,
+            false => self.edges.read().get(&report.id).cloned(),
+        };
         let first_seen_ms = previous.as_ref().map_or(now, |e| e.first_seen_ms);
         if let Some(previous) = previous {
             let finished = previous.report.prefetch.into_iter().filter(|p| {
@@ -54,7 +58,17 @@ impl Fleet {
         Ok(record)
     }
 
+    /// Every edge: from the store when replicas share it (each edge reports to one of them),
+    /// else from memory.
     pub fn list(&self) -> Vec<EdgeRecord> {
+        if self.store.shared() {
+            match self.store.edges() {
+                Ok(edges) => return edges,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the fleet from the store: showing this replica's view")
+                }
+            }
+        }
         self.edges.read().values().cloned().collect()
     }
 }

@@ -43,6 +43,13 @@ pub trait Store: Send + Sync {
     /// Records an edge (reports are frequent: this write need not be forced to disk at once).
     fn put_edge(&self, edge: &EdgeRecord) -> Result<(), StoreError>;
     fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError>;
+    /// One edge's record.
+    fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError>;
+    /// Whether other processes (replicas) write to this store too: then the fleet is read from
+    /// it, not from one replica's memory.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Adds pull buckets to the stored ones (each kept to `names` names per kind) and drops
     /// buckets that start before `drop_before` (Unix ms).
     fn merge_pulls(&self, buckets: &[(String, u64, Bucket)], names: usize, drop_before: u64) -> Result<(), StoreError>;

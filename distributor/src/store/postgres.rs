@@ -281,6 +281,18 @@ impl Store for PgStore {
         self.all("SELECT body FROM berth_edges ORDER BY id")
     }
 
+    fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let row = c.query_opt("SELECT body FROM berth_edges WHERE id = $1", &[&id])?;
+            row.map(|r| parse(r.get::<_, &[u8]>(0))).transpose()
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn merge_pulls(&self, buckets: &[(String, u64, Bucket)], names: usize, drop_before: u64) -> Result<(), StoreError> {
         let buckets = buckets.to_vec();
         self.call(move |c| {

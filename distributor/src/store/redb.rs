@@ -226,6 +226,13 @@ impl Store for RedbStore {
         self.all(EDGES)
     }
 
+    fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError> {
+        let r = self.db.begin_read()?;
+        let edges = r.open_table(EDGES)?;
+        let value = edges.get(id)?;
+        value.map(|v| parse(v.value())).transpose()
+    }
+
     /// Adds pull buckets to the stored ones (each kept to `names` names per kind) and drops
     /// buckets that start before `drop_before` (Unix ms).
     fn merge_pulls(&self, buckets: &[(String, u64, Bucket)], names: usize, drop_before: u64) -> Result<(), StoreError> {

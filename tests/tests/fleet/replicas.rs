@@ -162,3 +162,41 @@ async fn an_edge_moves_to_another_replica_when_its_own_is_killed_and_misses_noth
     berth_tests::eventually("the purge through replica B applied", Duration::from_secs(20), cached(blobs[1])).await;
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_shows_the_edges_that_reported_to_any_of_them() {
+    let pg = Postgres::start();
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (replica(work.path(), &pg.url()), replica(work.path(), &pg.url()));
+    let report = |url: String| async move {
+        let body = r#"{"id":"edge-eu-1","region":"eu","version":"0.1.0","applied_version":0}"#;
+        let r = client::send(
+            Method::POST,
+            &format!("{url}/api/v1/edges/report"),
+            &[("Authorization", &format!("Bearer {EDGE_TOKEN}")), ("Content-Type", "application/json")],
+            body.to_owned(),
+        )
+        .await;
+        assert!(r.status < 300, "report: {}", r.status);
+    };
+    let edges = |url: String| async move {
+        let r = client::request(
+            Method::GET,
+            &format!("{url}/api/v1/edges"),
+            &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        )
+        .await;
+        r.json()
+    };
+    report(a.url()).await;
+    let seen = edges(b.url()).await;
+    assert_eq!(seen[0]["id"], "edge-eu-1", "replica B lists an edge that reported to A: {seen}");
+    let first_seen = seen[0]["first_seen_ms"].clone();
+    // The edge moves to replica B: it is the same edge, first seen when A first saw it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    report(b.url()).await;
+    let seen = edges(a.url()).await;
+    assert_eq!(seen.as_array().unwrap().len(), 1);
+    assert_eq!(seen[0]["first_seen_ms"], first_seen);
+    drop((a, b));
+}
