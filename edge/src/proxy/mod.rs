@@ -38,8 +38,9 @@ pub struct RequestCtx {
     status: u16,
     body_bytes: u64,
     headers_sent: bool,
-    /// The answer was the upstream's 404 (cached for `negative_ttl`).
-    upstream_not_found: bool,
+    /// Where an upstream's 404 is remembered (for `negative_ttl`): recorded before the answer leaves, so the client's next
+    /// request finds it.
+    remember_404: Option<(Arc<EdgeState>, crate::cache::negative::NegativeKey, std::time::Duration)>,
     /// The request came from another edge of the region (a signed hop: never forwarded again).
     from_peer: bool,
     /// Counts this request as in flight (a shutdown waits for it) until dropped.
@@ -67,7 +68,7 @@ impl RequestCtx {
             status: 0,
             body_bytes: 0,
             headers_sent: false,
-            upstream_not_found: false,
+            remember_404: None,
             from_peer: false,
             _in_flight: None,
             repository: None,
@@ -272,11 +273,8 @@ async fn pull(
     if state.negative.is_missing(&negative_key, ttl) {
         return respond::error(session, ctx, &not_found(&upstream.name, &route.target)).await;
     }
-    let served = serve_pull(state, session, ctx, &upstream, &route, is_head).await;
-    if ctx.upstream_not_found {
-        state.negative.remember(negative_key, ttl);
-    }
-    served
+    ctx.remember_404 = Some((Arc::clone(state), negative_key, ttl));
+    serve_pull(state, session, ctx, &upstream, &route, is_head).await
 }
 
 /// The negative-cache key of a pull target.

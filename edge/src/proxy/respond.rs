@@ -81,7 +81,11 @@ pub(super) async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &Api
             tracing::debug!(status = err.status.as_u16(), code = err.code, message = %err.message, "error response")
         }
     }
-    ctx.upstream_not_found = err.upstream_not_found;
+    if err.upstream_not_found {
+        if let Some((state, key, ttl)) = ctx.remember_404.take() {
+            state.negative.remember(key, ttl);
+        }
+    }
     send_header(session, ctx, resp, is_head).await?;
     if !is_head {
         session.write_response_body(Some(body), true).await?;
