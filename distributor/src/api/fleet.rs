@@ -38,7 +38,7 @@ async fn fleet_view(s: &Arc<AppState>) -> Result<FleetView, ApiError> {
     let (latest, _) = s.log.versions().await?;
     let events = s.log.since(latest.saturating_sub(EVENTS_SCANNED), EVENTS_SCANNED as usize).await?;
     let state = Arc::clone(s);
-    let view = tokio::task::spawn_blocking(move || -> Result<FleetView, ApiError> {
+    super::blocking(move || -> Result<FleetView, ApiError> {
         let now = now_ms();
         let edges = state.fleet.list();
         let jobs: Vec<_> = state.store.jobs()?.iter().map(|j| crate::jobs::status(j, &edges)).collect();
@@ -57,8 +57,8 @@ async fn fleet_view(s: &Arc<AppState>) -> Result<FleetView, ApiError> {
             events: &events,
             top,
         }))
-    });
-    view.await.map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))?
+    })
+    .await
 }
 
 pub async fn fleet_json(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -151,9 +151,7 @@ pub async fn top_pulls(
     };
     let region = q.region.filter(|r| !r.is_empty());
     let analytics = Arc::clone(&s.analytics);
-    let top = tokio::task::spawn_blocking(move || analytics.top(region.as_deref(), since, limit))
-        .await
-        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    let top = super::blocking(move || analytics.top(region.as_deref(), since, limit)).await?;
     Ok(Json(top))
 }
 

@@ -113,14 +113,17 @@ async fn prefetch_status(
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
-    let job = s.store.job(&id)?.ok_or_else(|| ApiError::not_found(format!("no prefetch job {id}")))?;
-    Ok(Json(jobs::status(&job, &s.fleet.list())))
+    let (store, fleet) = (Arc::clone(&s.store), Arc::clone(&s.fleet));
+    let (job, edges) = blocking(move || store.job(&id).map(|job| (job.ok_or(id), fleet.list()))).await?;
+    let job = job.map_err(|id| ApiError::not_found(format!("no prefetch job {id}")))?;
+    Ok(Json(jobs::status(&job, &edges)))
 }
 
 async fn list_jobs(State(s): Shared, headers: HeaderMap) -> Result<Json<Vec<JobStatus>>, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
-    let edges = s.fleet.list();
-    let mut all: Vec<JobStatus> = s.store.jobs()?.iter().map(|j| jobs::status(j, &edges)).collect();
+    let (store, fleet) = (Arc::clone(&s.store), Arc::clone(&s.fleet));
+    let (jobs, edges) = blocking(move || store.jobs().map(|jobs| (jobs, fleet.list()))).await?;
+    let mut all: Vec<JobStatus> = jobs.iter().map(|j| jobs::status(j, &edges)).collect();
     all.sort_by_key(|j| std::cmp::Reverse(j.version));
     Ok(Json(all))
 }
@@ -202,7 +205,9 @@ async fn registry_hook(State(s): Shared, headers: HeaderMap, body: Bytes) -> Res
 async fn dns_zone(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
     let serial = now_ms() / 1000;
-    match crate::dns::render(&s.dns, &s.fleet.list(), serial) {
+    let fleet = Arc::clone(&s.fleet);
+    let edges = blocking(move || Ok::<_, ApiError>(fleet.list())).await?;
+    match crate::dns::render(&s.dns, &edges, serial) {
         Ok(zone) => Ok(([("content-type", "text/plain; charset=utf-8")], zone).into_response()),
         Err(e) => Err(ApiError::new(StatusCode::NOT_FOUND, "no_zone", e.to_string())),
     }
@@ -211,18 +216,29 @@ async fn dns_zone(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiE
 async fn list_quarantine(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
     let store = Arc::clone(&s.store);
-    let list = tokio::task::spawn_blocking(move || store.quarantined())
-        .await
-        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    let list = blocking(move || store.quarantined()).await?;
     Ok(Json(list).into_response())
+}
+
+/// Runs store work off the async workers: the store blocks (on its file, or on its PostgreSQL
+/// connection's thread).
+pub(super) async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => Err(ApiError::from(crate::store::StoreError::Db(e.to_string()))),
+    }
 }
 
 async fn list_edges(State(s): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::check(&headers, &s.tokens.admin, Role::Admin)?;
     let now = now_ms();
-    let edges: Vec<serde_json::Value> = s
-        .fleet
-        .list()
+    let fleet = Arc::clone(&s.fleet);
+    let list = blocking(move || Ok::<_, ApiError>(fleet.list())).await?;
+    let edges: Vec<serde_json::Value> = list
         .into_iter()
         .map(|e| {
             serde_json::json!({
@@ -267,9 +283,7 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
     pulls.repositories.truncate(berth_shared::protocol::PULLS_TOP_K);
     pulls.manifests.truncate(berth_shared::protocol::PULLS_TOP_K);
     let fleet = Arc::clone(&s.fleet);
-    let record = tokio::task::spawn_blocking(move || fleet.record(report).map(|r| r.report))
-        .await
-        .map_err(|e| ApiError::from(crate::store::StoreError::Db(e.to_string())))??;
+    let record = blocking(move || fleet.record(report).map(|r| r.report)).await?;
     let now = now_ms();
     s.analytics.record(&record.region, &pulls, now);
     s.stats.record(&record, now);
@@ -308,7 +322,8 @@ async fn metrics(State(s): Shared) -> Response {
     if let Ok((latest, _)) = s.log.versions().await {
         s.metrics.log_version.set(latest as i64);
     }
-    let edges = s.fleet.list();
+    let fleet = Arc::clone(&s.fleet);
+    let edges = blocking(move || Ok::<_, ApiError>(fleet.list())).await.unwrap_or_default();
     s.metrics.edges.set(edges.len() as i64);
     let now = now_ms();
     s.metrics.report_age.reset();

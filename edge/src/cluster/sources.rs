@@ -78,8 +78,9 @@ impl Sources {
     /// The next source's answer for the bytes from `offset` (0: the whole blob); `total` is the
     /// size an earlier source announced, which a resumed answer must agree with.
     pub async fn open(&mut self, offset: u64, total: Option<u64>) -> Result<Opened, FillError> {
-        while let Some(peer) = self.peers.pop_front() {
-            match self.ask_peer(&peer, offset, total).await {
+        // Peers come with their cluster (`through`): without one there are none.
+        while let (Some(cluster), Some(peer)) = (self.cluster.clone(), self.peers.pop_front()) {
+            match self.ask_peer(&cluster, &peer, offset, total).await {
                 Ok(opened) => {
                     (self.on_peer, self.used_peer) = (Some(peer.name.clone()), true);
                     return Ok(opened);
@@ -93,9 +94,7 @@ impl Sources {
                 }
                 Err(e) => {
                     tracing::warn!(peer = %peer.name, error = %e, offset, "peer could not serve the fill: asking the next source");
-                    if let Some(cluster) = &self.cluster {
-                        cluster.peer_failed(&peer.name);
-                    }
+                    cluster.peer_failed(&peer.name);
                 }
             }
         }
@@ -103,11 +102,13 @@ impl Sources {
         self.ask_origin(offset, total).await
     }
 
-    async fn ask_peer(&self, peer: &Upstream, offset: u64, total: Option<u64>) -> Result<Opened, UpstreamError> {
-        let cluster = self.cluster.as_ref().map(Arc::clone);
-        let Some(cluster) = cluster else {
-            return Err(UpstreamError::Busy { upstream: peer.name.clone(), bound: "cluster" });
-        };
+    async fn ask_peer(
+        &self,
+        cluster: &Cluster,
+        peer: &Upstream,
+        offset: u64,
+        total: Option<u64>,
+    ) -> Result<Opened, UpstreamError> {
         let path = format!("blobs/{}?ns={}", self.digest, self.origin.name);
         let signed = format!("/v2/{}/{path}", self.repository);
         let header = cluster.key().sign(&cluster.me(), unix_now(), &signed);

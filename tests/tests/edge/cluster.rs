@@ -87,7 +87,7 @@ async fn a_region_of_four_edges_fetches_each_blob_from_the_origin_once_and_keeps
     // Each blob is kept by its owner, and (pulled once there) by no other edge.
     for (digest, _) in &blobs {
         let rank = owner_rank(&edges, digest);
-        edge_publishes(&edges[rank[0]], *digest).await;
+        edges[rank[0]].published(*digest).await;
         for other in &rank[1..] {
             assert!(!holds(&edges[*other], *digest), "{digest}: not kept by a non-owner that filled it once");
         }
@@ -98,11 +98,6 @@ async fn a_region_of_four_edges_fetches_each_blob_from_the_origin_once_and_keeps
         left += e.metric(r#"berth_edge_peer_fills_total{result="not_kept""#).await;
     }
     assert_eq!((kept, left), (0.0, 48.0), "16 blobs, each filled from its owner by the 3 other edges");
-}
-
-/// Waits until an edge has published a blob (its fill ends a moment after the last byte).
-async fn edge_publishes(edge: &TestEdge, digest: Digest) {
-    edge.published(digest).await;
 }
 
 #[tokio::test]
@@ -135,15 +130,9 @@ async fn a_stopped_owner_sends_the_fill_to_the_next_owner_and_no_pull_fails() {
     let origin = Origin::start().await;
     let body = random_bytes(200 << 10);
     let digest = origin.put_blob(REPO, body.clone());
-    let mut edges: Vec<Option<TestEdge>> = region(&origin, 3).into_iter().map(Some).collect();
-    let rank = {
-        let live: Vec<&TestEdge> = edges.iter().flatten().collect();
-        let urls: Vec<String> = live.iter().map(|e| e.url()).collect();
-        ring::rank(urls.iter().map(String::as_str), &digest)
-            .into_iter()
-            .map(|u| urls.iter().position(|x| x == u).unwrap())
-            .collect::<Vec<_>>()
-    };
+    let started = region(&origin, 3);
+    let rank = owner_rank(&started, &digest);
+    let mut edges: Vec<Option<TestEdge>> = started.into_iter().map(Some).collect();
     let owner = edges[rank[0]].take().unwrap();
     tokio::task::spawn_blocking(move || owner.stop()).await.unwrap();
     let (next, last) = (edges[rank[1]].as_ref().unwrap(), edges[rank[2]].as_ref().unwrap());
@@ -165,14 +154,9 @@ async fn an_owner_lost_in_the_middle_of_a_blob_is_resumed_from_the_origin_with_a
     // The owner's fetch from the origin stops after 1 MiB (a ranged request is not held).
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     origin.fault(&path, Fault::Gate { after: 1 << 20, gate, corrupt: false });
-    let mut edges: Vec<Option<TestEdge>> = region(&origin, 2).into_iter().map(Some).collect();
-    let rank = {
-        let urls: Vec<String> = edges.iter().flatten().map(|e| e.url()).collect();
-        ring::rank(urls.iter().map(String::as_str), &digest)
-            .into_iter()
-            .map(|u| urls.iter().position(|x| x == u).unwrap())
-            .collect::<Vec<_>>()
-    };
+    let started = region(&origin, 2);
+    let rank = owner_rank(&started, &digest);
+    let mut edges: Vec<Option<TestEdge>> = started.into_iter().map(Some).collect();
     let owner = edges[rank[0]].take().unwrap();
     let other = edges[rank[1]].take().unwrap();
     let mut reading = client::open(&format!("{}{path}", other.url()), &[]).await;
