@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use berth_shared::protocol::{EdgeReport, JobState};
 use parking_lot::RwLock;
@@ -11,10 +12,15 @@ use crate::store::{EdgeRecord, Store, StoreError};
 /// Finished jobs remembered per edge beyond what it reports.
 const KEEP_FINISHED: usize = 1000;
 
+/// How long a listing of the whole fleet answers region membership questions (a report from
+/// every edge of a large fleet would otherwise read every edge from a shared store).
+const SNAPSHOT_FOR: Duration = Duration::from_secs(1);
+
 /// Edges by id, in memory and in the store.
 pub struct Fleet {
     store: Arc<dyn Store>,
     edges: RwLock<BTreeMap<String, EdgeRecord>>,
+    snapshot: parking_lot::Mutex<Option<(Instant, Arc<Vec<EdgeRecord>>)>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -24,7 +30,7 @@ pub fn now_ms() -> u64 {
 impl Fleet {
     pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let edges = store.edges()?.into_iter().map(|e| (e.id.clone(), e)).collect();
-        Ok(Fleet { store, edges: RwLock::new(edges) })
+        Ok(Fleet { store, edges: RwLock::new(edges), snapshot: parking_lot::Mutex::new(None) })
     }
 
     /// Records a report (the first one registers the edge). A job the edge finished stays
@@ -70,5 +76,71 @@ impl Fleet {
             }
         }
         self.edges.read().values().cloned().collect()
+    }
+
+    /// The cluster of `edge` in `region`: the peer URLs of the region's other edges that are
+    /// ready and reported within `stale_after` (from a listing at most a second old).
+    pub fn region_peers(&self, region: &str, edge: &str, stale_after: Duration) -> Vec<String> {
+        let edges = {
+            let mut snapshot = self.snapshot.lock();
+            match &*snapshot {
+                Some((at, edges)) if at.elapsed() < SNAPSHOT_FOR => Arc::clone(edges),
+                _ => {
+                    let edges = Arc::new(self.list());
+                    *snapshot = Some((Instant::now(), Arc::clone(&edges)));
+                    edges
+                }
+            }
+        };
+        peers_of(&edges, region, edge, now_ms().saturating_sub(stale_after.as_millis() as u64))
+    }
+}
+
+/// The peer URLs of `region`'s ready edges other than `edge` seen since `since_ms`, sorted.
+fn peers_of(edges: &[EdgeRecord], region: &str, edge: &str, since_ms: u64) -> Vec<String> {
+    let mut peers: Vec<String> = edges
+        .iter()
+        .filter(|e| e.region == region && e.id != edge && e.last_seen_ms >= since_ms)
+        .filter(|e| e.report.readiness.as_deref() == Some("ready"))
+        .filter_map(|e| e.report.peer_url.clone())
+        .collect();
+    peers.sort();
+    peers.dedup();
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(id: &str, region: &str, seen: u64, readiness: &str, peer_url: Option<&str>) -> EdgeRecord {
+        EdgeRecord {
+            id: id.into(),
+            region: region.into(),
+            version: "t".into(),
+            first_seen_ms: 0,
+            last_seen_ms: seen,
+            report: EdgeReport {
+                id: id.into(),
+                region: region.into(),
+                readiness: Some(readiness.into()),
+                peer_url: peer_url.map(str::to_owned),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn should_list_the_ready_live_cluster_members_of_the_region_but_the_asker() {
+        let edges = [
+            edge("b", "eu", 100, "ready", Some("http://b:5000")),
+            edge("a", "eu", 100, "ready", Some("http://a:5000")),
+            edge("me", "eu", 100, "ready", Some("http://me:5000")),
+            edge("stale", "eu", 10, "ready", Some("http://stale:5000")),
+            edge("drained", "eu", 100, "drained by an operator", Some("http://drained:5000")),
+            edge("alone", "eu", 100, "ready", None),
+            edge("far", "us", 100, "ready", Some("http://far:5000")),
+        ];
+        assert_eq!(peers_of(&edges, "eu", "me", 50), ["http://a:5000", "http://b:5000"]);
     }
 }

@@ -20,6 +20,22 @@ pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     Ok((listener, local))
 }
 
+/// Takes a listener bound by the caller (nonblocking, as Pingora needs) with its address.
+pub fn adopt(listener: TcpListener) -> Result<(TcpListener, SocketAddr), StartError> {
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr: "a given socket".into(), source })?;
+    let err = |source| StartError::Bind { addr: local.to_string(), source };
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok((listener, local))
+}
+
+/// Pull sockets bound by the caller instead of from `[listen]`: a test that must know an edge's
+/// address before it starts (its peers' configs name it).
+#[derive(Debug, Default)]
+pub struct Sockets {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+}
+
 /// A Pingora service whose listening sockets were bound beforehand.
 pub struct PreBound<S> {
     inner: S,

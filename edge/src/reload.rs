@@ -1,10 +1,10 @@
 //! Reloading the config on SIGHUP: the upstreams (URLs, credentials, TTLs, timeouts, bounds,
-//! access rules), `[auth]`, and the request-head limits take effect for new requests; requests
-//! in flight finish with what they started with. A file that does not load is refused with the
-//! same message as at start, and a change to a key that needs a restart (listen addresses, the
-//! cache, worker and connection settings, the distributor link, region, node id, the admin
-//! tokens) is refused naming those keys: the config in force stays either way. Every attempt is
-//! counted (`berth_edge_config_reloads_total{result}`).
+//! access rules), `[auth]`, the request-head limits and `[cluster] peers` take effect for new
+//! requests; requests in flight finish with what they started with. A file that does not load
+//! is refused with the same message as at start, and a change to a key that needs a restart
+//! (listen addresses, the cache, worker and connection settings, the distributor link, region,
+//! node id, the admin tokens, the rest of `[cluster]`) is refused naming those keys: the config
+//! in force stays either way. Every attempt is counted (`berth_edge_config_reloads_total{result}`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +45,22 @@ pub fn restart_only_changes(old: &EdgeConfig, new: &EdgeConfig) -> Vec<String> {
     compare("distributor", json(&old.distributor), json(&new.distributor));
     compare("admin", json(&old.admin), json(&new.admin));
     compare("log", json(&old.log), json(&new.log));
+    // The peers of a static cluster change with a reload; the rest of `[cluster]`, and whether
+    // the peers come from the config or from the distributor, only with a restart.
+    let cluster = |c: &EdgeConfig| {
+        let mut v = json(&c.cluster);
+        if let Some(map) = v.as_object_mut() {
+            map.insert("peers".into(), json(&c.cluster.peers.is_empty()));
+        }
+        v
+    };
+    if cluster(old) != cluster(new) {
+        for (key, a) in cluster(old).as_object().into_iter().flatten() {
+            if cluster(new).get(key) != Some(a) {
+                changed.push(format!("cluster.{key}"));
+            }
+        }
+    }
     let server = |c: &EdgeConfig| {
         let mut v = json(&c.server);
         if let Some(map) = v.as_object_mut() {
@@ -69,6 +85,9 @@ pub fn reload(state: &EdgeState, path: &Path) -> Result<(), ReloadError> {
     let changed = restart_only_changes(&state.config, &new);
     if !changed.is_empty() {
         return Err(ReloadError::RestartNeeded(changed));
+    }
+    if let Some(cluster) = state.fills.cluster().filter(|c| !c.from_fleet()) {
+        cluster.set_members(&cluster.me(), &new.cluster.peers).map_err(StartError::Cluster)?;
     }
     let live = Live::build(new, &state.metrics, Some(&state.live()))?;
     state.replace_live(live);

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::AdminApp;
 use crate::config::EdgeConfig;
-use crate::listener::{bind, PreBound};
+use crate::listener::{adopt, bind, PreBound, Sockets};
 use crate::policy::link::Link;
 use crate::policy::Policy;
 use crate::proxy::EdgeProxy;
@@ -37,8 +37,19 @@ pub struct EdgeServer {
 impl EdgeServer {
     /// Opens the cache, builds the upstream clients and binds both listeners.
     pub fn build(config: EdgeConfig) -> Result<Self, StartError> {
-        let http = config.listen.http.map(bind).transpose()?;
-        let https = config.listen.https.map(bind).transpose()?;
+        Self::build_with(config, Sockets::default())
+    }
+
+    /// The same, serving pulls on `sockets` where given rather than binding `[listen]`.
+    pub fn build_with(config: EdgeConfig, sockets: Sockets) -> Result<Self, StartError> {
+        let http = match sockets.http {
+            Some(socket) => Some(adopt(socket)?),
+            None => config.listen.http.map(bind).transpose()?,
+        };
+        let https = match sockets.https {
+            Some(socket) => Some(adopt(socket)?),
+            None => config.listen.https.map(bind).transpose()?,
+        };
         let (admin_socket, admin_addr) = bind(config.listen.admin)?;
         let tls = match (&https, &config.tls) {
             (Some(_), Some(files)) => Some(crate::tls::settings(files)?),

@@ -46,7 +46,7 @@ async fn post_reports(addr: SocketAddr, edges: usize, round: u64) -> Result<()> 
             body,
         )
         .await;
-        if r.status != 204 {
+        if r.status != 200 {
             bail!("report {i}: {} {}", r.status, String::from_utf8_lossy(r.bytes()));
         }
     }

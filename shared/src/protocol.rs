@@ -313,6 +313,20 @@ pub struct EdgeReport {
     /// Pulls since the last delivered report.
     #[serde(default, skip_serializing_if = "Pulls::is_empty")]
     pub pulls: Pulls,
+    /// The URL the other edges of the region reach this one at for peer fills (its
+    /// `[cluster] advertise`), when it shares a cache with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
+}
+
+/// The distributor's answer to a report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAnswer {
+    /// The `peer_url`s of the other edges of the reporting edge's region that are ready and
+    /// reported within `[fleet] stale_after`, sorted: its cluster when `[cluster] peers` is
+    /// left out.
+    #[serde(default)]
+    pub region_peers: Vec<String>,
 }
 
 /// Validation of a policy document before it enters the log.

@@ -78,11 +78,34 @@ pub fn test_config(dir: &Path, upstreams: &[(&str, &str)], extra: &str) -> EdgeC
 /// Starts an in-process edge with `config` (its cache dir must be inside `dir`). Set
 /// `BERTH_TEST_LOG=debug` to see the edge's log.
 pub fn start_with(config: EdgeConfig, dir: tempfile::TempDir) -> TestEdge {
+    start_with_sockets(config, dir, Default::default())
+}
+
+/// Starts an in-process edge with `config`, serving pulls on `sockets` where given.
+pub fn start_with_sockets(
+    config: EdgeConfig,
+    dir: tempfile::TempDir,
+    sockets: berth_edge::listener::Sockets,
+) -> TestEdge {
     if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
         berth_edge::telemetry::init(&filter, false);
     }
-    let edge = EdgeServer::build(config).expect("edge starts").spawn();
+    let edge = EdgeServer::build_with(config, sockets).expect("edge starts").spawn();
     TestEdge { edge: Some(edge), dir }
+}
+
+/// Starts an in-process edge that serves pulls on `socket` (bound by the test, so its URL is
+/// known before it starts: a region's configs name each other).
+pub fn start_on(
+    socket: std::net::TcpListener,
+    upstreams: &[(&str, &str)],
+    extra: &str,
+    tweak: impl FnOnce(&mut EdgeConfig),
+) -> TestEdge {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(&dir.path().join("cache"), upstreams, extra);
+    tweak(&mut config);
+    start_with_sockets(config, dir, berth_edge::listener::Sockets { http: Some(socket), https: None })
 }
 
 /// Starts an in-process edge in front of one upstream (named `docker.io`, the default).

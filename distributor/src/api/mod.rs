@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_shared::protocol::{
-    Action, DrainRequest, EdgeReport, InvalidationRequest, PrefetchRequest, QuarantineRequest,
+    Action, DrainRequest, EdgeReport, InvalidationRequest, PrefetchRequest, QuarantineRequest, ReportAnswer,
 };
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -255,7 +255,9 @@ async fn list_edges(State(s): Shared, headers: HeaderMap) -> Result<Response, Ap
     Ok(Json(edges).into_response())
 }
 
-async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+/// Records an edge's report; answers with its cluster (the region's other ready edges that
+/// share their cache).
+async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Json<ReportAnswer>, ApiError> {
     let bound_to = auth::check_edge(&headers, &s.tokens.edge)?;
     let mut report: EdgeReport = document(&body)?;
     if report.id.trim().is_empty() {
@@ -288,7 +290,13 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
     s.analytics.record(&record.region, &pulls, now);
     s.stats.record(&record, now);
     s.metrics.reports.inc();
-    Ok(StatusCode::NO_CONTENT)
+    let mut answer = ReportAnswer::default();
+    if record.peer_url.is_some() {
+        let (fleet, stale_after) = (Arc::clone(&s.fleet), s.stale_after);
+        answer.region_peers =
+            blocking(move || Ok::<_, ApiError>(fleet.region_peers(&record.region, &record.id, stale_after))).await?;
+    }
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,19 @@ fn normal(url: &str) -> String {
     }
 }
 
+/// Whether `url` can name a member: an `http://` or `https://` URL with a host and no path.
+pub fn is_member_url(url: &str) -> bool {
+    match url.parse::<http::Uri>() {
+        Ok(u) => {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && u.query().is_none()
+                && matches!(u.path(), "" | "/")
+        }
+        Err(_) => false,
+    }
+}
+
 /// How long a peer that failed is skipped before it is tried again.
 const DOWN_FOR: Duration = Duration::from_secs(5);
 
@@ -64,11 +77,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The cluster of a config with `[cluster] peers` (`None` without peers: the edge is alone).
+    /// The cluster of a config with `[cluster] advertise` (`None` without: the edge is alone).
+    /// Its members are `peers`, or none until the distributor names them ([`Self::from_fleet`]).
     pub fn new(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Result<Option<Arc<Self>>, String> {
-        if config.peers.is_empty() {
-            return Ok(None);
-        }
+        let Some(me) = config.advertise.as_deref() else { return Ok(None) };
         let key = RegionKey::new(&config.key()?)?;
         let fills = moka::sync::Cache::builder()
             .max_capacity(100_000)
@@ -82,8 +94,13 @@ impl Cluster {
             fills,
             metrics: Arc::clone(metrics),
         };
-        cluster.set_members(config.advertise.as_deref().unwrap_or_default(), &config.peers)?;
+        cluster.set_members(me, &config.peers)?;
         Ok(Some(Arc::new(cluster)))
+    }
+
+    /// Whether the members come from the distributor's fleet (`[cluster] peers` left out).
+    pub fn from_fleet(&self) -> bool {
+        self.config.peers.is_empty()
     }
 
     /// Sets this edge's name and its peers' URLs (a change moves only the blobs whose owner
@@ -99,8 +116,28 @@ impl Cluster {
             };
             map.insert(url, peer);
         }
+        let changed =
+            me != current.me || map.len() != current.peers.len() || map.keys().any(|k| !current.peers.contains_key(k));
+        if changed {
+            let mut names: Vec<&str> = map.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            tracing::info!(me = %me, peers = ?names, "cluster members");
+        }
+        self.metrics.cluster_peers.set(map.len() as i64);
         *self.members.write() = Arc::new(Members { me, peers: map });
         Ok(())
+    }
+
+    /// The members the distributor names for this edge's region: those with a valid URL (a
+    /// bad one is logged and left out; the others stay in service).
+    pub fn set_fleet_members(&self, peers: &[String]) {
+        let (good, bad): (Vec<String>, Vec<String>) = peers.iter().cloned().partition(|p| is_member_url(p));
+        if !bad.is_empty() {
+            tracing::warn!(urls = ?bad, "the distributor named peers whose URLs cannot be used: left out");
+        }
+        if let Err(e) = self.set_members(&self.me(), &good) {
+            tracing::warn!(error = %e, "cluster members from the distributor not applied");
+        }
     }
 
     /// The client for one peer: an upstream with the cluster's TLS roots and short connect

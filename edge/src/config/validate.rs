@@ -19,7 +19,7 @@ pub(super) fn validate(config: &EdgeConfig) -> Vec<String> {
         problems.push("log.sample_hits: must be between 0.0 and 1.0".to_owned());
     }
     problems.extend(validate_auth(config));
-    problems.extend(validate_cluster(&config.cluster));
+    problems.extend(validate_cluster(&config.cluster, config.distributor.is_some()));
     if let Some(link) = &config.distributor {
         let urls = std::iter::once(("distributor.url".to_owned(), &link.url))
             .chain(link.replicas.iter().enumerate().map(|(i, u)| (format!("distributor.replicas[{i}]"), u)));
@@ -257,20 +257,12 @@ pub fn is_registry_host(name: &str) -> bool {
 }
 
 /// `[cluster]`: with peers, this edge's own URL, valid peer URLs and a region key.
-fn validate_cluster(cluster: &super::ClusterConfig) -> Vec<String> {
+fn validate_cluster(cluster: &super::ClusterConfig, with_distributor: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    if cluster.peers.is_empty() {
+    if cluster.peers.is_empty() && cluster.advertise.is_none() {
         return problems;
     }
-    let bare_url = |value: &str| match value.parse::<http::Uri>() {
-        Ok(u) => {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some()
-                && u.query().is_none()
-                && matches!(u.path(), "" | "/")
-        }
-        Err(_) => false,
-    };
+    let bare_url = crate::cluster::is_member_url;
     match &cluster.advertise {
         None => problems
             .push("cluster.advertise: required with cluster.peers (this edge's URL as its peers reach it)".into()),
@@ -278,6 +270,10 @@ fn validate_cluster(cluster: &super::ClusterConfig) -> Vec<String> {
             problems.push(format!("cluster.advertise: {a:?} is not an http:// or https:// URL without a path"))
         }
         Some(_) => {}
+    }
+    if cluster.peers.is_empty() && !with_distributor {
+        problems
+            .push("cluster.peers: required without a [distributor] (whose fleet would name the region's edges)".into());
     }
     let mut seen = HashSet::new();
     for (i, peer) in cluster.peers.iter().enumerate() {
@@ -387,6 +383,16 @@ mod tests {
         assert!(err.contains("cluster.key_file: the region key must be at least 16 bytes"), "{err}");
         std::fs::write(&key, "a-region-key-long-enough-0000\n").unwrap();
         assert!(parse(&text).is_ok());
+        // Without peers the members come from the distributor: one is needed.
+        let fleet = text.replace("peers = [\"http://edge-2:5000\"]\n", "");
+        let err = parse(&fleet).unwrap_err().to_string();
+        assert!(err.contains("cluster.peers: required without a [distributor]"), "{err}");
+        let link = format!(
+            "[distributor]\nurl = \"https://distributor:7000\"\ntoken_file = {:?}\n[cluster]",
+            key.display().to_string()
+        );
+        let linked = fleet.replace("[cluster]", &link);
+        assert!(parse(&linked).is_ok(), "{:?}", parse(&linked).err());
     }
 
     #[test]

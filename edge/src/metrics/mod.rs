@@ -165,6 +165,9 @@ pub struct Metrics {
     /// Requests to other edges of the region that failed (the next owner, then the origin, was
     /// asked).
     pub peer_failures: IntCounter,
+    /// The other edges of the region this edge shares its cache with (`[cluster] peers`, or
+    /// the distributor's list of the region's ready edges).
+    pub cluster_peers: IntGauge,
     /// Blob requests from other edges of the region answered, by result (`served`, `refused`).
     pub peer_requests: IntCounterVec,
     /// Blobs filled from a peer and verified, by whether this edge kept them (`kept`, `not_kept`:
@@ -357,6 +360,11 @@ impl Metrics {
                 r,
                 "berth_edge_peer_failures_total",
                 "Requests to other edges of the region that failed (the next source was asked)",
+            ),
+            cluster_peers: gauge(
+                r,
+                "berth_edge_cluster_peers",
+                "Other edges of the region this edge shares its cache with",
             ),
             peer_requests: counter_vec(
                 r,

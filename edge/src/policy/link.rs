@@ -121,13 +121,32 @@ impl Link {
         self.send(Method::GET, &format!("/api/v1/watch?since={since}"), Bytes::new(), Duration::from_secs(10)).await
     }
 
-    /// Posts a report.
-    pub async fn report(&self, report: &berth_shared::protocol::EdgeReport) -> Result<(), LinkError> {
+    /// Posts a report; the distributor answers with this edge's cluster (`None`: no answer
+    /// understood, or an older distributor's `204`).
+    pub async fn report(
+        &self,
+        report: &berth_shared::protocol::EdgeReport,
+    ) -> Result<Option<berth_shared::protocol::ReportAnswer>, LinkError> {
         let body = Bytes::from(serde_json::to_vec(report).map_err(|e| LinkError::Unreachable(e.to_string()))?);
-        let mut response = self.send(Method::POST, "/api/v1/edges/report", body, Duration::from_secs(10)).await?;
-        while let Some(frame) = response.frame().await {
-            frame.map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        let response = self.send(Method::POST, "/api/v1/edges/report", body, Duration::from_secs(10)).await?;
+        // The report is recorded once the status arrived: a lost or odd answer must not have it
+        // sent again (its pull counts would count twice).
+        let answer = match response.collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                tracing::debug!(error = %e, "the report's answer was cut short");
+                return Ok(None);
+            }
+        };
+        if answer.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        match serde_json::from_slice(&answer) {
+            Ok(answer) => Ok(Some(answer)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the distributor's answer to a report is not understood");
+                Ok(None)
+            }
+        }
     }
 }

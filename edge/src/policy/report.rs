@@ -46,6 +46,7 @@ impl Policy {
             fills_in_flight: m.fills_in_flight.get().max(0) as u64,
             uptime_seconds: state.started.elapsed().as_secs(),
             pulls: Default::default(),
+            peer_url: state.fills.cluster().map(|c| c.me()),
         }
     }
 }
@@ -62,9 +63,17 @@ pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Rece
         let mut report = policy.report();
         let (pulls, taken) = policy.state.pulls.take();
         report.pulls = pulls;
-        if let Err(e) = link.report(&report).await {
-            tracing::debug!(error = %e, "report not delivered");
-            policy.state.pulls.restore(taken);
+        match link.report(&report).await {
+            Ok(answer) => match (policy.state.fills.cluster(), answer) {
+                (Some(cluster), Some(answer)) if cluster.from_fleet() => {
+                    cluster.set_fleet_members(&answer.region_peers)
+                }
+                _ => {}
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "report not delivered");
+                policy.state.pulls.restore(taken);
+            }
         }
     }
 }

@@ -13,27 +13,36 @@ use berth_tests::registry::random_bytes;
 const REPO: &str = "team/svc";
 const KEY: &str = "the-region-key-for-these-tests-0001";
 
-/// `n` edges in front of `origin`, each knowing the others by their real addresses.
+/// A socket on a port the OS picks, bound before its edge starts so the region's configs can
+/// name it; with its URL.
+fn socket() -> (std::net::TcpListener, String) {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    (socket, url)
+}
+
+/// Writes the region key into `dir` and points `config` at it; `me` advertised.
+fn join(c: &mut berth_edge::config::EdgeConfig, me: &str) {
+    let key = c.cache.dir.with_file_name("region.key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, KEY).unwrap();
+    c.cluster.key_file = Some(key);
+    c.cluster.advertise = Some(me.to_owned());
+}
+
+/// `n` edges in front of `origin`, each listing the others in `[cluster] peers`.
 fn region(origin: &Origin, n: usize) -> Vec<TestEdge> {
-    let edges: Vec<TestEdge> = (0..n)
-        .map(|_| {
-            edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
-                let key = c.cache.dir.with_file_name("region.key");
-                std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-                std::fs::write(&key, KEY).unwrap();
-                c.cluster.key_file = Some(key);
-                // The real addresses are known once the edges listen: set just below.
-                c.cluster.advertise = Some("http://placeholder.invalid:1".into());
-                c.cluster.peers = vec!["http://placeholder.invalid:2".into()];
+    let sockets: Vec<_> = (0..n).map(|_| socket()).collect();
+    let urls: Vec<String> = sockets.iter().map(|(_, u)| u.clone()).collect();
+    sockets
+        .into_iter()
+        .map(|(socket, me)| {
+            edge::start_on(socket, &[("docker.io", &origin.url())], "", |c| {
+                join(c, &me);
+                c.cluster.peers = urls.iter().filter(|u| **u != me).cloned().collect();
             })
         })
-        .collect();
-    let urls: Vec<String> = edges.iter().map(TestEdge::url).collect();
-    for e in &edges {
-        let cluster = e.running().state.fills.cluster().expect("a cluster").clone();
-        cluster.set_members(&e.url(), &urls).unwrap();
-    }
-    edges
+        .collect()
 }
 
 fn owner_rank(edges: &[TestEdge], digest: &Digest) -> Vec<usize> {
@@ -332,21 +341,19 @@ async fn an_owner_that_lacks_the_upstream_sends_the_fill_to_the_origin_without_b
     // Edge 0 mirrors docker.io only; edge 1 also ghcr.io. A ghcr.io blob owned by edge 0: it
     // answers 404 (no such upstream), and edge 1 asks the origin itself.
     let (hub, ghcr) = (Origin::start().await, Origin::start().await);
-    let key = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(key.path(), KEY).unwrap();
-    let cluster = |c: &mut berth_edge::EdgeConfig| {
-        c.cluster.key_file = Some(key.path().to_owned());
-        c.cluster.advertise = Some("http://placeholder.invalid:1".into());
-        c.cluster.peers = vec!["http://placeholder.invalid:2".into()];
+    let (sockets, urls): (Vec<_>, Vec<_>) = (0..2).map(|_| socket()).unzip();
+    let cluster = |me: usize| {
+        let urls = urls.clone();
+        move |c: &mut berth_edge::EdgeConfig| {
+            join(c, &urls[me]);
+            c.cluster.peers = vec![urls[1 - me].clone()];
+        }
     };
+    let mut sockets = sockets.into_iter();
     let edges = [
-        edge::start_custom(&[("docker.io", &hub.url())], "", cluster),
-        edge::start_custom(&[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())], "", cluster),
+        edge::start_on(sockets.next().unwrap(), &[("docker.io", &hub.url())], "", cluster(0)),
+        edge::start_on(sockets.next().unwrap(), &[("docker.io", &hub.url()), ("ghcr.io", &ghcr.url())], "", cluster(1)),
     ];
-    let urls: Vec<String> = edges.iter().map(TestEdge::url).collect();
-    for e in &edges {
-        e.running().state.fills.cluster().unwrap().set_members(&e.url(), &urls).unwrap();
-    }
     let (digest, body) = loop {
         let body = random_bytes(64 << 10);
         let digest = ghcr.put_blob(REPO, body.clone());
@@ -359,4 +366,132 @@ async fn an_owner_that_lacks_the_upstream_sends_the_fill_to_the_origin_without_b
     assert_eq!(r.bytes().as_ref(), body.as_slice());
     assert_eq!(ghcr.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
     assert_eq!(edges[1].metric("berth_edge_peer_failures_total").await, 0.0, "it answered: not marked down");
+}
+
+/// The number of peers an edge shares its cache with now.
+fn peers_of(edge: &TestEdge) -> i64 {
+    edge.running().state.metrics.cluster_peers.get()
+}
+
+/// A blob at `origin` whose owner among `urls` is `urls[owner]`.
+fn blob_owned_by(origin: &Origin, urls: &[&str], owner: usize) -> (Digest, Vec<u8>) {
+    loop {
+        let body = random_bytes(64 << 10);
+        let digest = origin.put_blob(REPO, body.clone());
+        if ring::rank(urls.iter().copied(), &digest)[0] == urls[owner] {
+            return (digest, body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_peers_of_a_region_and_refuses_a_change_to_the_rest_of_cluster() {
+    use berth_edge::reload::reload;
+    let origin = Origin::start().await;
+    let ((sa, a), (sb, b), (sc, c)) = (socket(), socket(), socket());
+    let others = [edge::start_on(sb, &[("docker.io", &origin.url())], "", |cfg| join(cfg, &b)), {
+        edge::start_on(sc, &[("docker.io", &origin.url())], "", |cfg| join(cfg, &c))
+    }];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("region.key"), KEY).unwrap();
+    let (cache, key) = (dir.path().join("cache"), dir.path().join("region.key"));
+    let text = |peers: &[&str], keep_after: u32| {
+        format!(
+            "region = \"test\"\n[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nthreads = 2\ngrace_period = \"0s\"\n[cache]\ndir = {:?}\n[cluster]\nadvertise = \"{a}\"\npeers = {peers:?}\nkey_file = {:?}\nkeep_after = {keep_after}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            cache.display().to_string(),
+            key.display().to_string(),
+            origin.url()
+        )
+    };
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, text(&[&b], 2)).unwrap();
+    let config = berth_edge::config::load_file(&file).unwrap();
+    let edge_a = edge::start_with_sockets(config, dir, berth_edge::listener::Sockets { http: Some(sa), https: None });
+    assert_eq!(peers_of(&edge_a), 1);
+
+    // C joins A's region by a reload: a blob C owns among the three is filled from C.
+    std::fs::write(&file, text(&[&b, &c], 2)).unwrap();
+    reload(&edge_a.running().state, &file).expect("peers change with a reload");
+    assert_eq!(peers_of(&edge_a), 2);
+    let (digest, body) = blob_owned_by(&origin, &[&a, &b, &c], 2);
+    pull(&edge_a, &digest, &body).await;
+    assert_eq!(others[1].metric(r#"berth_edge_peer_requests_total{result="served""#).await, 1.0, "asked C");
+    assert_eq!(others[0].metric("berth_edge_peer_requests_total").await, 0.0, "not B");
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
+
+    // Bad input: another keep_after needs a restart; no peers and no distributor to name them
+    // is no region. Each is refused naming the key; the members in force stay.
+    for (bad, key) in [
+        (text(&[&b, &c], 3), "these keys change only with a restart: cluster.keep_after"),
+        (text(&[], 2), "cluster.peers: required without a [distributor]"),
+    ] {
+        std::fs::write(&file, bad).unwrap();
+        let err = reload(&edge_a.running().state, &file).expect_err(key).to_string();
+        assert!(err.contains(key), "{err}");
+        assert_eq!(peers_of(&edge_a), 2, "{key}: the peers in force stay");
+    }
+}
+
+#[tokio::test]
+async fn a_region_without_a_peer_list_takes_its_members_from_the_distributor_and_loses_a_drained_edge() {
+    use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
+    let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    let config = berth_distributor::config::parse(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+        work.path().join("store").display().to_string(),
+        admin_tokens.display().to_string(),
+        edge_token.display().to_string(),
+    ))
+    .unwrap();
+    let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let origin = Origin::start().await;
+    let (sockets, urls): (Vec<_>, Vec<_>) = (0..3).map(|_| socket()).unzip();
+    let edges: Vec<TestEdge> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            edge::start_on(socket, &[("docker.io", &origin.url())], "", |c| {
+                join(c, &urls[i]);
+                c.node_id = Some(format!("edge-{i}"));
+                c.distributor = Some(berth_edge::config::DistributorLink {
+                    url: distributor.url(),
+                    token_file: Some(edge_token.to_path_buf()),
+                    report_interval: "100ms".parse().unwrap(),
+                    ..Default::default()
+                });
+            })
+        })
+        .collect();
+    let limit = std::time::Duration::from_secs(20);
+    berth_tests::eventually("every edge knows the two others", limit, || edges.iter().all(|e| peers_of(e) == 2)).await;
+    let names: Vec<&str> = urls.iter().map(String::as_str).collect();
+    for owner in 0..3 {
+        let (digest, body) = blob_owned_by(&origin, &names, owner);
+        for e in &edges {
+            pull(e, &digest, &body).await;
+        }
+        assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1, "owned by edge {owner}: one fetch");
+        edges[owner].published(digest).await;
+    }
+
+    // Drained by an operator, edge 2 is no longer ready: the others stop asking it.
+    let r = client::send(
+        http::Method::POST,
+        &format!("{}/api/v1/drain", distributor.url()),
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}")), ("Content-Type", "application/json")],
+        r#"{"node_id":"edge-2"}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(r.bytes()));
+    berth_tests::eventually("the drained edge left the others' region", limit, || {
+        peers_of(&edges[0]) == 1 && peers_of(&edges[1]) == 1
+    })
+    .await;
+    let served_before = edges[2].metric("berth_edge_peer_requests_total").await;
+    let (digest, body) = blob_owned_by(&origin, &names, 2);
+    pull(&edges[0], &digest, &body).await;
+    pull(&edges[1], &digest, &body).await;
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1, "its blobs have a new owner");
+    assert_eq!(edges[2].metric("berth_edge_peer_requests_total").await, served_before, "not asked");
 }

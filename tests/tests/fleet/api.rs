@@ -107,12 +107,12 @@ async fn an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge() {
     let report = format!("{}/api/v1/edges/report", d.url());
     let as_edge =
         |id: &str, region: &str| format!(r#"{{"id":"{id}","region":"{region}","version":"t","applied_version":0}}"#);
-    assert_eq!(post(&report, Some("bound-token"), &as_edge("edge-1", "eu-west")).await.status, 204);
+    assert_eq!(post(&report, Some("bound-token"), &as_edge("edge-1", "eu-west")).await.status, 200);
     for (id, region) in [("edge-2", "eu-west"), ("edge-1", "us-east")] {
         let r = post(&report, Some("bound-token"), &as_edge(id, region)).await;
         assert_eq!((r.status, r.json()["error"]["code"].as_str()), (403, Some("wrong_edge")), "{id} {region}");
     }
-    assert_eq!(post(&report, Some("shared-token"), &as_edge("edge-9", "ap-south")).await.status, 204);
+    assert_eq!(post(&report, Some("shared-token"), &as_edge("edge-9", "ap-south")).await.status, 200);
     let edges = client::request(
         Method::GET,
         &format!("{}/api/v1/edges", d.url()),
