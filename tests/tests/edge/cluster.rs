@@ -368,6 +368,79 @@ async fn an_owner_that_lacks_the_upstream_sends_the_fill_to_the_origin_without_b
     assert_eq!(edges[1].metric("berth_edge_peer_failures_total").await, 0.0, "it answered: not marked down");
 }
 
+/// An in-process distributor on its embedded store, with its token files.
+struct Control {
+    distributor: berth_distributor::server::RunningDistributor,
+    edge_token: tempfile::TempPath,
+    _admin_tokens: tempfile::TempPath,
+    _work: tempfile::TempDir,
+}
+
+impl Control {
+    fn start() -> Control {
+        use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
+        let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
+        let work = tempfile::tempdir().unwrap();
+        let config = berth_distributor::config::parse(&format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+            work.path().join("store").display().to_string(),
+            admin_tokens.display().to_string(),
+            edge_token.display().to_string(),
+        ))
+        .unwrap();
+        let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+        Control { distributor, edge_token, _admin_tokens: admin_tokens, _work: work }
+    }
+
+    /// The `[distributor]` table of an edge joined to it, reporting every 100 ms.
+    fn link(&self) -> berth_edge::config::DistributorLink {
+        berth_edge::config::DistributorLink {
+            url: self.distributor.url(),
+            token_file: Some(self.edge_token.to_path_buf()),
+            report_interval: "100ms".parse().unwrap(),
+            ..Default::default()
+        }
+    }
+
+    /// Posts an admin request; returns the answer's JSON (it must be accepted).
+    async fn post(&self, path: &str, body: &str) -> serde_json::Value {
+        let auth = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
+        let url = format!("{}{path}", self.distributor.url());
+        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        let r = client::send(http::Method::POST, &url, &headers, body.to_owned()).await;
+        assert_eq!(r.status, 202, "{path}: {}", String::from_utf8_lossy(r.bytes()));
+        r.json()
+    }
+
+    /// Waits until `n` edges have reported.
+    async fn wait_for_edges(&self, n: usize) {
+        let auth = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
+        let url = format!("{}/api/v1/edges", self.distributor.url());
+        for _ in 0..2000 {
+            let edges = client::request(http::Method::GET, &url, &[("Authorization", &auth)]).await.json();
+            if edges.as_array().map_or(0, Vec::len) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} edges did not report");
+    }
+
+    /// Waits for a prefetch job to finish; its status.
+    async fn job_done(&self, id: &str) -> serde_json::Value {
+        let auth = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
+        let url = format!("{}/api/v1/prefetch/{id}", self.distributor.url());
+        for _ in 0..2000 {
+            let status = client::request(http::Method::GET, &url, &[("Authorization", &auth)]).await.json();
+            if status["state"] == "done" || status["state"] == "failed" {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("job {id} did not finish");
+    }
+}
+
 /// The number of peers an edge shares its cache with now.
 fn peers_of(edge: &TestEdge) -> i64 {
     edge.running().state.metrics.cluster_peers.get()
@@ -434,17 +507,7 @@ async fn a_reload_changes_the_peers_of_a_region_and_refuses_a_change_to_the_rest
 
 #[tokio::test]
 async fn a_region_without_a_peer_list_takes_its_members_from_the_distributor_and_loses_a_drained_edge() {
-    use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
-    let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
-    let work = tempfile::tempdir().unwrap();
-    let config = berth_distributor::config::parse(&format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
-        work.path().join("store").display().to_string(),
-        admin_tokens.display().to_string(),
-        edge_token.display().to_string(),
-    ))
-    .unwrap();
-    let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let control = Control::start();
     let origin = Origin::start().await;
     let (sockets, urls): (Vec<_>, Vec<_>) = (0..3).map(|_| socket()).unzip();
     let edges: Vec<TestEdge> = sockets
@@ -454,12 +517,7 @@ async fn a_region_without_a_peer_list_takes_its_members_from_the_distributor_and
             edge::start_on(socket, &[("docker.io", &origin.url())], "", |c| {
                 join(c, &urls[i]);
                 c.node_id = Some(format!("edge-{i}"));
-                c.distributor = Some(berth_edge::config::DistributorLink {
-                    url: distributor.url(),
-                    token_file: Some(edge_token.to_path_buf()),
-                    report_interval: "100ms".parse().unwrap(),
-                    ..Default::default()
-                });
+                c.distributor = Some(control.link());
             })
         })
         .collect();
@@ -476,14 +534,7 @@ async fn a_region_without_a_peer_list_takes_its_members_from_the_distributor_and
     }
 
     // Drained by an operator, edge 2 is no longer ready: the others stop asking it.
-    let r = client::send(
-        http::Method::POST,
-        &format!("{}/api/v1/drain", distributor.url()),
-        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}")), ("Content-Type", "application/json")],
-        r#"{"node_id":"edge-2"}"#.to_owned(),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(r.bytes()));
+    control.post("/api/v1/drain", r#"{"node_id":"edge-2"}"#).await;
     berth_tests::eventually("the drained edge left the others' region", limit, || {
         peers_of(&edges[0]) == 1 && peers_of(&edges[1]) == 1
     })
@@ -494,4 +545,126 @@ async fn a_region_without_a_peer_list_takes_its_members_from_the_distributor_and
     pull(&edges[1], &digest, &body).await;
     assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1, "its blobs have a new owner");
     assert_eq!(edges[2].metric("berth_edge_peer_requests_total").await, served_before, "not asked");
+}
+
+#[tokio::test]
+async fn a_prefetch_into_three_regions_behind_a_parent_fetches_each_blob_from_the_origin_once() {
+    use berth_shared::manifest::OCI_MANIFEST;
+    let control = Control::start();
+    let origin = Origin::start().await;
+    let layers: Vec<Digest> = (0..3).map(|_| origin.put_blob(REPO, random_bytes(300 << 10))).collect();
+    let config = origin.put_blob(REPO, br#"{"architecture":"amd64","os":"linux"}"#.to_vec());
+    let entries: Vec<String> = layers
+        .iter()
+        .map(|d| {
+            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#, 300 << 10)
+        })
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{}]}}"#,
+        entries.join(",")
+    );
+    origin.put_manifest(REPO, Some("v1"), OCI_MANIFEST, manifest);
+    // The shield: one edge in front of the origin; three regions name it as their upstream.
+    let parent = edge::start(&origin.url());
+    let children: Vec<TestEdge> = ["eu", "us", "ap"]
+        .iter()
+        .map(|region| {
+            edge::start_custom(&[("docker.io", &parent.url())], "", |c| {
+                c.region = (*region).to_owned();
+                c.node_id = Some(format!("edge-{region}"));
+                c.upstream[0].parent = true;
+                c.distributor = Some(control.link());
+            })
+        })
+        .collect();
+    control.wait_for_edges(3).await;
+    let id = control.post("/api/v1/prefetch", &format!(r#"{{"images":["docker.io/{REPO}:v1"]}}"#)).await["id"]
+        .as_str()
+        .expect("a job id")
+        .to_owned();
+    let status = control.job_done(&id).await;
+    assert_eq!(status["state"], "done", "{status}");
+    for region in ["eu", "us", "ap"] {
+        assert_eq!(status["by_region"][region]["edges"].as_array().map(Vec::len), Some(1), "{status}");
+    }
+    for blob in layers.iter().chain([&config]) {
+        assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{blob}")), 1, "{blob}: once for three regions");
+        for child in &children {
+            let r = client::get(&format!("{}/v2/{REPO}/blobs/{blob}", child.url())).await;
+            assert_eq!(
+                r.header("x-berth-cache"),
+                Some("hit"),
+                "{blob} warm in {}",
+                child.running().state.config.region
+            );
+        }
+    }
+    assert_eq!(parent.metric(r#"berth_edge_requests_total{kind="blob""#).await, 12.0, "each region asked the parent");
+}
+
+#[tokio::test]
+async fn peers_over_https_are_verified_against_the_cluster_ca() {
+    let work = tempfile::tempdir().unwrap();
+    let ca = berth_tests::pki::TestCa::new(work.path());
+    let origin = Origin::start().await;
+    let sockets: Vec<(std::net::TcpListener, String)> = (0..3)
+        .map(|_| {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("https://127.0.0.1:{}", socket.local_addr().unwrap().port());
+            (socket, url)
+        })
+        .collect();
+    let urls: Vec<String> = sockets.iter().map(|(_, u)| u.clone()).collect();
+    // Edges 0 and 1 trust the region's CA; edge 2 names the same peers but not the CA.
+    let edges: Vec<TestEdge> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (socket, me))| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = edge::test_config(&dir.path().join("cache"), &[("docker.io", &origin.url())], "");
+            let pair = ca.issue(work.path(), &format!("edge-{i}"));
+            c.listen.https = "127.0.0.1:0".parse().ok();
+            c.tls = Some(berth_shared::tls::TlsFiles::new(&pair.cert, &pair.key));
+            join(&mut c, &me);
+            c.cluster.peers = urls.clone();
+            c.cluster.ca_file = (i < 2).then(|| ca.pem.clone());
+            edge::start_with_sockets(c, dir, berth_edge::listener::Sockets { http: None, https: Some(socket) })
+        })
+        .collect();
+    let names: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (digest, body) = blob_owned_by(&origin, &names, 0);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    // Edge 1 fills from the owner over TLS: the origin is asked once, by the owner.
+    pull(&edges[1], &digest, &body).await;
+    assert_eq!(edges[0].metric(r#"berth_edge_peer_requests_total{result="served""#).await, 1.0);
+    assert_eq!(edges[1].metric("berth_edge_peer_failures_total").await, 0.0);
+    assert_eq!(origin.count("GET", &path), 1);
+    // Edge 2 cannot verify its peers' certificates: they count as failed, and the pull still
+    // succeeds from the origin.
+    pull(&edges[2], &digest, &body).await;
+    assert!(edges[2].metric("berth_edge_peer_failures_total").await >= 1.0, "an unverified peer is not used");
+    assert_eq!(
+        edges[0].metric(r#"berth_edge_peer_requests_total{result="served""#).await,
+        1.0,
+        "no request got through"
+    );
+    assert_eq!(origin.count("GET", &path), 2);
+}
+
+#[tokio::test]
+async fn a_drained_owner_answers_its_peers_503_and_the_next_owner_fills() {
+    let origin = Origin::start().await;
+    let body = random_bytes(200 << 10);
+    let digest = origin.put_blob(REPO, body.clone());
+    let edges = region(&origin, 3);
+    let rank = owner_rank(&edges, &digest);
+    let r = client::send(http::Method::POST, &format!("{}/api/v1/drain", edges[rank[0]].admin_url()), &[], "").await;
+    assert_eq!(r.status, 200, "drained");
+    pull(&edges[rank[2]], &digest, &body).await;
+    let refused = edges[rank[0]].metric(r#"berth_edge_peer_requests_total{result="refused""#).await;
+    assert_eq!(refused, 1.0, "the drained owner answered 503");
+    let served = edges[rank[1]].metric(r#"berth_edge_peer_requests_total{result="served""#).await;
+    assert_eq!(served, 1.0, "the next owner filled it");
+    assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
 }
