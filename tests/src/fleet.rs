@@ -64,8 +64,8 @@ impl DistributorProcess {
         tls: Option<(&Path, &Path)>,
         extra: &str,
     ) -> DistributorProcess {
-        // A recheck far beyond the test's deadlines: changes must travel by NOTIFY.
-        let postgres = postgres_url.map_or(String::new(), |u| format!("postgres_url = {u:?}\nrecheck = \"1h\"\n"));
+        let postgres = postgres_url.map(str::to_owned).or_else(test_postgres);
+        let postgres = postgres_table(postgres.as_deref());
         let addr = listener.local_addr().expect("listener address");
         let tls_table = tls.map_or(String::new(), |(cert, key)| {
             format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string())
@@ -133,6 +133,50 @@ impl Drop for DistributorProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+tokio::task_local! {
+    /// The PostgreSQL the running fleet test puts its distributors on (`None`: the embedded store).
+    static POSTGRES: Option<String>;
+}
+
+/// Runs a fleet test with every distributor it starts on a fresh, real PostgreSQL (the test's
+/// own task only: a distributor started from a spawned task uses the embedded store).
+pub async fn on_postgres<F: std::future::Future>(test: F) -> F::Output {
+    let pg = crate::postgres::Postgres::start();
+    let out = POSTGRES.scope(Some(pg.url()), test).await;
+    // The test's distributors must have used it: a variant that silently ran on the embedded
+    // store would pass without proving anything about PostgreSQL.
+    let url = pg.url();
+    let written = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect to the test's PostgreSQL");
+        let sql = "SELECT (SELECT count(*) FROM berth_events) + (SELECT count(*) FROM berth_edges)";
+        client.query_one(sql, &[]).map(|row| row.get::<_, i64>(0))
+    })
+    .join()
+    .expect("the PostgreSQL check ran");
+    assert!(
+        written.as_ref().is_ok_and(|n| *n > 0),
+        "the test's distributors wrote no event or edge to PostgreSQL: {written:?}"
+    );
+    out
+}
+
+/// The PostgreSQL URL of the running fleet test, when it runs on PostgreSQL.
+fn test_postgres() -> Option<String> {
+    POSTGRES.try_with(Clone::clone).ok().flatten()
+}
+
+/// The store keys for a PostgreSQL at `url`, with a recheck far beyond any test's deadline:
+/// changes must travel by NOTIFY.
+fn postgres_table(url: Option<&str>) -> String {
+    url.map_or(String::new(), |u| format!("postgres_url = {u:?}\nrecheck = \"1h\"\n"))
+}
+
+/// The `[store]` table of a distributor the running test starts in-process: its folder `dir`,
+/// and the test's PostgreSQL when it runs on one.
+pub fn store_table(dir: &Path) -> String {
+    format!("[store]\ndir = {:?}\n{}", dir.display().to_string(), postgres_table(test_postgres().as_deref()))
 }
 
 /// A listener on a port the OS picks, for a server process that must restart on the same

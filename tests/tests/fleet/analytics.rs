@@ -26,7 +26,6 @@ fn counts(list: &serde_json::Value) -> Vec<(String, u64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn pulls_are_counted_per_region_ranked_and_kept_across_a_distributor_restart() {
     let mut f = Fleet::start();
     f.push("team/web", "v1", &[random_bytes(10_000)]).await;
@@ -87,3 +86,5 @@ async fn pulls_are_counted_per_region_ranked_and_kept_across_a_distributor_resta
     f.distributor = DistributorProcess::start(f.path(), &f.listener, 10_000, &f.path().join("distributor-2.log"));
     assert_eq!(counts(&pulls(&f, "region=region-a").await["repositories"]), want_a);
 }
+
+on_both_stores!(pulls_are_counted_per_region_ranked_and_kept_across_a_distributor_restart);

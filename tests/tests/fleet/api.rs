@@ -13,7 +13,6 @@ async fn post(url: &str, token: Option<&str>, body: &str) -> client::Response {
     client::send(Method::POST, url, &headers, body.to_owned()).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
     let work = tempfile::tempdir().unwrap();
     let d = DistributorProcess::start(work.path(), &listener(), 100, &work.path().join("d.log"));
@@ -90,15 +89,14 @@ async fn bad_and_unauthorized_requests_get_400_and_401_with_json_errors() {
     assert!(accepted.json()["id"].as_str().unwrap().starts_with("pf-"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge() {
     let work = tempfile::tempdir().unwrap();
     let tokens = work.path().join("edge-tokens");
     std::fs::write(&tokens, "shared-token\nedge-1 eu-west bound-token\n").unwrap();
     let admin = berth_tests::secret_file(ADMIN_TOKEN);
     let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
-        work.path().join("store").display().to_string(),
+        "[listen]\nhttp = \"127.0.0.1:0\"\n{}[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
+        berth_tests::fleet::store_table(&work.path().join("store")),
         admin.display().to_string(),
         tokens.display().to_string()
     );
@@ -127,3 +125,8 @@ async fn an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge() {
     let err = berth_distributor::config::parse(&text).unwrap_err().to_string();
     assert!(err.contains("auth.edge_tokens_file: entry 1"), "{err}");
 }
+
+on_both_stores!(
+    bad_and_unauthorized_requests_get_400_and_401_with_json_errors,
+    an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge
+);

@@ -117,7 +117,6 @@ fn region_edge(
     berth_edge::EdgeServer::build(config).ok().map(|server| TestEdge { edge: Some(server.spawn()), dir })
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn powerdns_answers_each_region_with_its_ready_edges_and_moves_a_drained_region_to_the_next() {
     if let Some(missing) = ["pdns_server", "dig"].iter().find(|t| !have(t)) {
         return berth_tests::skip(
@@ -134,8 +133,8 @@ async fn powerdns_answers_each_region_with_its_ready_edges_and_moves_a_drained_r
     for attempt in 0..10u16 {
         let port = 30_000 + (std::process::id() as u16 % 20_000) + attempt * 131;
         let config = berth_distributor::config::parse(&format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n[dns]\nzone = \"berth.example.\"\nttl = 1\nreadyz_port = {port}\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"192.0.2.53\"\n[[dns.region]]\nname = \"eu\"\nsubnets = [\"198.51.100.0/24\"]\nfallback = [\"us\"]\n[[dns.region]]\nname = \"us\"\nsubnets = [\"203.0.113.0/24\"]\nfallback = [\"eu\"]\n",
-            work.path().join(format!("store-{attempt}")).display().to_string(),
+            "[listen]\nhttp = \"127.0.0.1:0\"\n{}[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n[dns]\nzone = \"berth.example.\"\nttl = 1\nreadyz_port = {port}\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"192.0.2.53\"\n[[dns.region]]\nname = \"eu\"\nsubnets = [\"198.51.100.0/24\"]\nfallback = [\"us\"]\n[[dns.region]]\nname = \"us\"\nsubnets = [\"203.0.113.0/24\"]\nfallback = [\"eu\"]\n",
+            berth_tests::fleet::store_table(&work.path().join(format!("store-{attempt}"))),
             admin_tokens.display().to_string(),
             edge_tokens.display().to_string(),
         ))
@@ -215,3 +214,5 @@ async fn powerdns_answers_each_region_with_its_ready_edges_and_moves_a_drained_r
     .await;
     drop((eu, us, distributor));
 }
+
+on_both_stores!(powerdns_answers_each_region_with_its_ready_edges_and_moves_a_drained_region_to_the_next);

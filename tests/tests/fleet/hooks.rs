@@ -9,7 +9,6 @@ use berth_tests::fleet::{edge_config, listener, start_edge, DistributorProcess};
 use berth_tests::registry::{oci_layout, random_bytes, DockerRegistry};
 use berth_tests::tools::skopeo;
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_push_notified_by_the_registry_is_warm_on_the_matching_regions_edges_only() {
     let work = tempfile::tempdir().unwrap();
     let hook_token = work.path().join("hook-token");
@@ -112,3 +111,5 @@ async fn a_push_notified_by_the_registry_is_warm_on_the_matching_regions_edges_o
     .await;
     assert_eq!(r.status, 401);
 }
+
+on_both_stores!(a_push_notified_by_the_registry_is_warm_on_the_matching_regions_edges_only);

@@ -11,6 +11,24 @@ use berth_tests::registry::{oci_layout, oci_multi_platform_layout, random_bytes,
 use berth_tests::tools::{have, skopeo};
 use http::Method;
 
+/// Runs each named fleet test twice: with its distributors on the embedded store
+/// (`<name>::on_redb`) and on a real PostgreSQL (`<name>::on_postgres`).
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_redb() {
+                super::$name().await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_postgres() {
+                berth_tests::fleet::on_postgres(super::$name()).await
+            }
+        }
+    )*};
+}
+
 mod analytics;
 mod api;
 mod dns;
@@ -126,7 +144,6 @@ fn version_in(output: &str) -> u64 {
         .expect("policy version in output")
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_prefetch_to_region_a_warms_a_and_not_b_and_reaches_edges_that_join_later() {
     let fleet = Fleet::start();
     fleet.push("demo/app", "v1", &[random_bytes(1 << 20), random_bytes(2 << 20)]).await;
@@ -185,7 +202,6 @@ async fn a_prefetch_to_region_a_warms_a_and_not_b_and_reaches_edges_that_join_la
     assert_eq!(fleet.registry.blob_gets("demo/app"), before, "the late edge was warmed by the order");
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_platform_filter_warms_only_that_platform() {
     let fleet = Fleet::start();
     let layout = fleet.path().join("multi");
@@ -224,7 +240,6 @@ async fn a_platform_filter_warms_only_that_platform() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_retag_with_a_tag_invalidation_is_served_at_once_and_a_digest_purge_removes_the_blob() {
     let fleet = Fleet::start();
     fleet.push("demo/retag", "v1", &[random_bytes(100 << 10)]).await;
@@ -257,7 +272,6 @@ async fn a_retag_with_a_tag_invalidation_is_served_at_once_and_a_digest_purge_re
     assert_eq!(client::get(&blob).await.header("x-berth-cache"), Some("miss"), "purged from every tier");
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn edges_resume_after_a_distributor_restart_and_an_edge_that_was_down_applies_events_before_serving() {
     let mut fleet = Fleet::start();
     let layers = fleet.push("demo/down", "v1", &[random_bytes(100 << 10)]).await;
@@ -299,7 +313,6 @@ async fn edges_resume_after_a_distributor_restart_and_an_edge_that_was_down_appl
     assert!(persisted.trim().parse::<u64>().unwrap() >= purge_version, "the applied version is persisted");
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_image_fails_the_job_clearly() {
     let fleet = Fleet::start();
     let (code, out) = fleet.ctl(&["prefetch", "registry.test/does/not-exist:v9", "--wait", "--timeout", "60"]);
@@ -310,7 +323,6 @@ async fn an_unknown_image_fails_the_job_clearly() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_quarantined_digest_is_refused_by_every_edge_across_restarts_until_lifted() {
     let mut fleet = Fleet::start();
     let blobs = fleet.push("demo/bad", "v1", &[random_bytes(80 << 10)]).await;
@@ -363,7 +375,6 @@ async fn a_quarantined_digest_is_refused_by_every_edge_across_restarts_until_lif
     assert_ne!(code, 0, "a quarantine without a reason is refused: {out}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn berthctl_drain_takes_one_edge_out_of_rotation_and_undrain_puts_it_back() {
     let fleet = Fleet::start();
     let ready = |edge: &EdgeProcess| {
@@ -385,3 +396,13 @@ async fn berthctl_drain_takes_one_edge_out_of_rotation_and_undrain_puts_it_back(
     let (code, out) = fleet.ctl(&["drain", "bad node id!"]);
     assert_ne!(code, 0, "{out}");
 }
+
+on_both_stores!(
+    a_prefetch_to_region_a_warms_a_and_not_b_and_reaches_edges_that_join_later,
+    a_platform_filter_warms_only_that_platform,
+    a_retag_with_a_tag_invalidation_is_served_at_once_and_a_digest_purge_removes_the_blob,
+    edges_resume_after_a_distributor_restart_and_an_edge_that_was_down_applies_events_before_serving,
+    an_unknown_image_fails_the_job_clearly,
+    a_quarantined_digest_is_refused_by_every_edge_across_restarts_until_lifted,
+    berthctl_drain_takes_one_edge_out_of_rotation_and_undrain_puts_it_back
+);

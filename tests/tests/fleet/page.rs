@@ -74,7 +74,6 @@ fn artefact() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/test-artifacts/fleet-page.png")
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn the_fleet_page_shows_both_edges_their_hit_ratios_live_and_a_prefetch_reaching_100_percent() {
     let f = Fleet::start();
     f.push("demo/app", "v1", &[random_bytes(300_000), random_bytes(200_000)]).await;
@@ -148,3 +147,5 @@ async fn the_fleet_page_shows_both_edges_their_hit_ratios_live_and_a_prefetch_re
     browser.goto(&format!("{base}/")).await;
     assert_eq!(browser.current_url().await, format!("{base}/login"), "the session is gone");
 }
+
+on_both_stores!(the_fleet_page_shows_both_edges_their_hit_ratios_live_and_a_prefetch_reaching_100_percent);

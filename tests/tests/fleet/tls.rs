@@ -9,7 +9,6 @@ use berth_tests::pki::TestCa;
 use berth_tests::registry::{oci_layout, random_bytes, DockerRegistry};
 use berth_tests::tools::skopeo;
 
-#[tokio::test(flavor = "multi_thread")]
 async fn edges_and_berthctl_reach_a_distributor_over_tls_with_the_ca_they_are_given() {
     let work = tempfile::tempdir().unwrap();
     let ca = TestCa::new(&work.path().join("pki"));
@@ -50,3 +49,5 @@ async fn edges_and_berthctl_reach_a_distributor_over_tls_with_the_ca_they_are_gi
     assert_eq!(code, 0, "prefetch over TLS: {out}");
     drop(edge);
 }
+
+on_both_stores!(edges_and_berthctl_reach_a_distributor_over_tls_with_the_ca_they_are_given);
