@@ -236,3 +236,62 @@ async fn assert_log_contains(log: &Path, needle: &str) {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_pulls_through_either_edge_of_a_region_and_the_origin_serves_each_blob_once() {
+    let test = "containerd_pulls_through_either_edge_of_a_region_and_the_origin_serves_each_blob_once";
+    if !can_run(test, &["containerd", "ctr"], true) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let origin = DockerRegistry::start(&work.path().join("origin"));
+    let layout = work.path().join("layout");
+    let blobs = tar_image_layout(&layout, "v1", 6);
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/ctr/region:v1", origin.addr),
+    ]);
+    // Two edges of one region, each listing the other (their sockets bound first, so each
+    // config can name the other's URL).
+    let key = work.path().join("region.key");
+    std::fs::write(&key, "the-region-key-of-the-containerd-test").unwrap();
+    let sockets: Vec<std::net::TcpListener> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<std::net::SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let edges: Vec<berth_tests::edge::TestEdge> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            berth_tests::edge::start_on(socket, &[("docker.io", &origin.url())], "", |c| {
+                c.cluster.key_file = Some(key.clone());
+                c.cluster.advertise = Some(urls[i].clone());
+                c.cluster.peers = vec![urls[1 - i].clone()];
+            })
+        })
+        .collect();
+    let proxy = RefusingPort::new();
+    let containerd = Containerd::start(&work.path().join("containerd"), proxy.addr);
+    // A cluster's node pulls through edge 0, another through edge 1 (as DNS would spread them).
+    for (i, addr) in addrs.iter().enumerate() {
+        let hosts = work.path().join(format!("hosts-{i}"));
+        Containerd::mirror(&hosts, "docker.io", "https://registry-1.docker.io", *addr);
+        containerd.pull(&hosts, "docker.io/ctr/region:v1", &format!("node-{i}"));
+    }
+    origin.sync_log().await;
+    let log = origin.access_log();
+    assert_eq!(origin.access_count("/v2/", "containerd/"), 0, "containerd reached the origin itself:\n{log}");
+    for blob in &blobs {
+        let fetched = origin.access_count(&format!("GET /v2/ctr/region/blobs/{blob} "), EDGE_AGENT);
+        assert_eq!(fetched, 1, "{blob}: once for the region, by its owner:\n{log}");
+    }
+    // Each blob the pulling edge did not own came from the other edge: 7 blobs over two pulls.
+    let mut served = 0.0;
+    for edge in &edges {
+        served += edge.metric(r#"berth_edge_peer_requests_total{result="served""#).await;
+    }
+    assert_eq!(served, blobs.len() as f64, "every blob crossed the region once");
+}
