@@ -68,9 +68,48 @@ pub struct Fill {
     recent: parking_lot::RwLock<std::collections::VecDeque<(u64, Bytes)>>,
 }
 
+/// Counts a request (or a prefetch) as a reader of a fill while it lives.
+pub(crate) struct Following(pub(crate) Arc<Fill>);
+
+impl Following {
+    pub(crate) fn new(fill: Arc<Fill>) -> Self {
+        fill.readers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Following(fill)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl std::ops::Deref for Following {
+    type Target = Fill;
+    fn deref(&self) -> &Fill {
+        &self.0
+    }
+}
+
 impl Fill {
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
         self.state.clone()
+    }
+
+    /// Waits for the fill to end (its blob published, or not), counted among its readers
+    /// meanwhile; its error if it failed.
+    pub async fn ended(self: &Arc<Self>) -> Result<(), FillError> {
+        let _following = Following::new(Arc::clone(self));
+        let mut rx = self.subscribe();
+        loop {
+            if let FillState::Failed(e) = &*rx.borrow_and_update() {
+                return Err(e.clone());
+            }
+            // The fill's task drops its sender once the blob is published (or not).
+            if rx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
     }
 
     /// The blob's size once the upstream announced it (or the fill completed).

@@ -90,13 +90,14 @@ where
     }
 }
 
-/// The right to run the operation for one key; the run ends when it is dropped.
-pub struct Turn<K: Hash + Eq + Clone> {
-    flight: Flight<K, ()>,
+/// The right to run the operation for one key; the run ends when it is dropped (also when the
+/// task holding it panics).
+pub struct Turn<K: Hash + Eq + Clone, H: Clone = ()> {
+    flight: Flight<K, H>,
     key: K,
 }
 
-impl<K: Hash + Eq + Clone> Drop for Turn<K> {
+impl<K: Hash + Eq + Clone, H: Clone> Drop for Turn<K, H> {
     fn drop(&mut self) {
         self.flight.end(&self.key, |_| true);
     }
@@ -130,9 +131,9 @@ where
                 let future = make();
                 let (flight, task_key) = (self.clone(), key.clone());
                 let handle = tokio::spawn(async move {
-                    let value = future.await;
-                    flight.end(&task_key, |_| true);
-                    value
+                    // Held across the run: it ends the run even if `future` panics.
+                    let _turn = Turn { flight, key: task_key };
+                    future.await
                 });
                 let waiting = async move { handle.await.unwrap_or_else(|e| on_panic(e.to_string())) }.boxed().shared();
                 mine = Some(waiting.clone());
@@ -212,6 +213,15 @@ mod tests {
         flight.end(&7, |h| Arc::ptr_eq(h, &first));
         assert!(matches!(flight.start(7, || Arc::new(4), || true), Start::Done), "a result already there");
         assert!(flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn should_end_a_run_whose_task_panicked_and_run_again() {
+        let flight: Flight<u32, Waiting<String>> = Flight::default();
+        let (v, _) = flight.run(1, || async { panic!("boom") }, |e| format!("failed: {e}")).await;
+        assert!(v.starts_with("failed: ") && v.contains("panicked"), "{v}");
+        assert!(flight.is_empty(), "the key left with the panic");
+        assert_eq!(flight.run(1, || async { "ok".to_owned() }, |e| e).await, ("ok".to_owned(), false));
     }
 
     #[test]

@@ -71,8 +71,9 @@ pub struct Cluster {
     config: ClusterConfig,
     members: RwLock<Arc<Members>>,
     down: Mutex<HashMap<String, Instant>>,
-    /// Fills started lately for each digest (the popularity that decides what a non-owner keeps).
-    fills: moka::sync::Cache<Digest, u32>,
+    /// Fills started lately for each digest, and when the first of them started (the
+    /// popularity that decides what a non-owner keeps).
+    fills: moka::sync::Cache<Digest, (u32, Instant)>,
     metrics: Arc<Metrics>,
 }
 
@@ -177,10 +178,20 @@ impl Cluster {
             .filter_map(|m| members.peers.get(*m).cloned())
             .collect();
         drop(down);
-        let filled = self.fills.get(digest).unwrap_or(0) + 1;
-        self.fills.insert(*digest, filled);
+        let filled = self.count_fill(digest, now);
         let keep = peers.is_empty() || patient || filled >= self.config.keep_after;
         Plan { peers, keep }
+    }
+
+    /// Counts a fill of `digest` starting at `now`; returns the fills within `popular_window`
+    /// of the first one counted (one atomic update per digest: concurrent fills all count).
+    fn count_fill(&self, digest: &Digest, now: Instant) -> u32 {
+        let window = self.config.popular_window.get();
+        let entry = self.fills.entry(*digest).and_upsert_with(|seen| match seen.map(|e| *e.value()) {
+            Some((n, first)) if now.saturating_duration_since(first) < window => (n + 1, first),
+            _ => (1, now),
+        });
+        entry.into_value().0
     }
 
     /// A peer failed (unreachable, not ready, an error): skipped for a few seconds.
@@ -226,6 +237,30 @@ mod tests {
     }
 
     #[test]
+    fn should_count_fills_within_the_window_of_the_first_and_start_over_after_it() {
+        let c = cluster("http://a:5000", &["http://b:5000"], 3);
+        let d = Digest::of(b"popular");
+        let t0 = Instant::now();
+        let window = c.config.popular_window.get();
+        assert_eq!(c.count_fill(&d, t0), 1);
+        assert_eq!(c.count_fill(&d, t0 + window / 2), 2);
+        assert_eq!(c.count_fill(&d, t0 + window - Duration::from_millis(1)), 3);
+        assert_eq!(c.count_fill(&d, t0 + window), 1, "a window after the first: counting starts over");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = Arc::clone(&c);
+                std::thread::spawn(move || {
+                    (0..100).for_each(|_| {
+                        c.count_fill(&Digest::of(b"hot"), t0);
+                    })
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(c.count_fill(&Digest::of(b"hot"), t0), 801, "no concurrent fill lost");
+    }
+
+    #[test]
     fn should_treat_spellings_of_one_url_as_one_member() {
         assert_eq!(normal("HTTP://Edge-1.EU:5000/"), "http://edge-1.eu:5000");
         let c = cluster("http://a:5000/", &["http://A:5000", "http://b:5000/"], 2);
@@ -236,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn should_keep_a_prefetched_blob_and_have_no_cluster_without_peers() {
+    fn should_keep_a_prefetched_blob_and_have_no_cluster_without_advertise() {
         let names = ["http://a:5000", "http://b:5000"];
         let d = Digest::of(b"prefetched");
         let ranked = ring::rank(names, &d);

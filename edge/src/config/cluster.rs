@@ -26,7 +26,7 @@ pub struct ClusterConfig {
     /// times within `popular_window` (popular blobs on every edge that serves them, the rest on
     /// their owner only). Default: `2`.
     pub keep_after: u32,
-    /// The window `keep_after` counts in. Default: `"10m"`.
+    /// The window `keep_after` counts in, from the first fill counted. Default: `"10m"`.
     pub popular_window: HumanDuration,
     /// CA certificates (PEM) for peers reached over `https://`, besides the system's roots.
     /// Default: none.

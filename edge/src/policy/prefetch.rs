@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::cache::fill::{FillState, Lookup};
+use crate::cache::fill::Lookup;
 use crate::cache::EntryKey;
 use crate::registry::{AcceptList, ApiError};
 use crate::state::EdgeState;
@@ -275,30 +275,34 @@ impl PrefetchJobs {
             return Err(format!("{digest} is quarantined: {reason}"));
         }
         let fills = &self.state.fills;
-        match fills
-            .lookup(upstream, repository, digest, crate::cache::fill::Asker::Prefetch)
-            .await
-            .map_err(|e| describe(&ApiError::from_fill(&e)))?
-        {
-            Lookup::File(..) => Ok(()),
-            Lookup::PassThrough(reason) => Err(format!("{reason}: not cached")),
-            Lookup::Join(fill) | Lookup::Fill(fill) => {
-                let mut rx = fill.subscribe();
-                loop {
-                    if let FillState::Failed(e) = &*rx.borrow_and_update() {
-                        return Err(describe(&ApiError::from_fill(e)));
-                    }
-                    // The fill's task drops its sender once the blob is published (or not).
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
+        // A joined fill may end without a copy here: a client's fill of a blob this edge left
+        // to its owner in the region. The blob is then filled again, as a prefetch, which keeps
+        // it (from the owner, which has it now).
+        for _ in 0..3 {
+            let lookup = fills
+                .lookup(upstream, repository, digest, crate::cache::fill::Asker::Prefetch)
+                .await
+                .map_err(|e| describe(&ApiError::from_fill(&e)))?;
+            let joined = match lookup {
+                Lookup::File(..) => return Ok(()),
+                Lookup::PassThrough(reason) => return Err(format!("{reason}: not cached")),
+                Lookup::Join(fill) => {
+                    fill.ended().await.map_err(|e| describe(&ApiError::from_fill(&e)))?;
+                    true
                 }
-                match fills.store().contains(&EntryKey::blob(digest)) {
-                    Some(_) => Ok(()),
-                    None => Err("fill finished without a cached copy".into()),
+                Lookup::Fill(fill) => {
+                    fill.ended().await.map_err(|e| describe(&ApiError::from_fill(&e)))?;
+                    false
                 }
+            };
+            if fills.store().contains(&EntryKey::blob(digest)).is_some() {
+                return Ok(());
+            }
+            if !joined {
+                break;
             }
         }
+        Err("fill finished without a cached copy".into())
     }
 }
 

@@ -668,3 +668,57 @@ async fn a_drained_owner_answers_its_peers_503_and_the_next_owner_fills() {
     assert_eq!(served, 1.0, "the next owner filled it");
     assert_eq!(origin.count("GET", &format!("/v2/{REPO}/blobs/{digest}")), 1);
 }
+
+#[tokio::test]
+async fn a_prefetch_that_joins_a_client_fill_left_to_the_owner_keeps_the_blob() {
+    use berth_shared::manifest::OCI_MANIFEST;
+    let origin = Origin::start().await;
+    let edges = region(&origin, 2);
+    let config = origin.put_blob(REPO, br#"{"architecture":"amd64","os":"linux"}"#.to_vec());
+    let (layer, body) = loop {
+        let body = random_bytes(2 << 20);
+        let digest = origin.put_blob(REPO, body.clone());
+        if owner_rank(&edges, &digest)[0] == 0 {
+            break (digest, body);
+        }
+    };
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
+        body.len()
+    );
+    origin.put_manifest(REPO, Some("v1"), OCI_MANIFEST, manifest);
+    let path = format!("/v2/{REPO}/blobs/{layer}");
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    origin.fault(&path, Fault::Gate { after: 1 << 20, gate: gate.clone(), corrupt: false });
+    // A client of edge 1 starts a fill of a blob edge 0 owns (not kept at edge 1: pulled once).
+    let reading = client::open(&format!("{}{path}", edges[1].url()), &[]).await;
+    origin.wait_holding(&path, 1).await;
+    // A prefetch at edge 1 joins that fill.
+    let r = client::send(
+        http::Method::POST,
+        &format!("{}/api/v1/prefetch", edges[1].admin_url()),
+        &[("Content-Type", "application/json")],
+        format!(r#"{{"images":["docker.io/{REPO}:v1"]}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let fills = std::sync::Arc::clone(&edges[1].running().state.fills);
+    berth_tests::eventually("the prefetch follows the client's fill", std::time::Duration::from_secs(10), || {
+        fills.readers(&layer) == 2
+    })
+    .await;
+    gate.notify_waiters();
+    assert_eq!(reading.finish().await.expect("the client's pull").as_ref(), body.as_slice());
+    let mut status = serde_json::Value::Null;
+    for _ in 0..1000 {
+        status = client::get(&format!("{}/api/v1/prefetch/{id}", edges[1].admin_url())).await.json();
+        if status["state"] != "running" && status["state"] != "queued" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(status["state"], "done", "{status}");
+    assert!(holds(&edges[1], layer), "the prefetch filled it again and kept it");
+    assert_eq!(origin.count("GET", &path), 1, "the second fill came from the owner");
+}

@@ -11,30 +11,7 @@ use tokio::sync::watch;
 
 use super::{read_at, Fallback, RangedReader};
 use crate::cache::error::FillError;
-use crate::cache::fill::{Fill, FillState};
-
-/// Counts a request as a reader of a fill while it lives.
-struct Following(Arc<Fill>);
-
-impl Following {
-    fn new(fill: Arc<Fill>) -> Self {
-        fill.readers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Following(fill)
-    }
-}
-
-impl Drop for Following {
-    fn drop(&mut self) {
-        self.0.readers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl std::ops::Deref for Following {
-    type Target = Fill;
-    fn deref(&self) -> &Fill {
-        &self.0
-    }
-}
+use crate::cache::fill::{Fill, FillState, Following};
 
 /// A reader following a fill in flight.
 pub struct FillReader {
