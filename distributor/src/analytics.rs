@@ -185,6 +185,7 @@ mod tests {
         Pulls {
             repositories: repos.iter().map(|(n, c)| PullCount { name: (*n).into(), count: *c }).collect(),
             manifests: repos.iter().map(|(n, c)| PullCount { name: format!("{n}:latest"), count: *c }).collect(),
+            batch: 1,
         }
     }
 

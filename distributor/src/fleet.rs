@@ -34,8 +34,10 @@ impl Fleet {
     }
 
     /// Records a report (the first one registers the edge). A job the edge finished stays
-    /// finished even once the edge stops reporting it.
-    pub fn record(&self, mut report: EdgeReport) -> Result<EdgeRecord, StoreError> {
+    /// finished even once the edge stops reporting it. Also says whether the report's batch
+    /// of pull counts is new: an edge sends a batch again when it saw no answer, and the last
+    /// batch recorded is kept (its id only) to count each once.
+    pub fn record(&self, mut report: EdgeReport) -> Result<(EdgeRecord, bool), StoreError> {
         let now = now_ms();
         // On a shared store the edge may have reported to another replica last time.
         let previous = match self.store.shared() {
@@ -43,6 +45,8 @@ impl Fleet {
             false => self.edges.read().get(&report.id).cloned(),
         };
         let first_seen_ms = previous.as_ref().map_or(now, |e| e.first_seen_ms);
+        let batch = report.pulls.batch;
+        let new_pulls = batch == 0 || previous.as_ref().is_none_or(|p| p.report.pulls.batch != batch);
         if let Some(previous) = previous {
             let finished = previous.report.prefetch.into_iter().filter(|p| {
                 matches!(p.state, JobState::Done | JobState::Failed) && !report.prefetch.iter().any(|n| n.job == p.job)
@@ -61,7 +65,7 @@ impl Fleet {
         };
         self.store.put_edge(&record)?;
         self.edges.write().insert(record.id.clone(), record.clone());
-        Ok(record)
+        Ok((record, new_pulls))
     }
 
     /// Every edge: from the store when replicas share it (each edge reports to one of them),

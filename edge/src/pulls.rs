@@ -50,50 +50,44 @@ impl PullCounter {
         bump(&mut t.manifests, &manifest, 1);
     }
 
-    /// The top names counted since the last call, and the counts to put back if the report
-    /// carrying them is not delivered.
-    pub fn take(&self) -> (Pulls, Taken) {
+    /// The top names counted since the last call, as a new batch (batch `0` when nothing was
+    /// counted). The caller sends it until the distributor acknowledges it.
+    pub fn take(&self) -> Pulls {
         let t = std::mem::take(&mut *self.tables.lock());
-        let pulls = Pulls { repositories: top(t.repositories.clone()), manifests: top(t.manifests.clone()) };
-        (pulls, Taken(t))
+        if t.repositories.is_empty() && t.manifests.is_empty() {
+            return Pulls::default();
+        }
+        Pulls { batch: rand::random::<u64>().max(1), repositories: top(t.repositories), manifests: top(t.manifests) }
     }
 
-    /// Puts back what [`take`](Self::take) took (the report was not delivered).
-    pub fn restore(&self, taken: Taken) {
-        let mut t = self.tables.lock();
-        for (name, n) in taken.0.repositories {
-            bump(&mut t.repositories, &name, n);
-        }
-        for (name, n) in taken.0.manifests {
-            bump(&mut t.manifests, &name, n);
-        }
+    /// Names being counted now (bounded by [`MAX_NAMES`]).
+    #[cfg(test)]
+    fn names(&self) -> usize {
+        self.tables.lock().repositories.len()
     }
 }
-
-/// Counts taken for a report.
-pub struct Taken(Tables);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn should_count_by_repository_and_manifest_and_restore_an_undelivered_report() {
+    fn should_count_by_repository_and_manifest_in_batches() {
         let c = PullCounter::default();
         c.record("docker.io", "library/nginx", "1.27");
         c.record("docker.io", "library/nginx", "sha256:ab");
         c.record("ghcr.io", "org/app", "v2");
-        let (pulls, taken) = c.take();
+        let pulls = c.take();
+        assert_ne!(pulls.batch, 0, "a batch of counts has an id");
         assert_eq!(pulls.repositories[0], PullCount { name: "docker.io/library/nginx".into(), count: 2 });
         assert_eq!(pulls.repositories[1], PullCount { name: "ghcr.io/org/app".into(), count: 1 });
         let names: Vec<_> = pulls.manifests.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["docker.io/library/nginx:1.27", "docker.io/library/nginx@sha256:ab", "ghcr.io/org/app:v2"]);
-        assert!(c.take().0.is_empty(), "taken counts are gone");
-        c.restore(taken);
+        assert!(c.take().is_empty(), "taken counts are gone: an empty batch has no id");
         c.record("ghcr.io", "org/app", "v2");
-        let (pulls, _) = c.take();
-        assert_eq!(pulls.repositories[0].count, 2);
-        assert_eq!(pulls.repositories[1], PullCount { name: "ghcr.io/org/app".into(), count: 2 });
+        let next = c.take();
+        assert_ne!(next.batch, pulls.batch, "the next batch has another id");
+        assert_eq!(next.repositories, [PullCount { name: "ghcr.io/org/app".into(), count: 1 }]);
     }
 
     #[test]
@@ -103,8 +97,8 @@ mod tests {
             c.record("r", &format!("repo{i}"), "t");
         }
         c.record("r", "repo7", "t");
-        let (pulls, taken) = c.take();
-        assert_eq!(taken.0.repositories.len(), MAX_NAMES, "names beyond the bound are not counted");
+        assert_eq!(c.names(), MAX_NAMES, "names beyond the bound are not counted");
+        let pulls = c.take();
         assert_eq!(pulls.repositories.len(), PULLS_TOP_K);
         assert_eq!(pulls.repositories[0], PullCount { name: "r/repo7".into(), count: 2 });
     }

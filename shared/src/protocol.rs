@@ -255,6 +255,10 @@ pub struct PullCount {
 /// first, at most [`PULLS_TOP_K`] of each.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pulls {
+    /// The batch these counts are (random, per edge; `0`: none). A report not acknowledged is
+    /// sent again with the same batch, and the distributor counts a batch once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch: u64,
     /// By repository, with its registry: `docker.io/library/nginx`.
     #[serde(default)]
     pub repositories: Vec<PullCount>,
@@ -268,8 +272,12 @@ pub const PULLS_TOP_K: usize = 50;
 
 impl Pulls {
     pub fn is_empty(&self) -> bool {
-        self.repositories.is_empty() && self.manifests.is_empty()
+        self.batch == 0 && self.repositories.is_empty() && self.manifests.is_empty()
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What an edge reports every `report_interval`.

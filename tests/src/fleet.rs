@@ -81,11 +81,14 @@ impl DistributorProcess {
         .expect("distributor config");
         let mut command = Command::new(binary("berth-distributor"));
         let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
-        // SAFETY: dup2 is async-signal-safe; it makes the listener the child's fd 3, without
+        // SAFETY: dup2 and fcntl are async-signal-safe; it makes the listener the child's fd 3, without
         // close-on-exec, as socket activation passes it.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                if libc::dup2(fd, 3) < 0 {
+                // dup2 onto itself keeps close-on-exec: a listener that is fd 3 already has
+                // the flag cleared instead.
+                let done = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+                if done < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -279,15 +279,19 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
             ));
         }
     }
-    // Pulls are counted only once the report is recorded (a failed report is sent again with
-    // its counts); an edge sends at most PULLS_TOP_K names of each kind.
+    // Pulls are counted only once the report is recorded (a report not acknowledged is sent
+    // again with the same batch, counted once); an edge sends at most PULLS_TOP_K names of each
+    // kind. The record keeps the batch's id, not its names.
     let mut pulls = std::mem::take(&mut report.pulls);
+    report.pulls.batch = pulls.batch;
     pulls.repositories.truncate(berth_shared::protocol::PULLS_TOP_K);
     pulls.manifests.truncate(berth_shared::protocol::PULLS_TOP_K);
     let fleet = Arc::clone(&s.fleet);
-    let record = blocking(move || fleet.record(report).map(|r| r.report)).await?;
+    let (record, new_pulls) = blocking(move || fleet.record(report).map(|(r, new)| (r.report, new))).await?;
     let now = now_ms();
-    s.analytics.record(&record.region, &pulls, now);
+    if new_pulls {
+        s.analytics.record(&record.region, &pulls, now);
+    }
     s.stats.record(&record, now);
     s.metrics.reports.inc();
     let mut answer = ReportAnswer::default();

@@ -54,6 +54,9 @@ impl Policy {
 /// Reports until `shutdown`.
 pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(link.config.report_interval.get());
+    // A batch of pull counts not acknowledged yet: sent again as it is (the distributor counts
+    // a batch once, should the first attempt have been recorded after all).
+    let mut unacknowledged = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -61,8 +64,7 @@ pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Rece
             _ = shutdown.changed() => return,
         }
         let mut report = policy.report();
-        let (pulls, taken) = policy.state.pulls.take();
-        report.pulls = pulls;
+        report.pulls = unacknowledged.take().unwrap_or_else(|| policy.state.pulls.take());
         match link.report(&report).await {
             Ok(answer) => match (policy.state.fills.cluster(), answer) {
                 (Some(cluster), Some(answer)) if cluster.from_fleet() => {
@@ -72,7 +74,7 @@ pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Rece
             },
             Err(e) => {
                 tracing::debug!(error = %e, "report not delivered");
-                policy.state.pulls.restore(taken);
+                unacknowledged = Some(report.pulls).filter(|p| !p.is_empty());
             }
         }
     }

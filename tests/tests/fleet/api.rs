@@ -126,7 +126,30 @@ async fn an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge() {
     assert!(err.contains("auth.edge_tokens_file: entry 1"), "{err}");
 }
 
+async fn a_batch_of_pull_counts_sent_again_is_counted_once() {
+    let work = tempfile::tempdir().unwrap();
+    let d = DistributorProcess::start(work.path(), &listener(), 100, &work.path().join("d.log"));
+    let report = format!("{}/api/v1/edges/report", d.url());
+    let with_pulls = |batch: u64, n: u64| {
+        format!(
+            r#"{{"id":"edge-1","region":"eu","version":"t","applied_version":0,"pulls":{{"batch":{batch},"repositories":[{{"name":"docker.io/team/app","count":{n}}}]}}}}"#
+        )
+    };
+    // The first attempt was recorded but its answer lost: the edge sends the batch again.
+    for (body, why) in [(with_pulls(7, 3), "first"), (with_pulls(7, 3), "again"), (with_pulls(8, 2), "next batch")] {
+        assert_eq!(post(&report, Some(EDGE_TOKEN), &body).await.status, 200, "{why}");
+    }
+    let r = client::request(
+        Method::GET,
+        &format!("{}/api/v1/analytics/pulls?region=eu", d.url()),
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(r.json()["repositories"][0]["count"], 5, "batch 7 once, and batch 8: {}", r.json());
+}
+
 on_both_stores!(
+    a_batch_of_pull_counts_sent_again_is_counted_once,
     bad_and_unauthorized_requests_get_400_and_401_with_json_errors,
     an_edge_token_bound_to_a_node_and_region_reports_only_as_that_edge
 );
