@@ -83,20 +83,46 @@ impl Fleet {
     }
 
     /// The cluster of `edge` in `region`: the peer URLs of the region's other edges that are
-    /// ready and reported within `stale_after` (from a listing at most a second old).
-    pub fn region_peers(&self, region: &str, edge: &str, stale_after: Duration) -> Vec<String> {
+    /// ready and reported within `stale_after` (from a listing at most a second old). `None`
+    /// when a shared store cannot be read: this replica's own view lacks the edges that report
+    /// elsewhere, and an edge told a short list would fetch what its peers own.
+    pub fn region_peers(&self, region: &str, edge: &str, stale_after: Duration) -> Option<Vec<String>> {
         let edges = {
             let mut snapshot = self.snapshot.lock();
             match &*snapshot {
                 Some((at, edges)) if at.elapsed() < SNAPSHOT_FOR => Arc::clone(edges),
                 _ => {
-                    let edges = Arc::new(self.list());
+                    let edges = match self.store.shared() {
+                        true => match self.store.edges() {
+                            Ok(edges) => edges,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the fleet: no region members in this answer");
+                                return None;
+                            }
+                        },
+                        false => self.edges.read().values().cloned().collect(),
+                    };
+                    let edges = Arc::new(edges);
                     *snapshot = Some((Instant::now(), Arc::clone(&edges)));
                     edges
                 }
             }
         };
-        peers_of(&edges, region, edge, now_ms().saturating_sub(stale_after.as_millis() as u64))
+        Some(peers_of(&edges, region, edge, now_ms().saturating_sub(stale_after.as_millis() as u64)))
+    }
+}
+
+/// Whether a reported `peer_url` can name a member: `http://` or `https://`, a host, no path
+/// (a bad one is left out of every answer rather than spread to the region).
+fn is_peer_url(url: &str) -> bool {
+    match url.parse::<axum::http::Uri>() {
+        Ok(u) => {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+                && u.query().is_none()
+                && matches!(u.path(), "" | "/")
+        }
+        Err(_) => false,
     }
 }
 
@@ -107,6 +133,7 @@ fn peers_of(edges: &[EdgeRecord], region: &str, edge: &str, since_ms: u64) -> Ve
         .filter(|e| e.region == region && e.id != edge && e.last_seen_ms >= since_ms)
         .filter(|e| e.report.readiness.as_deref() == Some("ready"))
         .filter_map(|e| e.report.peer_url.clone())
+        .filter(|url| is_peer_url(url))
         .collect();
     peers.sort();
     peers.dedup();
@@ -143,6 +170,8 @@ mod tests {
             edge("stale", "eu", 10, "ready", Some("http://stale:5000")),
             edge("drained", "eu", 100, "drained by an operator", Some("http://drained:5000")),
             edge("alone", "eu", 100, "ready", None),
+            edge("bad", "eu", 100, "ready", Some("ftp://bad:21")),
+            edge("path", "eu", 100, "ready", Some("http://path:5000/v2")),
             edge("far", "us", 100, "ready", Some("http://far:5000")),
         ];
         assert_eq!(peers_of(&edges, "eu", "me", 50), ["http://a:5000", "http://b:5000"]);

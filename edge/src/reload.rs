@@ -86,10 +86,13 @@ pub fn reload(state: &EdgeState, path: &Path) -> Result<(), ReloadError> {
     if !changed.is_empty() {
         return Err(ReloadError::RestartNeeded(changed));
     }
-    if let Some(cluster) = state.fills.cluster().filter(|c| !c.from_fleet()) {
-        cluster.set_members(&cluster.me(), &new.cluster.peers).map_err(StartError::Cluster)?;
-    }
+    let peers = new.cluster.peers.clone();
     let live = Live::build(new, &state.metrics, Some(&state.live()))?;
+    // Everything that can fail is built before anything changes: a refused reload changes
+    // nothing.
+    if let Some(cluster) = state.fills.cluster().filter(|c| !c.from_fleet()) {
+        cluster.set_members(&cluster.me(), &peers).map_err(StartError::Cluster)?;
+    }
     state.replace_live(live);
     // Remembered 404s are keyed by an upstream's position, which a reload may change.
     state.negative.clear();

@@ -332,9 +332,10 @@ pub struct EdgeReport {
 pub struct ReportAnswer {
     /// The `peer_url`s of the other edges of the reporting edge's region that are ready and
     /// reported within `[fleet] stale_after`, sorted: its cluster when `[cluster] peers` is
-    /// left out.
-    #[serde(default)]
-    pub region_peers: Vec<String>,
+    /// left out. `None` when the report has no `peer_url`, or the fleet could not be read (the
+    /// edge keeps the members it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_peers: Option<Vec<String>>,
 }
 
 /// Validation of a policy document before it enters the log.

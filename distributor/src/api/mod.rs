@@ -286,13 +286,19 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
     report.pulls.batch = pulls.batch;
     pulls.repositories.truncate(berth_shared::protocol::PULLS_TOP_K);
     pulls.manifests.truncate(berth_shared::protocol::PULLS_TOP_K);
-    let fleet = Arc::clone(&s.fleet);
-    let (record, new_pulls) = blocking(move || fleet.record(report).map(|(r, new)| (r.report, new))).await?;
-    let now = now_ms();
-    if new_pulls {
-        s.analytics.record(&record.region, &pulls, now);
-    }
-    s.stats.record(&record, now);
+    // The record and its pull counts happen together, on the blocking pool: a client that
+    // gives up waiting must not leave a batch recorded (so never counted again) but not counted.
+    let (fleet, analytics) = (Arc::clone(&s.fleet), Arc::clone(&s.analytics));
+    let record = blocking(move || {
+        fleet.record(report).map(|(record, new_pulls)| {
+            if new_pulls {
+                analytics.record(&record.region, &pulls, now_ms());
+            }
+            record.report
+        })
+    })
+    .await?;
+    s.stats.record(&record, now_ms());
     s.metrics.reports.inc();
     let mut answer = ReportAnswer::default();
     if record.peer_url.is_some() {

@@ -96,6 +96,14 @@ impl Fill {
         self.state.clone()
     }
 
+    /// Why the fill stopped caching, if it did (its readers fetch the rest themselves).
+    pub fn pass_reason(&self) -> Option<PassReason> {
+        match &*self.state.borrow() {
+            FillState::PassThrough(reason) => Some(*reason),
+            _ => None,
+        }
+    }
+
     /// Waits for the fill to end (its blob published, or not), counted among its readers
     /// meanwhile; its error if it failed.
     pub async fn ended(self: &Arc<Self>) -> Result<(), FillError> {

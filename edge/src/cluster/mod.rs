@@ -124,8 +124,9 @@ impl Cluster {
             names.sort_unstable();
             tracing::info!(me = %me, peers = ?names, "cluster members");
         }
-        self.metrics.cluster_peers.set(map.len() as i64);
+        let count = map.len() as i64;
         *self.members.write() = Arc::new(Members { me, peers: map });
+        self.metrics.cluster_peers.set(count);
         Ok(())
     }
 

@@ -131,10 +131,14 @@ impl Link {
         let response = self.send(Method::POST, "/api/v1/edges/report", body, Duration::from_secs(10)).await?;
         // The report is recorded once the status arrived: a lost or odd answer must not have it
         // sent again (its pull counts would count twice).
-        let answer = match response.collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
+        let answer = match tokio::time::timeout(Duration::from_secs(10), response.collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "the report's answer was cut short");
+                return Ok(None);
+            }
+            Err(_) => {
+                tracing::debug!("the report's answer did not arrive in 10 s");
                 return Ok(None);
             }
         };

@@ -283,18 +283,17 @@ impl PrefetchJobs {
                 .lookup(upstream, repository, digest, crate::cache::fill::Asker::Prefetch)
                 .await
                 .map_err(|e| describe(&ApiError::from_fill(&e)))?;
-            let joined = match lookup {
+            let (fill, joined) = match lookup {
                 Lookup::File(..) => return Ok(()),
                 Lookup::PassThrough(reason) => return Err(format!("{reason}: not cached")),
-                Lookup::Join(fill) => {
-                    fill.ended().await.map_err(|e| describe(&ApiError::from_fill(&e)))?;
-                    true
-                }
-                Lookup::Fill(fill) => {
-                    fill.ended().await.map_err(|e| describe(&ApiError::from_fill(&e)))?;
-                    false
-                }
+                Lookup::Join(fill) => (fill, true),
+                Lookup::Fill(fill) => (fill, false),
             };
+            fill.ended().await.map_err(|e| describe(&ApiError::from_fill(&e)))?;
+            // A fill that stopped caching (over the budget, a disk fault) would stop again.
+            if let Some(reason) = fill.pass_reason() {
+                return Err(format!("{reason}: not cached"));
+            }
             if fills.store().contains(&EntryKey::blob(digest)).is_some() {
                 return Ok(());
             }

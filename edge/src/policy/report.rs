@@ -7,7 +7,7 @@ use std::sync::Arc;
 use berth_shared::protocol::EdgeReport;
 use tokio::sync::watch;
 
-use super::link::Link;
+use super::link::{Link, LinkError};
 use super::Policy;
 use crate::metrics::{Outcome, RequestKind, Tier};
 
@@ -46,7 +46,9 @@ impl Policy {
             fills_in_flight: m.fills_in_flight.get().max(0) as u64,
             uptime_seconds: state.started.elapsed().as_secs(),
             pulls: Default::default(),
-            peer_url: state.fills.cluster().map(|c| c.me()),
+            // Only an edge whose members come from the fleet is one of the fleet's members (an
+            // edge with a static list would count others that do not count it).
+            peer_url: state.fills.cluster().filter(|c| c.from_fleet()).map(|c| c.me()),
         }
     }
 }
@@ -66,12 +68,19 @@ pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Rece
         let mut report = policy.report();
         report.pulls = unacknowledged.take().unwrap_or_else(|| policy.state.pulls.take());
         match link.report(&report).await {
-            Ok(answer) => match (policy.state.fills.cluster(), answer) {
-                (Some(cluster), Some(answer)) if cluster.from_fleet() => {
-                    cluster.set_fleet_members(&answer.region_peers)
+            Ok(answer) => {
+                let peers = answer.and_then(|a| a.region_peers);
+                match (policy.state.fills.cluster(), peers) {
+                    (Some(cluster), Some(peers)) if cluster.from_fleet() => cluster.set_fleet_members(&peers),
+                    _ => {}
                 }
-                _ => {}
-            },
+            }
+            Err(e @ LinkError::Status(status)) if status.is_client_error() => {
+                // Refused (a token bound to another edge, a report the distributor cannot
+                // read): it will not pass by itself. The batch waits; new counts add up.
+                tracing::warn!(error = %e, "report refused by the distributor");
+                unacknowledged = Some(report.pulls).filter(|p| !p.is_empty());
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "report not delivered");
                 unacknowledged = Some(report.pulls).filter(|p| !p.is_empty());

@@ -462,9 +462,18 @@ async fn a_reload_changes_the_peers_of_a_region_and_refuses_a_change_to_the_rest
     use berth_edge::reload::reload;
     let origin = Origin::start().await;
     let ((sa, a), (sb, b), (sc, c)) = (socket(), socket(), socket());
-    let others = [edge::start_on(sb, &[("docker.io", &origin.url())], "", |cfg| join(cfg, &b)), {
-        edge::start_on(sc, &[("docker.io", &origin.url())], "", |cfg| join(cfg, &c))
-    }];
+    // B and C list each other and A (a config the product accepts: a static list).
+    let member = |me: &str, peers: [&str; 2]| {
+        let (me, peers) = (me.to_owned(), peers.map(str::to_owned).to_vec());
+        move |cfg: &mut berth_edge::config::EdgeConfig| {
+            join(cfg, &me);
+            cfg.cluster.peers = peers;
+        }
+    };
+    let others = [
+        edge::start_on(sb, &[("docker.io", &origin.url())], "", member(&b, [&a, &c])),
+        edge::start_on(sc, &[("docker.io", &origin.url())], "", member(&c, [&a, &b])),
+    ];
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("region.key"), KEY).unwrap();
     let (cache, key) = (dir.path().join("cache"), dir.path().join("region.key"));
