@@ -35,8 +35,9 @@ impl Fleet {
 
     /// Records a report (the first one registers the edge). A job the edge finished stays
     /// finished even once the edge stops reporting it. Also says whether the report's batch
-    /// of pull counts is new: an edge sends a batch again when it saw no answer, and the last
-    /// batch recorded is kept (its id only) to count each once.
+    /// of pull counts is to be counted: an edge sends a batch again when it saw no answer, and
+    /// the store claims each batch once (after the record: a record that fails leaves the
+    /// batch to the report sent again).
     pub fn record(&self, mut report: EdgeReport) -> Result<(EdgeRecord, bool), StoreError> {
         let now = now_ms();
         // On a shared store the edge may have reported to another replica last time.
@@ -46,7 +47,6 @@ impl Fleet {
         };
         let first_seen_ms = previous.as_ref().map_or(now, |e| e.first_seen_ms);
         let batch = report.pulls.batch;
-        let new_pulls = batch == 0 || previous.as_ref().is_none_or(|p| p.report.pulls.batch != batch);
         if let Some(previous) = previous {
             let finished = previous.report.prefetch.into_iter().filter(|p| {
                 matches!(p.state, JobState::Done | JobState::Failed) && !report.prefetch.iter().any(|n| n.job == p.job)
@@ -65,6 +65,7 @@ impl Fleet {
         };
         self.store.put_edge(&record)?;
         self.edges.write().insert(record.id.clone(), record.clone());
+        let new_pulls = batch == 0 || self.store.claim_batch(&record.id, batch)?;
         Ok((record, new_pulls))
     }
 

@@ -23,6 +23,9 @@ pub enum StoreError {
 }
 
 /// What the distributor keeps.
+/// Batches of pull counts remembered per edge, to count each once.
+pub const RECENT_BATCHES: usize = 8;
+
 pub trait Store: Send + Sync {
     /// Appends an event with the next version number; a prefetch order's job record and a
     /// quarantine's entry are written in the same transaction.
@@ -45,6 +48,10 @@ pub trait Store: Send + Sync {
     fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError>;
     /// One edge's record.
     fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError>;
+    /// Marks `edge`'s batch of pull counts `batch` as counted: `false` if it was already (by
+    /// this replica or another; an edge sends a batch again when it saw no answer). The last
+    /// [`RECENT_BATCHES`] batches of each edge are remembered.
+    fn claim_batch(&self, edge: &str, batch: u64) -> Result<bool, StoreError>;
     /// Whether other processes (replicas) write to this store too: then the fleet is read from
     /// it, not from one replica's memory.
     fn shared(&self) -> bool {

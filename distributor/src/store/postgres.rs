@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS berth_edges (id text PRIMARY KEY, body bytea NOT NULL
 CREATE TABLE IF NOT EXISTS berth_quarantine (digest text PRIMARY KEY, body bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS berth_pulls (region text NOT NULL, start bigint NOT NULL, body bytea NOT NULL,
     PRIMARY KEY (region, start));
+CREATE TABLE IF NOT EXISTS berth_pull_batches (edge text PRIMARY KEY, recent bigint[] NOT NULL);
 ";
 
 type Work = Box<dyn FnOnce(&mut Client) + Send>;
@@ -279,6 +280,21 @@ impl Store for PgStore {
 
     fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
         self.all("SELECT body FROM berth_edges ORDER BY id")
+    }
+
+    fn claim_batch(&self, edge: &str, batch: u64) -> Result<bool, StoreError> {
+        // One statement: a replica claiming the same batch at the same moment waits for the
+        // row's lock, then sees the batch and changes nothing.
+        let (edge, batch, keep) = (edge.to_owned(), batch as i64, super::RECENT_BATCHES as i32);
+        self.call(move |c| {
+            let changed = c.execute(
+                "INSERT INTO berth_pull_batches VALUES ($1, ARRAY[$2::bigint]) ON CONFLICT (edge) DO UPDATE \
+                 SET recent = (ARRAY[$2::bigint] || berth_pull_batches.recent)[1:$3] \
+                 WHERE NOT ($2::bigint = ANY(berth_pull_batches.recent))",
+                &[&edge, &batch, &keep],
+            )?;
+            Ok(changed == 1)
+        })
     }
 
     fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError> {

@@ -20,6 +20,8 @@ const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 /// Pull analytics: `<region>\0<bucket start, 20 digits>` → the bucket.
 const PULLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pulls");
+/// Each edge's last pull-count batches (JSON list of ids, newest first).
+const BATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("pull_batches");
 
 const NEXT_VERSION: &str = "next_version";
 const COMPACTED_THROUGH: &str = "compacted_through";
@@ -69,6 +71,7 @@ impl RedbStore {
             w.open_table(EDGES)?;
             w.open_table(QUARANTINE)?;
             w.open_table(PULLS)?;
+            w.open_table(BATCHES)?;
         }
         w.commit()?;
         Ok(RedbStore { db })
@@ -226,6 +229,28 @@ impl Store for RedbStore {
         self.all(EDGES)
     }
 
+    fn claim_batch(&self, edge: &str, batch: u64) -> Result<bool, StoreError> {
+        // One writer at a time: the read and the write below are one step.
+        let mut w = self.db.begin_write()?;
+        w.set_durability(redb::Durability::Eventual);
+        let new = {
+            let mut table = w.open_table(BATCHES)?;
+            let mut recent: Vec<u64> = match table.get(edge)? {
+                Some(v) => parse(v.value())?,
+                None => Vec::new(),
+            };
+            let new = !recent.contains(&batch);
+            if new {
+                recent.insert(0, batch);
+                recent.truncate(super::RECENT_BATCHES);
+                table.insert(edge, json(&recent)?.as_slice())?;
+            }
+            new
+        };
+        w.commit()?;
+        Ok(new)
+    }
+
     fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError> {
         let r = self.db.begin_read()?;
         let edges = r.open_table(EDGES)?;
@@ -340,5 +365,18 @@ mod tests {
         assert_eq!(purges.len(), 1);
         assert_eq!(purges[0].repository, "purged");
         assert_eq!(store.append(inv("d", false), 0).unwrap().version, 5, "compaction never reuses versions");
+    }
+
+    #[test]
+    fn should_claim_each_batch_once_among_the_recent_ones_of_an_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert!(store.claim_batch("e", 7).unwrap(), "new");
+        assert!(!store.claim_batch("e", 7).unwrap(), "sent again");
+        assert!(store.claim_batch("f", 7).unwrap(), "another edge's batch of the same id");
+        for b in 100..100 + crate::store::RECENT_BATCHES as u64 {
+            assert!(store.claim_batch("e", b).unwrap());
+        }
+        assert!(store.claim_batch("e", 7).unwrap(), "forgotten once older than the recent ones");
     }
 }

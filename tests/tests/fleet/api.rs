@@ -135,8 +135,14 @@ async fn a_batch_of_pull_counts_sent_again_is_counted_once() {
             r#"{{"id":"edge-1","region":"eu","version":"t","applied_version":0,"pulls":{{"batch":{batch},"repositories":[{{"name":"docker.io/team/app","count":{n}}}]}}}}"#
         )
     };
-    // The first attempt was recorded but its answer lost: the edge sends the batch again.
-    for (body, why) in [(with_pulls(7, 3), "first"), (with_pulls(7, 3), "again"), (with_pulls(8, 2), "next batch")] {
+    // The first attempt was recorded but its answer lost: the edge sends the batch again; and
+    // an attempt that was slow arrives after the next batch.
+    for (body, why) in [
+        (with_pulls(7, 3), "first"),
+        (with_pulls(7, 3), "again"),
+        (with_pulls(8, 2), "next batch"),
+        (with_pulls(7, 3), "late copy"),
+    ] {
         assert_eq!(post(&report, Some(EDGE_TOKEN), &body).await.status, 200, "{why}");
     }
     let r = client::request(
