@@ -78,10 +78,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The cluster of a config with `[cluster] advertise` (`None` without: the edge is alone).
+    /// The cluster of a config with `[cluster] advertise` or `advertise_env` (`None` without:
+    /// the edge is alone).
     /// Its members are `peers`, or none until the distributor names them ([`Self::from_fleet`]).
     pub fn new(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Result<Option<Arc<Self>>, String> {
-        let Some(me) = config.advertise.as_deref() else { return Ok(None) };
+        let Some(me) = config.advertised()? else { return Ok(None) };
         let key = RegionKey::new(&config.key()?)?;
         let fills = moka::sync::Cache::builder()
             .max_capacity(100_000)
@@ -95,7 +96,7 @@ impl Cluster {
             fills,
             metrics: Arc::clone(metrics),
         };
-        cluster.set_members(me, &config.peers)?;
+        cluster.set_members(&me, &config.peers)?;
         Ok(Some(Arc::new(cluster)))
     }
 

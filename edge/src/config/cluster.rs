@@ -14,6 +14,10 @@ pub struct ClusterConfig {
     /// This edge's pull URL as its peers reach it: its name in the owner hash, the same string
     /// the other edges list in their `peers`. Required with `peers`. Default: none.
     pub advertise: Option<String>,
+    /// An environment variable holding `advertise` instead, for configs shared by edges that
+    /// differ only in their address (a Kubernetes DaemonSet sets it per pod from the node's
+    /// address). Default: none.
+    pub advertise_env: Option<String>,
     /// The pull URLs of the other edges of the region (`http://` or `https://`, no path).
     /// Empty: the edge works alone. Default: none.
     pub peers: Vec<String>,
@@ -37,6 +41,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             advertise: None,
+            advertise_env: None,
             peers: Vec::new(),
             key_env: "BERTH_REGION_KEY".into(),
             key_file: None,
@@ -48,6 +53,19 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// This edge's URL in the region: `advertise`, else the value of `advertise_env` (an error
+    /// when that variable is unset or empty). `None`: the edge is in no cluster.
+    pub fn advertised(&self) -> Result<Option<String>, String> {
+        match (&self.advertise, &self.advertise_env) {
+            (Some(url), _) => Ok(Some(url.clone())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(url) if !url.trim().is_empty() => Ok(Some(url.trim().to_owned())),
+                _ => Err(format!("environment variable {var} is not set")),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The region key, from `key_file` or `key_env`.
     pub fn key(&self) -> Result<String, String> {
         berth_shared::secret::read(self.key_file.as_deref(), &self.key_env)

@@ -259,17 +259,19 @@ pub fn is_registry_host(name: &str) -> bool {
 /// `[cluster]`: with peers, this edge's own URL, valid peer URLs and a region key.
 fn validate_cluster(cluster: &super::ClusterConfig, with_distributor: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    if cluster.peers.is_empty() && cluster.advertise.is_none() {
+    if cluster.peers.is_empty() && cluster.advertise.is_none() && cluster.advertise_env.is_none() {
         return problems;
     }
     let bare_url = crate::cluster::is_member_url;
-    match &cluster.advertise {
-        None => problems
+    let key = if cluster.advertise.is_some() { "advertise" } else { "advertise_env" };
+    match cluster.advertised() {
+        Ok(None) => problems
             .push("cluster.advertise: required with cluster.peers (this edge's URL as its peers reach it)".into()),
-        Some(a) if !bare_url(a) => {
-            problems.push(format!("cluster.advertise: {a:?} is not an http:// or https:// URL without a path"))
+        Ok(Some(a)) if !bare_url(&a) => {
+            problems.push(format!("cluster.{key}: {a:?} is not an http:// or https:// URL without a path"))
         }
-        Some(_) => {}
+        Ok(Some(_)) => {}
+        Err(e) => problems.push(format!("cluster.{key}: {e}")),
     }
     if cluster.peers.is_empty() && !with_distributor {
         problems
@@ -393,6 +395,15 @@ mod tests {
         );
         let linked = fleet.replace("[cluster]", &link);
         assert!(parse(&linked).is_ok(), "{:?}", parse(&linked).err());
+        // The address from the environment (a DaemonSet's pods share one config): unset, the
+        // variable is named; set, the config loads.
+        let from_env = linked
+            .replace("advertise = \"http://edge-1:5000\"", "advertise_env = \"BERTH_TEST_ADVERTISE_OF_THIS_TEST\"");
+        let err = parse(&from_env).unwrap_err().to_string();
+        let unset = "cluster.advertise_env: environment variable BERTH_TEST_ADVERTISE_OF_THIS_TEST is not set";
+        assert!(err.contains(unset), "{err}");
+        std::env::set_var("BERTH_TEST_ADVERTISE_OF_THIS_TEST", "http://10.0.0.7:5000");
+        assert!(parse(&from_env).is_ok(), "{:?}", parse(&from_env).err());
     }
 
     #[test]

@@ -134,8 +134,10 @@ fn container_ports(container: &serde_yaml::Value) -> Vec<u64> {
 
 #[test]
 fn the_kubernetes_manifests_match_the_configs_they_ship_with() {
-    let only_secrets =
-        |problems: &str| problems.lines().filter(|l| l.trim_start().starts_with("- ")).all(|l| l.contains("token"));
+    // Secrets (a Secret) and per-pod values (the pod's environment) are not on this machine.
+    let per_pod =
+        |l: &str| l.contains("token") || l.contains("cluster.key_file") || l.contains("cluster.advertise_env");
+    let only_secrets = |problems: &str| problems.lines().filter(|l| l.trim_start().starts_with("- ")).all(per_pod);
     let docs = yaml_documents(&deploy().join("kubernetes/edge.yaml"));
     let set = of_kind(&docs, "DaemonSet");
     let container = &set["spec"]["template"]["spec"]["containers"][0];
@@ -160,11 +162,24 @@ fn the_kubernetes_manifests_match_the_configs_they_ship_with() {
     let ports = container_ports(container);
     assert!(ports.contains(&u64::from(config.listen.http.unwrap().port())) && ports.contains(&admin), "{ports:?}");
     assert!(mounts_cover(container, &config.cache.dir), "the cache dir is on a volume");
-    for file in [config.admin.tokens_file.clone(), config.distributor.as_ref().and_then(|d| d.token_file.clone())]
-        .into_iter()
-        .flatten()
+    for file in [
+        config.admin.tokens_file.clone(),
+        config.distributor.as_ref().and_then(|d| d.token_file.clone()),
+        config.cluster.key_file.clone(),
+    ]
+    .into_iter()
+    .flatten()
     {
         assert!(mounts_cover(container, &file), "{} is mounted", file.display());
+    }
+    if let Some(var) = &config.cluster.advertise_env {
+        let env = container["env"].as_sequence().expect("the container's env");
+        let set = env.iter().find(|e| e["name"].as_str() == Some(var.as_str())).expect("advertise_env is set");
+        let port = config.listen.http.unwrap().port();
+        assert!(
+            set["value"].as_str().is_some_and(|v| v.starts_with("http://") && v.ends_with(&format!(":{port}"))),
+            "{var} names this edge's pull port: {set:?}"
+        );
     }
     let grace = set["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
     let needed = config.server.drain_period.get().as_secs() + config.server.grace_period.get().as_secs();
