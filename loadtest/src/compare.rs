@@ -185,7 +185,7 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     };
     let name = "ceiling: loopback TCP (iperf3 -l 1M)";
     seq.row(vec![name.into(), f1(middle(ceiling_one)), "-".into(), "-".into(), "-".into()]);
-    par.row(vec![format!("{name}, 8 streams"), f1(middle(ceiling_eight)), "-".into()]);
+    par.row(vec![format!("{name}, 8 streams, one iperf3 pair each"), f1(middle(ceiling_eight)), "-".into()]);
     for p in peers {
         let sampler = procstat::RssSampler::start(p.pid());
         let (bytes, elapsed, _) = crate::raw::parallel_downloads(p.addr, path, 32, 1).await?;
