@@ -34,11 +34,11 @@ impl Fleet {
     }
 
     /// Records a report (the first one registers the edge). A job the edge finished stays
-    /// finished even once the edge stops reporting it. Also says whether the report's batch
-    /// of pull counts is to be counted: an edge sends a batch again when it saw no answer, and
-    /// the store claims each batch once (after the record: a record that fails leaves the
-    /// batch to the report sent again).
-    pub fn record(&self, mut report: EdgeReport) -> Result<(EdgeRecord, bool), StoreError> {
+    /// finished even once the edge stops reporting it. Also says whether the report's batch of
+    /// pull counts `batch` (`0`: none) is to be counted: an edge sends a batch again when it saw
+    /// no answer, and the store claims each batch once (after the record: a record that fails
+    /// leaves the batch to the report sent again).
+    pub fn record(&self, mut report: EdgeReport, batch: u64) -> Result<(EdgeRecord, bool), StoreError> {
         let now = now_ms();
         // On a shared store the edge may have reported to another replica last time.
         let previous = match self.store.shared() {
@@ -46,7 +46,6 @@ impl Fleet {
             false => self.edges.read().get(&report.id).cloned(),
         };
         let first_seen_ms = previous.as_ref().map_or(now, |e| e.first_seen_ms);
-        let batch = report.pulls.batch;
         if let Some(previous) = previous {
             let finished = previous.report.prefetch.into_iter().filter(|p| {
                 matches!(p.state, JobState::Done | JobState::Failed) && !report.prefetch.iter().any(|n| n.job == p.job)
@@ -71,16 +70,19 @@ impl Fleet {
 
     /// Every edge: from the store when replicas share it (each edge reports to one of them),
     /// else from memory.
-    pub fn list(&self) -> Vec<EdgeRecord> {
-        if self.store.shared() {
-            match self.store.edges() {
-                Ok(edges) => return edges,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the fleet from the store: showing this replica's view")
-                }
-            }
+    fn read(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        match self.store.shared() {
+            true => self.store.edges(),
+            false => Ok(self.edges.read().values().cloned().collect()),
         }
-        self.edges.read().values().cloned().collect()
+    }
+
+    /// Every edge; this replica's own view when a shared store cannot be read.
+    pub fn list(&self) -> Vec<EdgeRecord> {
+        self.read().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the fleet from the store: showing this replica's view");
+            self.edges.read().values().cloned().collect()
+        })
     }
 
     /// The cluster of `edge` in `region`: the peer URLs of the region's other edges that are
@@ -93,37 +95,19 @@ impl Fleet {
             match &*snapshot {
                 Some((at, edges)) if at.elapsed() < SNAPSHOT_FOR => Arc::clone(edges),
                 _ => {
-                    let edges = match self.store.shared() {
-                        true => match self.store.edges() {
-                            Ok(edges) => edges,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot read the fleet: no region members in this answer");
-                                return None;
-                            }
-                        },
-                        false => self.edges.read().values().cloned().collect(),
+                    let edges = match self.read() {
+                        Ok(edges) => Arc::new(edges),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the fleet: no region members in this answer");
+                            return None;
+                        }
                     };
-                    let edges = Arc::new(edges);
                     *snapshot = Some((Instant::now(), Arc::clone(&edges)));
                     edges
                 }
             }
         };
         Some(peers_of(&edges, region, edge, now_ms().saturating_sub(stale_after.as_millis() as u64)))
-    }
-}
-
-/// Whether a reported `peer_url` can name a member: `http://` or `https://`, a host, no path
-/// (a bad one is left out of every answer rather than spread to the region).
-fn is_peer_url(url: &str) -> bool {
-    match url.parse::<axum::http::Uri>() {
-        Ok(u) => {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some_and(|h| !h.is_empty())
-                && u.query().is_none()
-                && matches!(u.path(), "" | "/")
-        }
-        Err(_) => false,
     }
 }
 
@@ -134,7 +118,8 @@ fn peers_of(edges: &[EdgeRecord], region: &str, edge: &str, since_ms: u64) -> Ve
         .filter(|e| e.region == region && e.id != edge && e.last_seen_ms >= since_ms)
         .filter(|e| e.report.readiness.as_deref() == Some("ready"))
         .filter_map(|e| e.report.peer_url.clone())
-        .filter(|url| is_peer_url(url))
+        // A URL that cannot name a member is left out of every answer, not spread to the region.
+        .filter(|url| berth_shared::url::is_base_url(url))
         .collect();
     peers.sort();
     peers.dedup();

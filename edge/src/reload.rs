@@ -54,13 +54,7 @@ pub fn restart_only_changes(old: &EdgeConfig, new: &EdgeConfig) -> Vec<String> {
         }
         v
     };
-    if cluster(old) != cluster(new) {
-        for (key, a) in cluster(old).as_object().into_iter().flatten() {
-            if cluster(new).get(key) != Some(a) {
-                changed.push(format!("cluster.{key}"));
-            }
-        }
-    }
+    changed.extend(changed_keys("cluster", &cluster(old), &cluster(new)));
     let server = |c: &EdgeConfig| {
         let mut v = json(&c.server);
         if let Some(map) = v.as_object_mut() {
@@ -69,14 +63,18 @@ pub fn restart_only_changes(old: &EdgeConfig, new: &EdgeConfig) -> Vec<String> {
         }
         v
     };
-    if server(old) != server(new) {
-        for (key, a) in server(old).as_object().into_iter().flatten() {
-            if server(new).get(key) != Some(a) {
-                changed.push(format!("server.{key}"));
-            }
-        }
-    }
+    changed.extend(changed_keys("server", &server(old), &server(new)));
     changed
+}
+
+/// The keys of table `table` whose values differ between `old` and `new` (`table.key`).
+fn changed_keys(table: &str, old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    old.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, value)| new.get(key.as_str()) != Some(value))
+        .map(|(key, _)| format!("{table}.{key}"))
+        .collect()
 }
 
 /// Reloads from `path`; on any problem the config in force stays.

@@ -15,6 +15,7 @@ pub mod secret;
 pub mod size;
 pub mod time;
 pub mod tls;
+pub mod url;
 pub mod x509;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};

@@ -272,7 +272,7 @@ pub const PULLS_TOP_K: usize = 50;
 
 impl Pulls {
     pub fn is_empty(&self) -> bool {
-        self.batch == 0 && self.repositories.is_empty() && self.manifests.is_empty()
+        self.repositories.is_empty() && self.manifests.is_empty()
     }
 }
 

@@ -182,6 +182,31 @@ pub fn store_table(dir: &Path) -> String {
     format!("[store]\ndir = {:?}\n{}", dir.display().to_string(), postgres_table(test_postgres().as_deref()))
 }
 
+/// A distributor in the test's own process, on the embedded store under `dir` (or the test's
+/// PostgreSQL, [`on_postgres`]), with the test tokens in files that live as long as it.
+pub struct InProcessDistributor {
+    pub distributor: berth_distributor::RunningDistributor,
+    /// The file holding [`EDGE_TOKEN`], for an edge's `[distributor] token_file`.
+    pub edge_token: tempfile::TempPath,
+    _admin_tokens: tempfile::TempPath,
+}
+
+impl InProcessDistributor {
+    /// Starts one; `extra` is TOML appended to its config (e.g. `[log]` keys).
+    pub fn start(dir: &Path, extra: &str) -> InProcessDistributor {
+        let (admin_tokens, edge_token) = (crate::secret_file(ADMIN_TOKEN), crate::secret_file(EDGE_TOKEN));
+        let config = berth_distributor::config::parse(&format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n{}[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n{extra}",
+            store_table(&dir.join("store")),
+            admin_tokens.display().to_string(),
+            edge_token.display().to_string(),
+        ))
+        .expect("distributor config");
+        let distributor = berth_distributor::Distributor::build(&config).expect("distributor starts").spawn();
+        InProcessDistributor { distributor, edge_token, _admin_tokens: admin_tokens }
+    }
+}
+
 /// A listener on a port the OS picks, for a server process that must restart on the same
 /// address: the test keeps it and hands it to each incarnation.
 pub fn listener() -> std::net::TcpListener {

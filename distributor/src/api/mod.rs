@@ -281,16 +281,15 @@ async fn edge_report(State(s): Shared, headers: HeaderMap, body: Bytes) -> Resul
     }
     // Pulls are counted only once the report is recorded (a report not acknowledged is sent
     // again with the same batch, counted once); an edge sends at most PULLS_TOP_K names of each
-    // kind. The record keeps the batch's id, not its names.
+    // kind. The store keeps the batch's id, not its names.
     let mut pulls = std::mem::take(&mut report.pulls);
-    report.pulls.batch = pulls.batch;
     pulls.repositories.truncate(berth_shared::protocol::PULLS_TOP_K);
     pulls.manifests.truncate(berth_shared::protocol::PULLS_TOP_K);
     // The record and its pull counts happen together, on the blocking pool: a client that
     // gives up waiting must not leave a batch recorded (so never counted again) but not counted.
     let (fleet, analytics) = (Arc::clone(&s.fleet), Arc::clone(&s.analytics));
     let record = blocking(move || {
-        fleet.record(report).map(|(record, new_pulls)| {
+        fleet.record(report, pulls.batch).map(|(record, new_pulls)| {
             if new_pulls {
                 analytics.record(&record.region, &pulls, now_ms());
             }

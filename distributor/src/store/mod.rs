@@ -9,6 +9,8 @@ mod records;
 mod redb;
 
 use berth_shared::protocol::{Action, Invalidation, PolicyEvent, QuarantineOrder};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 pub use postgres::PgStore;
 pub use records::{Bucket, EdgeRecord, Job};
@@ -62,4 +64,13 @@ pub trait Store: Send + Sync {
     fn merge_pulls(&self, buckets: &[(String, u64, Bucket)], names: usize, drop_before: u64) -> Result<(), StoreError>;
     /// The stored pull buckets of `region` (or every region) that start at or after `since`.
     fn pulls_since(&self, region: Option<&str>, since: u64) -> Result<Vec<(String, u64, Bucket)>, StoreError>;
+}
+
+/// A record as both stores keep it: JSON bytes.
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
 }

@@ -15,9 +15,8 @@ use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use super::{Bucket, EdgeRecord, Job, Store, StoreError};
+use super::{json, parse, Bucket, EdgeRecord, Job, Store, StoreError};
 
 /// How long the listener waits before connecting again after a failure.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -49,14 +48,6 @@ impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         StoreError::Db(e.to_string())
     }
-}
-
-fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(serde_json::to_vec(value)?)
-}
-
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    Ok(serde_json::from_slice(bytes)?)
 }
 
 impl PgStore {

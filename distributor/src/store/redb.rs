@@ -9,7 +9,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Bucket, EdgeRecord, Job, Store, StoreError};
+use super::{json, parse, Bucket, EdgeRecord, Job, Store, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -49,14 +49,6 @@ pub struct RedbStore {
     db: Database,
 }
 
-fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(serde_json::to_vec(value)?)
-}
-
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    Ok(serde_json::from_slice(bytes)?)
-}
-
 impl RedbStore {
     /// Opens (creating) `<dir>/berth.redb`.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
@@ -89,6 +81,18 @@ impl RedbStore {
         w.open_table(table)?.insert(key, json(value)?.as_slice())?;
         w.commit()?;
         Ok(())
+    }
+
+    /// One record of `table`.
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let r = self.db.begin_read()?;
+        let table = r.open_table(table)?;
+        let value = table.get(key)?;
+        value.map(|v| parse(v.value())).transpose()
     }
 
     fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
@@ -210,10 +214,7 @@ impl Store for RedbStore {
     }
 
     fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        let r = self.db.begin_read()?;
-        let jobs = r.open_table(JOBS)?;
-        let value = jobs.get(id)?;
-        value.map(|v| parse(v.value())).transpose()
+        self.get(JOBS, id)
     }
 
     fn jobs(&self) -> Result<Vec<Job>, StoreError> {
@@ -252,10 +253,7 @@ impl Store for RedbStore {
     }
 
     fn edge(&self, id: &str) -> Result<Option<EdgeRecord>, StoreError> {
-        let r = self.db.begin_read()?;
-        let edges = r.open_table(EDGES)?;
-        let value = edges.get(id)?;
-        value.map(|v| parse(v.value())).transpose()
+        self.get(EDGES, id)
     }
 
     /// Adds pull buckets to the stored ones (each kept to `names` names per kind) and drops

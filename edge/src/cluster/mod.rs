@@ -34,19 +34,6 @@ fn normal(url: &str) -> String {
     }
 }
 
-/// Whether `url` can name a member: an `http://` or `https://` URL with a host and no path.
-pub fn is_member_url(url: &str) -> bool {
-    match url.parse::<http::Uri>() {
-        Ok(u) => {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some()
-                && u.query().is_none()
-                && matches!(u.path(), "" | "/")
-        }
-        Err(_) => false,
-    }
-}
-
 /// How long a peer that failed is skipped before it is tried again.
 const DOWN_FOR: Duration = Duration::from_secs(5);
 
@@ -134,7 +121,8 @@ impl Cluster {
     /// The members the distributor names for this edge's region: those with a valid URL (a
     /// bad one is logged and left out; the others stay in service).
     pub fn set_fleet_members(&self, peers: &[String]) {
-        let (good, bad): (Vec<String>, Vec<String>) = peers.iter().cloned().partition(|p| is_member_url(p));
+        let (good, bad): (Vec<String>, Vec<String>) =
+            peers.iter().cloned().partition(|p| berth_shared::url::is_base_url(p));
         if !bad.is_empty() {
             tracing::warn!(urls = ?bad, "the distributor named peers whose URLs cannot be used: left out");
         }

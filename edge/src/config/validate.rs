@@ -137,15 +137,10 @@ fn validate_auth(config: &EdgeConfig) -> Vec<String> {
         problems.push("auth.authz_ttl: must be greater than zero".to_owned());
     }
     if let Some(base) = &auth.realm_base {
-        match base.parse::<http::Uri>() {
-            Ok(u)
-                if matches!(u.scheme_str(), Some("http" | "https"))
-                    && u.host().is_some()
-                    && u.query().is_none()
-                    && matches!(u.path(), "" | "/") => {}
-            _ => problems.push(format!(
+        if !berth_shared::url::is_base_url(base) {
+            problems.push(format!(
                 "auth.realm_base: {base:?} is not a base URL like \"https://pull.example.com\" (no path: /token is served at the root)"
-            )),
+            ));
         }
     }
     if !config.listen.admin.ip().is_loopback() && config.admin.tokens().is_none() {
@@ -262,7 +257,7 @@ fn validate_cluster(cluster: &super::ClusterConfig, with_distributor: bool) -> V
     if cluster.peers.is_empty() && cluster.advertise.is_none() && cluster.advertise_env.is_none() {
         return problems;
     }
-    let bare_url = crate::cluster::is_member_url;
+    let bare_url = berth_shared::url::is_base_url;
     let key = if cluster.advertise.is_some() { "advertise" } else { "advertise_env" };
     match cluster.advertised() {
         Ok(None) => problems

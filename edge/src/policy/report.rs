@@ -75,14 +75,16 @@ pub async fn run(policy: Arc<Policy>, link: Arc<Link>, mut shutdown: watch::Rece
                     _ => {}
                 }
             }
-            Err(e @ LinkError::Status(status)) if status.is_client_error() => {
-                // Refused (a token bound to another edge, a report the distributor cannot
-                // read): it will not pass by itself. The batch waits; new counts add up.
-                tracing::warn!(error = %e, "report refused by the distributor");
-                unacknowledged = Some(report.pulls).filter(|p| !p.is_empty());
-            }
             Err(e) => {
-                tracing::debug!(error = %e, "report not delivered");
+                // Refused (a token bound to another edge, a report the distributor cannot
+                // read) will not pass by itself: worth a warning. The batch waits either way;
+                // new counts add up meanwhile.
+                match e {
+                    LinkError::Status(status) if status.is_client_error() => {
+                        tracing::warn!(error = %e, "report refused by the distributor")
+                    }
+                    _ => tracing::debug!(error = %e, "report not delivered"),
+                }
                 unacknowledged = Some(report.pulls).filter(|p| !p.is_empty());
             }
         }

@@ -238,8 +238,9 @@ async fn assert_log_contains(log: &Path, needle: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn containerd_pulls_through_either_edge_of_a_region_and_the_origin_serves_each_blob_once() {
-    let test = "containerd_pulls_through_either_edge_of_a_region_and_the_origin_serves_each_blob_once";
+async fn containerd_pulls_through_either_edge_of_a_region_over_https_with_credentials_and_the_origin_serves_each_blob_once(
+) {
+    let test = "containerd_pulls_through_either_edge_of_a_region_over_https_with_credentials";
     if !can_run(test, &["containerd", "ctr"], true) {
         return;
     }
@@ -255,18 +256,26 @@ async fn containerd_pulls_through_either_edge_of_a_region_and_the_origin_serves_
         &format!("docker://{}/ctr/region:v1", origin.addr),
     ]);
     // Two edges of one region, each listing the other (their sockets bound first, so each
-    // config can name the other's URL).
+    // config can name the other's URL); clients reach them over HTTPS, as users of htpasswd.
     let key = work.path().join("region.key");
     std::fs::write(&key, "the-region-key-of-the-containerd-test").unwrap();
+    let htpasswd = work.path().join("users.htpasswd");
+    std::fs::write(&htpasswd, format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap())).unwrap();
+    let ca = berth_tests::pki::TestCa::new(&work.path().join("pki"));
     let sockets: Vec<std::net::TcpListener> =
         (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let addrs: Vec<std::net::SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let urls: Vec<String> = sockets.iter().map(|s| format!("http://{}", s.local_addr().unwrap())).collect();
     let edges: Vec<berth_tests::edge::TestEdge> = sockets
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
+            let pair = ca.issue(&work.path().join("pki"), &format!("edge-{i}"));
             berth_tests::edge::start_on(socket, &[("docker.io", &origin.url())], "", |c| {
+                c.listen.https = "127.0.0.1:0".parse().ok();
+                c.tls = Some(berth_shared::tls::TlsFiles::new(&pair.cert, &pair.key));
+                c.upstream[0].access = Some(berth_edge::config::AccessMode::Htpasswd);
+                c.upstream[0].htpasswd_file = Some(htpasswd.clone());
+                c.upstream[0].grants.insert("alice".into(), vec!["ctr/**".into()]);
                 c.cluster.key_file = Some(key.clone());
                 c.cluster.advertise = Some(urls[i].clone());
                 c.cluster.peers = vec![urls[1 - i].clone()];
@@ -275,11 +284,16 @@ async fn containerd_pulls_through_either_edge_of_a_region_and_the_origin_serves_
         .collect();
     let proxy = RefusingPort::new();
     let containerd = Containerd::start(&work.path().join("containerd"), proxy.addr);
+    let image = "docker.io/ctr/region:v1";
     // A cluster's node pulls through edge 0, another through edge 1 (as DNS would spread them).
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, edge) in edges.iter().enumerate() {
         let hosts = work.path().join(format!("hosts-{i}"));
-        Containerd::mirror(&hosts, "docker.io", "https://registry-1.docker.io", *addr);
-        containerd.pull(&hosts, "docker.io/ctr/region:v1", &format!("node-{i}"));
+        let https = edge.running().https_addr.expect("the TLS listener");
+        Containerd::mirror_tls(&hosts, "docker.io", "https://registry-1.docker.io", https, &ca.pem);
+        let refused = containerd.pull_as(&hosts, image, &format!("wrong-{i}"), "alice:not-her-password");
+        assert!(!refused.status.success(), "a wrong password pulls nothing: {}", refused.output);
+        let ran = containerd.pull_as(&hosts, image, &format!("node-{i}"), "alice:alice-pw");
+        assert!(ran.status.success(), "ctr pull through edge {i}: {}", ran.output);
     }
     origin.sync_log().await;
     let log = origin.access_log();

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use berth_shared::HumanDuration;
 use berth_tests::client;
 use berth_tests::edge;
-use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
 use berth_tests::origin::Origin;
 use berth_tests::tools::have;
 
@@ -124,15 +123,8 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_a_re
         return berth_tests::skip("every_dashboard_panel_returns_data", "prometheus is not installed");
     }
     let work = tempfile::tempdir().unwrap();
-    let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
-    let config = berth_distributor::config::parse(&format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
-        work.path().join("store").display().to_string(),
-        admin_tokens.display().to_string(),
-        edge_token.display().to_string(),
-    ))
-    .unwrap();
-    let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let control = berth_tests::fleet::InProcessDistributor::start(work.path(), "");
+    let (distributor, edge_token) = (&control.distributor, &control.edge_token);
     let origin = Origin::start().await;
     let url = distributor.url();
     let token = edge_token.to_path_buf();

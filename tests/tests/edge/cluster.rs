@@ -370,33 +370,25 @@ async fn an_owner_that_lacks_the_upstream_sends_the_fill_to_the_origin_without_b
 
 /// An in-process distributor on its embedded store, with its token files.
 struct Control {
-    distributor: berth_distributor::server::RunningDistributor,
-    edge_token: tempfile::TempPath,
-    _admin_tokens: tempfile::TempPath,
+    inner: berth_tests::fleet::InProcessDistributor,
     _work: tempfile::TempDir,
 }
 
 impl Control {
     fn start() -> Control {
-        use berth_tests::fleet::{ADMIN_TOKEN, EDGE_TOKEN};
-        let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
         let work = tempfile::tempdir().unwrap();
-        let config = berth_distributor::config::parse(&format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
-            work.path().join("store").display().to_string(),
-            admin_tokens.display().to_string(),
-            edge_token.display().to_string(),
-        ))
-        .unwrap();
-        let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
-        Control { distributor, edge_token, _admin_tokens: admin_tokens, _work: work }
+        Control { inner: berth_tests::fleet::InProcessDistributor::start(work.path(), ""), _work: work }
+    }
+
+    fn url(&self) -> String {
+        self.inner.distributor.url()
     }
 
     /// The `[distributor]` table of an edge joined to it, reporting every 100 ms.
     fn link(&self) -> berth_edge::config::DistributorLink {
         berth_edge::config::DistributorLink {
-            url: self.distributor.url(),
-            token_file: Some(self.edge_token.to_path_buf()),
+            url: self.url(),
+            token_file: Some(self.inner.edge_token.to_path_buf()),
             report_interval: "100ms".parse().unwrap(),
             ..Default::default()
         }
@@ -405,7 +397,7 @@ impl Control {
     /// Posts an admin request; returns the answer's JSON (it must be accepted).
     async fn post(&self, path: &str, body: &str) -> serde_json::Value {
         let auth = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
-        let url = format!("{}{path}", self.distributor.url());
+        let url = format!("{}{path}", self.url());
         let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
         let r = client::send(http::Method::POST, &url, &headers, body.to_owned()).await;
         assert_eq!(r.status, 202, "{path}: {}", String::from_utf8_lossy(r.bytes()));
@@ -415,7 +407,7 @@ impl Control {
     /// Waits until `n` edges have reported.
     async fn wait_for_edges(&self, n: usize) {
         let auth = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
-        let url = format!("{}/api/v1/edges", self.distributor.url());
+        let url = format!("{}/api/v1/edges", self.url());
         for _ in 0..2000 {
             let edges = client::request(http::Method::GET, &url, &[("Authorization", &auth)]).await.json();
             if edges.as_array().map_or(0, Vec::len) >= n {
@@ -429,7 +421,7 @@ impl Control {
     /// Waits for a prefetch job to finish; its status.
     async fn job_done(&self, id: &str) -> serde_json::Value {
         let auth = format!("Bearer {}", berth_tests::fleet::ADMIN_TOKEN);
-        let url = format!("{}/api/v1/prefetch/{id}", self.distributor.url());
+        let url = format!("{}/api/v1/prefetch/{id}", self.url());
         for _ in 0..2000 {
             let status = client::request(http::Method::GET, &url, &[("Authorization", &auth)]).await.json();
             if status["state"] == "done" || status["state"] == "failed" {

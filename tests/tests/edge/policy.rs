@@ -104,20 +104,13 @@ async fn an_unknown_image_fails_a_local_prefetch_with_a_clear_error() {
 
 #[tokio::test]
 async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges_and_quarantines() {
-    let (admin_tokens, edge_token) = (berth_tests::secret_file(ADMIN_TOKEN), berth_tests::secret_file(EDGE_TOKEN));
     let work = tempfile::tempdir().unwrap();
-    let config = berth_distributor::config::parse(&format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[store]\ndir = {:?}\n[log]\nkeep_events = 2\n[auth]\nadmin_tokens_file = {:?}\nedge_tokens_file = {:?}\n",
-        work.path().join("store").display().to_string(),
-        admin_tokens.display().to_string(),
-        edge_token.display().to_string(),
-    ))
-    .unwrap();
-    let distributor = berth_distributor::Distributor::build(&config).unwrap().spawn();
+    let control = berth_tests::fleet::InProcessDistributor::start(work.path(), "[log]\nkeep_events = 2\n");
+    let (distributor, edge_token) = (&control.distributor, &control.edge_token);
     let origin = Origin::start().await;
     let blob = origin.put_blob("team/app", vec![3u8; 10_000]);
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {
-        c.distributor = Some(link(distributor.url(), "100ms", &edge_token));
+        c.distributor = Some(link(distributor.url(), "100ms", edge_token));
     });
     let url = format!("{}/v2/team/app/blobs/{blob}", edge.url());
     client::get(&url).await.bytes();
@@ -153,7 +146,7 @@ async fn an_edge_behind_a_compacted_log_gets_a_snapshot_with_the_purges_and_quar
     assert_eq!(client::get(&url).await.header("x-berth-cache"), Some("miss"));
     let r = client::get(&format!("{}/v2/team/app/blobs/{banned}", edge.url())).await;
     assert_eq!(r.status, 403, "the snapshot carried the quarantine (its event was compacted away)");
-    drop(distributor);
+    drop(control);
 }
 
 #[tokio::test]
