@@ -71,7 +71,8 @@ impl EdgeServer {
             idle_timeout: state.config.server.idle_timeout.get(),
         };
         let guarded =
-            crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics), state.drain.closing());
+            crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics), state.drain.closing())
+                .answering_hits(Arc::clone(&state));
         let mut proxy = ListeningService::new("berth-edge".to_owned(), guarded);
         // A write buffer that holds a response head and a small body, so a manifest or a small
         // blob leaves in one write; large bodies bypass it.

@@ -125,11 +125,7 @@ impl ManifestCache {
     ) -> Result<(StoredManifest, Found), ManifestError> {
         refuse_if_nothing_acceptable(accept)?;
         let key = EntryKey::manifest(digest);
-        let in_memory = self
-            .memory
-            .get(&key)
-            .and_then(|o| Some(StoredManifest { digest, media_type: o.media_type?, bytes: o.bytes }));
-        let stored = match in_memory {
+        let stored = match self.memory_copy(digest) {
             Some(m) => Some((m, Found::Memory)),
             None => read_stored(&self.store, digest).await.map(|m| (m, Found::Disk)),
         };
@@ -159,6 +155,18 @@ impl ManifestCache {
             return Err(ManifestError::NotAcceptable { media_type: manifest.media_type.to_string() });
         }
         Ok((manifest, found))
+    }
+
+    /// The manifest from the memory tier, if it is there and the client accepts its type: what
+    /// `by_digest` answers with `Found::Memory` (and only that; every other case is its own).
+    pub fn in_memory(&self, digest: Digest, accept: &AcceptList) -> Option<StoredManifest> {
+        refuse_if_nothing_acceptable(accept).ok()?;
+        self.memory_copy(digest).filter(|m| accept.accepts(&m.media_type))
+    }
+
+    fn memory_copy(&self, digest: Digest) -> Option<StoredManifest> {
+        let object = self.memory.get(&EntryKey::manifest(digest))?;
+        Some(StoredManifest { digest, media_type: object.media_type?, bytes: object.bytes })
     }
 
     /// Resolves a tag to a digest: from the mapping while fresh, else by asking the upstream.

@@ -240,6 +240,10 @@ pub struct ServerConfig {
     /// After a drain starts (`/readyz` 503), how long the pull listeners keep taking new
     /// requests, so DNS answers and BGP routes move first. Default: `"15s"`.
     pub drain_period: HumanDuration,
+    /// On HTTP/1.1, a GET or HEAD of a manifest or blob by digest that the memory tier holds is
+    /// answered straight from the request's bytes (`proxy/direct.rs`), with the same checks and
+    /// the same response as the full path, which every other request takes. Default: `true`.
+    pub direct_hits: bool,
 }
 
 impl Default for ServerConfig {
@@ -254,6 +258,7 @@ impl Default for ServerConfig {
             max_url_bytes: ByteSize::kib(8),
             max_prefetch_orders: 4,
             drain_period: HumanDuration::secs(15),
+            direct_hits: true,
         }
     }
 }

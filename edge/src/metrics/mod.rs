@@ -111,6 +111,9 @@ pub struct Metrics {
     pub fills_in_flight: IntGauge,
     /// Tag lookups answered with a stale mapping because the upstream failed.
     pub stale_served: IntCounter,
+    /// Memory hits answered directly, before Pingora's session (`proxy/direct.rs`); they are
+    /// counted in `requests` too.
+    pub direct_answers: IntCounter,
     /// Files found damaged (missing, wrong size, wrong content) and dropped.
     pub damaged_entries: IntCounter,
     /// Verified blob files found changed on disk (their stamp differs) and hashed again.
@@ -285,6 +288,11 @@ impl Metrics {
                 r,
                 "berth_edge_stale_served_total",
                 "Tags served from a stale mapping because the upstream failed",
+            ),
+            direct_answers: counter(
+                r,
+                "berth_edge_direct_answers_total",
+                "Memory hits on HTTP/1.1 answered before Pingora's session (also in requests_total)",
             ),
             damaged_entries: counter(
                 r,

@@ -21,7 +21,7 @@ use crate::registry::ApiError;
 use crate::state::EdgeState;
 use crate::upstream::Upstream;
 
-const BLOB_TYPE: &str = "application/octet-stream";
+pub(super) const BLOB_TYPE: &str = "application/octet-stream";
 
 pub(super) async fn serve(
     state: &Arc<EdgeState>,

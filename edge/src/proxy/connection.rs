@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use bytes::{Buf, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -28,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
+use crate::state::EdgeState;
 
 /// The limits one connection is held to.
 #[derive(Debug, Clone, Copy)]
@@ -45,41 +48,78 @@ pub struct GuardedApp<A> {
     metrics: Arc<Metrics>,
     /// Set once a drain's period is over: no new connection, no next request on a kept one.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// The edge whose memory hits are answered directly (`direct.rs`) before the inner app.
+    direct: Option<Arc<EdgeState>>,
 }
 
 impl<A> GuardedApp<A> {
     pub fn new(inner: A, limits: Limits, metrics: Arc<Metrics>, closing: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        GuardedApp { inner: Arc::new(inner), limits, open: Arc::new(AtomicUsize::new(0)), metrics, closing }
+        let open = Arc::new(AtomicUsize::new(0));
+        GuardedApp { inner: Arc::new(inner), limits, open, metrics, closing, direct: None }
+    }
+
+    /// HTTP/1 requests go to [`super::direct`] first, which answers memory hits of `state`.
+    pub fn answering_hits(mut self, state: Arc<EdgeState>) -> Self {
+        self.direct = Some(state);
+        self
     }
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         if self.closing.load(Ordering::SeqCst) {
-            // Drained: the connection (new, or kept alive after a response) is closed.
+            // Drained: the connection is closed.
             return None;
         }
-        // A connection kept alive comes back already wrapped (and already counted).
-        let stream: Stream = if session.as_any().is::<GuardedStream>() {
-            session
-        } else {
-            let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
-            let slot = Slot { open: Arc::clone(&self.open), metrics: Arc::clone(&self.metrics) };
-            self.metrics.downstream_connections.set(open as i64);
-            if open > self.limits.max_connections {
-                self.metrics.connections_refused.inc();
-                tracing::debug!(open, max = self.limits.max_connections, "connection refused: too many open");
-                drop(slot);
-                return None;
-            }
-            Box::new(GuardedStream::new(session, self.limits, slot, Arc::clone(&self.metrics)))
-        };
-        ServerApp::process_new(&self.inner, stream, shutdown).await
+        let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        let slot = Slot { open: Arc::clone(&self.open), metrics: Arc::clone(&self.metrics) };
+        self.metrics.downstream_connections.set(open as i64);
+        if open > self.limits.max_connections {
+            self.metrics.connections_refused.inc();
+            tracing::debug!(open, max = self.limits.max_connections, "connection refused: too many open");
+            drop(slot);
+            return None;
+        }
+        let stream = Box::new(GuardedStream::new(session, self.limits, slot, Arc::clone(&self.metrics)));
+        match &self.direct {
+            Some(state) if stream.h1 => self.serve_h1(state, stream, shutdown).await,
+            // HTTP/2, or no direct answers: Pingora's app runs the connection.
+            _ => ServerApp::process_new(&self.inner, stream, shutdown).await,
+        }
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> GuardedApp<A> {
+    /// An HTTP/1 connection, request by request: direct answers while the requests are memory
+    /// hits, Pingora's HTTP session for the next one that is not, then direct answers again
+    /// (the keep-alive loop of Pingora's own `ServerApp`, with [`super::direct`] before each
+    /// session).
+    async fn serve_h1(
+        self: &Arc<Self>,
+        state: &Arc<EdgeState>,
+        mut stream: Box<GuardedStream>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            if super::direct::serve(state, &mut stream, shutdown).await == super::direct::Next::Close {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            // As Pingora's loop: no reuse once the server is shutting down.
+            session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+            if let Some(settings) = settings.take() {
+                settings.apply_to_session(&mut session);
+            }
+            let (reused, kept) = self.inner.process_new_http(session, shutdown).await?.consume();
+            settings = kept;
+            stream = reused.into_any().downcast::<GuardedStream>().ok()?;
+        }
     }
 }
 
@@ -110,6 +150,9 @@ enum Phase {
 /// A downstream stream with the HTTP/1 timers.
 pub struct GuardedStream {
     inner: Stream,
+    /// Bytes read from `inner` and not yet consumed: a request head [`super::direct`] read and
+    /// handed on; every read takes these first.
+    unread: BytesMut,
     /// HTTP/2 multiplexes: the per-request timers do not apply.
     h1: bool,
     phase: Phase,
@@ -129,7 +172,33 @@ impl GuardedStream {
     fn new(inner: Stream, limits: Limits, slot: Slot, metrics: Arc<Metrics>) -> Self {
         let h1 = inner.selected_alpn_proto() != Some(ALPN::H2);
         let deadline = Box::pin(tokio::time::sleep(limits.idle_timeout));
-        GuardedStream { inner, h1, phase: Phase::Idle, deadline, limits, metrics, _slot: slot }
+        let unread = BytesMut::new();
+        GuardedStream { inner, unread, h1, phase: Phase::Idle, deadline, limits, metrics, _slot: slot }
+    }
+
+    /// The bytes read and not consumed yet.
+    pub(super) fn unread(&self) -> &[u8] {
+        &self.unread
+    }
+
+    /// Consumes the first `n` unread bytes.
+    pub(super) fn consume(&mut self, n: usize) {
+        self.unread.advance(n.min(self.unread.len()));
+    }
+
+    /// Reads what the socket has (with the timers of a read) and keeps it unread; `0` at EOF.
+    pub(super) async fn read_more(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        std::future::poll_fn(|cx| self.poll_socket(cx, &mut buf)).await?;
+        self.unread.extend_from_slice(buf.filled());
+        Ok(buf.filled().len())
+    }
+
+    /// The client's address, for the access log.
+    pub(super) fn client_addr(&self) -> Option<String> {
+        let digest = self.inner.get_socket_digest()?;
+        digest.peer_addr().map(|a| a.to_string())
     }
 
     fn enter(&mut self, phase: Phase) {
@@ -148,6 +217,20 @@ impl GuardedStream {
 impl AsyncRead for GuardedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if !this.unread.is_empty() {
+            let n = buf.remaining().min(this.unread.len());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_socket(cx, buf)
+    }
+}
+
+impl GuardedStream {
+    /// A read from the socket, with the phase and the timers.
+    fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self;
         if this.h1 && this.phase == Phase::Writing {
             // The server reads again: the response is done, the connection waits for the next.
             this.enter(Phase::Idle);
@@ -273,6 +356,14 @@ impl GetSocketDigest for GuardedStream {
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        if !self.unread.is_empty() {
+            // What the socket holds comes after the unread bytes: only they can be peeked.
+            let whole = self.unread.len() >= buf.len();
+            if whole {
+                buf.copy_from_slice(&self.unread[..buf.len()]);
+            }
+            return Ok(whole);
+        }
         self.inner.try_peek(buf).await
     }
 }

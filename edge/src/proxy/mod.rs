@@ -4,6 +4,7 @@
 mod authz;
 mod blob;
 pub mod connection;
+mod direct;
 mod head;
 mod manifest;
 mod read_path;

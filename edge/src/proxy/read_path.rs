@@ -100,8 +100,8 @@ impl BlobRead<'_> {
     /// The memory tier, then the disk and the fills.
     async fn lookup(&self) -> Result<State, ApiError> {
         let key = EntryKey::blob(self.digest);
-        if let Some(object) = self.state.memory.get(&key).filter(|o| memory_intact(self.state, key, &o.bytes)) {
-            return Ok(State::Memory(object.bytes));
+        if let Some(bytes) = in_memory(self.state, key) {
+            return Ok(State::Memory(bytes));
         }
         let lookup = self.state.fills.lookup(self.upstream, self.repository, self.digest, self.asker).await;
         Ok(match lookup.map_err(|e| ApiError::from_fill(&e))? {
@@ -199,6 +199,20 @@ fn classify(state: &State) -> (Outcome, Option<Tier>) {
 /// Whether a fill failed because its upstream refused the request (a 4xx).
 fn refused(e: &FillError) -> bool {
     matches!(e, FillError::Upstream(u) if u.status().is_some_and(|s| s.is_client_error()))
+}
+
+/// The memory tier's bytes of an entry, if it holds them intact.
+fn in_memory(state: &EdgeState, key: EntryKey) -> Option<Bytes> {
+    state.memory.get(&key).filter(|o| memory_intact(state, key, &o.bytes)).map(|o| o.bytes)
+}
+
+/// hit(memory) for a request that is answered without waiting (`direct.rs`): the bytes, and the
+/// disk copy's recency touched as `hit_memory` does. The caller has checked the hold.
+pub(super) fn memory_hit(state: &EdgeState, digest: Digest) -> Option<Bytes> {
+    let key = EntryKey::blob(digest);
+    let bytes = in_memory(state, key)?;
+    state.fills.store().index().touch(&key);
+    Some(bytes)
 }
 
 /// With `verify_on_serve`, whether a memory entry still hashes to its digest (if not, it is

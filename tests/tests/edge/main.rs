@@ -3,6 +3,7 @@
 mod access;
 mod bounds;
 mod cluster;
+mod direct;
 mod drain;
 mod durability;
 mod faults;
