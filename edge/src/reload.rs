@@ -60,6 +60,7 @@ pub fn restart_only_changes(old: &EdgeConfig, new: &EdgeConfig) -> Vec<String> {
         if let Some(map) = v.as_object_mut() {
             map.remove("max_header_bytes");
             map.remove("max_url_bytes");
+            map.remove("direct_hits");
         }
         v
     };

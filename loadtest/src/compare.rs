@@ -87,7 +87,8 @@ pub async fn run(opts: &Options) -> Result<String> {
     let mut tables = Vec::new();
     if opts.wants("hot") {
         eprintln!("hot blob ...");
-        tables.extend(hot_blob(&peers, &format!("/v2/bench/hot/blobs/{hot}"), &hot_hex).await?);
+        let bare = crate::ceiling::BareServer::start(random(blob_len).into())?;
+        tables.extend(hot_blob(&peers, &format!("/v2/bench/hot/blobs/{hot}"), &hot_hex, &bare).await?);
     }
     if opts.wants("small") {
         eprintln!("small requests ...");
@@ -110,7 +111,7 @@ pub async fn run(opts: &Options) -> Result<String> {
 }
 
 /// Hot 100 MiB blob: one client in a loop, 8 clients, and 32 clients (peak memory).
-async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
+async fn hot_blob(peers: &[Peer], path: &str, hex: &str, bare: &crate::ceiling::BareServer) -> Result<Vec<Table>> {
     let mut seq = Table::new(
         "Hot blob, one client",
         "The blob is cached first; then one keep-alive connection downloads it 5 times; 3 rounds, the caches taking turns, median shown. CPU is the server's (all its processes), user + system, during the raw client's downloads. Three clients in turn: the loadtest's raw client (request written by hand, the body read into one 1 MiB buffer and counted: the figure the other rows use), hyper's HTTP/1 client, and curl (one process, 5 URLs on one connection, to /dev/null).",
@@ -137,9 +138,19 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     let mut other_clients = vec![(Vec::new(), Vec::new()); peers.len()];
     // The machine's ceiling, measured in the same rounds: loopback TCP, 1 MiB writes.
     let (mut ceiling_one, mut ceiling_eight) = (Vec::new(), Vec::new());
+    // And a bare server writing a blob of the same size from memory, read by the raw client.
+    let (mut bare_one, mut bare_eight) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         ceiling_one.push(crate::ceiling::loopback_mib_per_s(1, 500)?);
         ceiling_eight.push(crate::ceiling::loopback_mib_per_s(8, 300)?);
+        let mut conn = crate::raw::RawConn::connect(bare.addr).await?;
+        let (started, mut bytes) = (Instant::now(), 0);
+        for _ in 0..5 {
+            bytes += conn.get("/").await?.bytes;
+        }
+        bare_one.push(bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64());
+        let (bytes, elapsed, _) = crate::raw::parallel_downloads(bare.addr, "/", 8, 3).await?;
+        bare_eight.push(bytes as f64 / MIB as f64 / elapsed.as_secs_f64());
         for (i, p) in peers.iter().enumerate() {
             let cpu = p.cpu_seconds();
             let mut conn = crate::raw::RawConn::connect(p.addr).await?;
@@ -186,6 +197,9 @@ async fn hot_blob(peers: &[Peer], path: &str, hex: &str) -> Result<Vec<Table>> {
     let name = "ceiling: loopback TCP (iperf3 -l 1M)";
     seq.row(vec![name.into(), f1(middle(ceiling_one)), "-".into(), "-".into(), "-".into()]);
     par.row(vec![format!("{name}, 8 streams, one iperf3 pair each"), f1(middle(ceiling_eight)), "-".into()]);
+    let name = "bare server: the same size from memory, 1 MiB writes (raw client)";
+    seq.row(vec![name.into(), f1(middle(bare_one)), "-".into(), "-".into(), "-".into()]);
+    par.row(vec![name.into(), f1(middle(bare_eight)), "-".into()]);
     for p in peers {
         let sampler = procstat::RssSampler::start(p.pid());
         let (bytes, elapsed, _) = crate::raw::parallel_downloads(p.addr, path, 32, 1).await?;

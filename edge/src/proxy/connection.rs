@@ -7,6 +7,9 @@
 //! The bound is a wrapper around Pingora's HTTP app and the stream it reads: every byte the
 //! server reads and writes passes through [`GuardedStream`], which knows whether a request is
 //! being read (bytes arrived since the last response) or the connection waits for the next one.
+//! On HTTP/1 the wrapper also runs the keep-alive loop: before each request, `direct.rs` may
+//! answer it (a memory hit); otherwise Pingora's HTTP session takes that one request, with the
+//! bytes already read.
 
 use std::future::Future;
 use std::pin::Pin;

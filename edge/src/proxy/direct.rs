@@ -27,6 +27,9 @@ use crate::registry::route::Request;
 use crate::registry::{AcceptList, Target};
 use crate::state::{EdgeState, Live};
 
+/// The largest write of a body to the socket (docs/benchmarks.md: direct answers).
+const WRITE_PIECE: usize = 1 << 20;
+
 /// Headers a direct answer takes; a request with more goes to the full path.
 const MAX_HEADERS: usize = 32;
 
@@ -215,8 +218,12 @@ async fn send(state: &EdgeState, stream: &mut GuardedStream, answer: &Answer, st
     let _in_flight = state.drain.request_started();
     let first_byte = started.elapsed();
     let mut written = stream.write_all(&answer.head).await;
-    if let (Ok(()), Some(body)) = (&written, &answer.body) {
-        written = stream.write_all(body).await;
+    // In pieces: one write of a whole large body moves less per second than writes of 1 MiB.
+    for piece in answer.body.as_deref().unwrap_or_default().chunks(WRITE_PIECE) {
+        if written.is_err() {
+            break;
+        }
+        written = stream.write_all(piece).await;
     }
     if written.is_ok() {
         written = stream.flush().await;
