@@ -87,7 +87,7 @@ pub async fn run(opts: &Options) -> Result<String> {
     let mut tables = Vec::new();
     if opts.wants("hot") {
         eprintln!("hot blob ...");
-        let bare = crate::ceiling::BareServer::start(random(blob_len).into())?;
+        let bare = crate::ceiling::BareServer::start(random(blob_len))?;
         tables.extend(hot_blob(&peers, &format!("/v2/bench/hot/blobs/{hot}"), &hot_hex, &bare).await?);
     }
     if opts.wants("small") {
