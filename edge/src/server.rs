@@ -22,9 +22,6 @@ use crate::policy::Policy;
 use crate::proxy::EdgeProxy;
 use crate::state::{EdgeState, StartError};
 
-/// Bytes buffered per connection before a write to the socket.
-const RESPONSE_WRITE_BUFFER: usize = 16 << 10;
-
 /// An edge ready to run: state built, sockets bound.
 pub struct EdgeServer {
     state: Arc<EdgeState>,
@@ -74,9 +71,10 @@ impl EdgeServer {
             crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics), state.drain.closing())
                 .answering_hits(Arc::clone(&state));
         let mut proxy = ListeningService::new("berth-edge".to_owned(), guarded);
-        // A write buffer that holds a response head and a small body, so a manifest or a small
-        // blob leaves in one write; large bodies bypass it.
-        let buffers = L4BufferSettings { read: None, write: Some(RESPONSE_WRITE_BUFFER) };
+        // No write buffer: every write goes to the socket. Pingora flushes a body only at its
+        // end, so a buffered tail of a streamed body would wait for bytes a stalled upstream may
+        // never send; direct answers (`proxy/direct.rs`) write a small response in one piece.
+        let buffers = L4BufferSettings { read: None, write: Some(0) };
         let mut sockets = Vec::new();
         let (http_addr, https_addr) = (http.as_ref().map(|h| h.1), https.as_ref().map(|h| h.1));
         if let Some((socket, addr)) = http {

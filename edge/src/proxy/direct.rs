@@ -30,6 +30,9 @@ use crate::state::{EdgeState, Live};
 /// The largest write of a body to the socket (docs/benchmarks.md: direct answers).
 const WRITE_PIECE: usize = 1 << 20;
 
+/// The largest body written together with its head.
+const JOINED_MAX: usize = 64 << 10;
+
 /// Headers a direct answer takes; a request with more goes to the full path.
 const MAX_HEADERS: usize = 32;
 
@@ -217,9 +220,15 @@ thread_local! {
 async fn send(state: &EdgeState, stream: &mut GuardedStream, answer: &Answer, started: Instant) -> bool {
     let _in_flight = state.drain.request_started();
     let first_byte = started.elapsed();
-    let mut written = stream.write_all(&answer.head).await;
+    let body = answer.body.as_deref().unwrap_or_default();
+    // A small body leaves with the head in one write (the socket has no write buffer).
+    let (head, rest) = match body.len() <= JOINED_MAX {
+        true => ([answer.head.as_slice(), body].concat(), &[][..]),
+        false => (answer.head.clone(), body),
+    };
+    let mut written = stream.write_all(&head).await;
     // In pieces: one write of a whole large body moves less per second than writes of 1 MiB.
-    for piece in answer.body.as_deref().unwrap_or_default().chunks(WRITE_PIECE) {
+    for piece in rest.chunks(WRITE_PIECE) {
         if written.is_err() {
             break;
         }
