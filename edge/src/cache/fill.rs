@@ -66,7 +66,12 @@ pub struct Fill {
     /// The last written batches, in order: (offset, bytes), at most [`RECENT_MAX`] bytes. Every
     /// byte here is also in the file (a batch enters once written).
     recent: parking_lot::RwLock<std::collections::VecDeque<(u64, Bytes)>>,
+    /// Set while the fill waits to send its request (see [`Fill::go`]).
+    held: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
+
+/// The longest a held fill waits before sending its request (see [`Fill::go`]).
+const HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Counts a request (or a prefetch) as a reader of a fill while it lives.
 pub(crate) struct Following(pub(crate) Arc<Fill>);
@@ -92,6 +97,14 @@ impl std::ops::Deref for Following {
 }
 
 impl Fill {
+    /// Lets a fill started with `hold` send its request (at most [`HOLD_MAX`] after it started,
+    /// without this).
+    pub fn go(&self) {
+        if let Some(go) = self.held.lock().take() {
+            let _ = go.send(());
+        }
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
         self.state.clone()
     }
@@ -207,6 +220,8 @@ struct FillJob {
     keep: bool,
     /// The upstream's fill slot (`max_fills`), held until the fill ends.
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// A held fill sends its request once told to (or after [`HOLD_MAX`]).
+    wait: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 enum Finished {
@@ -242,6 +257,7 @@ impl Fills {
         repository: &RepositoryName,
         digest: Digest,
         asker: Asker,
+        hold: bool,
     ) -> Result<Lookup, FillError> {
         let key = EntryKey::blob(digest);
         // Each turn of the loop is a race lost: the blob was published or a fill started between
@@ -258,7 +274,7 @@ impl Fills {
                 // Started (or published) by another request while this one waited for a slot.
                 return Ok(found);
             }
-            if let Some(started) = self.start(upstream, repository, key, asker, slot).await {
+            if let Some(started) = self.start(upstream, repository, key, (asker, hold), slot).await {
                 return Ok(started);
             }
         }
@@ -279,7 +295,7 @@ impl Fills {
         upstream: &Arc<Upstream>,
         repository: &RepositoryName,
         key: EntryKey,
-        asker: Asker,
+        (asker, hold): (Asker, bool),
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<Lookup> {
         // The temp file is made on the blocking pool, outside the table's lock: a slow disk
@@ -299,6 +315,13 @@ impl Fills {
             }
         };
         let (tx, rx) = watch::channel(FillState::Connecting);
+        let (go, wait) = match hold {
+            true => {
+                let (go, wait) = tokio::sync::oneshot::channel();
+                (Some(go), Some(wait))
+            }
+            false => (None, None),
+        };
         let fill = Arc::new(Fill {
             digest: key.digest,
             file: Arc::new(reader),
@@ -307,6 +330,7 @@ impl Fills {
             repository: repository.clone(),
             readers: Default::default(),
             recent: Default::default(),
+            held: parking_lot::Mutex::new(go),
         });
         let published = || self.store.contains(&key).is_some();
         if !matches!(self.flight.start(key.digest, || Arc::clone(&fill), published), Start::Started) {
@@ -325,6 +349,7 @@ impl Fills {
             sources,
             keep,
             _slot: slot,
+            wait,
         };
         tokio::spawn(job.run());
         Some(Lookup::Fill(fill))
@@ -370,7 +395,13 @@ impl Fills {
 }
 
 impl FillJob {
-    async fn run(self) {
+    async fn run(mut self) {
+        if let Some(wait) = self.wait.take() {
+            // A request for a range far into the blob sends its own ranged request first; this
+            // fill's request follows once that one is answered, so the two do not share the
+            // origin's first milliseconds.
+            let _ = tokio::time::timeout(HOLD_MAX, wait).await;
+        }
         let metrics = Arc::clone(&self.fills.metrics);
         metrics.fills_in_flight.inc();
         let started = Instant::now();
@@ -550,6 +581,7 @@ mod tests {
             file: Arc::new(tempfile::tempfile().unwrap()),
             state: rx,
             recent: Default::default(),
+            held: Default::default(),
         }
     }
 

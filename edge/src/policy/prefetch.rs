@@ -280,7 +280,7 @@ impl PrefetchJobs {
         // it (from the owner, which has it now).
         for _ in 0..3 {
             let lookup = fills
-                .lookup(upstream, repository, digest, crate::cache::fill::Asker::Prefetch)
+                .lookup(upstream, repository, digest, crate::cache::fill::Asker::Prefetch, false)
                 .await
                 .map_err(|e| describe(&ApiError::from_fill(&e)))?;
             let (fill, joined) = match lookup {

@@ -111,6 +111,10 @@ fn answer(state: &EdgeState, live: &Live, raw: &[u8]) -> Option<Answer> {
             return None;
         }
         if header.name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                // Two credentials: the full path reads the first; no guess is made here.
+                return None;
+            }
             authorization = Some(header.value);
         }
     }

@@ -103,7 +103,10 @@ impl BlobRead<'_> {
         if let Some(bytes) = in_memory(self.state, key) {
             return Ok(State::Memory(bytes));
         }
-        let lookup = self.state.fills.lookup(self.upstream, self.repository, self.digest, self.asker).await;
+        // A range far into the blob holds a fill it starts until the range's own request is
+        // answered (`follow`).
+        let hold = self.ahead.is_some();
+        let lookup = self.state.fills.lookup(self.upstream, self.repository, self.digest, self.asker, hold).await;
         Ok(match lookup.map_err(|e| ApiError::from_fill(&e))? {
             Lookup::File(file, size) => State::File(file, size),
             Lookup::Join(fill) => State::Join(fill),
@@ -143,10 +146,13 @@ impl BlobRead<'_> {
         // Not beside a fill for another repository: that one may be refused, and this request
         // then starts its own.
         if !elsewhere {
-            if let Some(reader) = self.ranged(&fill).await {
+            let ranged = self.ranged(&fill).await;
+            fill.go();
+            if let Some(reader) = ranged {
                 return Ok(BlobSource::Ranged(Box::new(reader)));
             }
         }
+        fill.go();
         match FillReader::start(fill, Some(self.fallback())).await {
             Ok(reader) => Ok(BlobSource::Fill(reader)),
             Err(e) => Err(match e.pass_reason() {

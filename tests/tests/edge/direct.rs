@@ -251,6 +251,10 @@ async fn on_a_protected_upstream_a_memory_hit_needs_a_granted_token_and_is_logge
     let granted = conn.ask(&request("GET", &blob_path, &[&alice])).await;
     assert_eq!((granted.status(), granted.body.len()), ("200", 3000));
     assert_eq!(edge.metric(DIRECT).await, 1.0);
+    // Two credentials: the full path's answer, which reads the first.
+    assert_eq!(conn.ask(&request("GET", &blob_path, &[&bob, &alice])).await.status(), "401");
+    assert_eq!(conn.ask(&request("GET", &blob_path, &[&alice, &bob])).await.status(), "200");
+    assert_eq!(edge.metric(DIRECT).await, 1.0, "neither was answered directly");
     berth_tests::eventually("the direct answer is in the access log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();

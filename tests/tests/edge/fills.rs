@@ -280,7 +280,8 @@ async fn a_range_fetched_on_its_own_is_cut_short_when_the_fill_proves_the_blob_w
 #[tokio::test]
 async fn a_cold_range_that_starts_the_fill_gets_its_bytes_from_its_own_request() {
     // Nobody asked for the blob before: the range request starts the fill, and its own ranged
-    // request goes out beside it rather than after the fill's headers.
+    // request goes out first; the fill's follows once the range is answered (they do not share
+    // the origin's first milliseconds), not after the fill's headers.
     let origin = Origin::start().await;
     let body = random_bytes(8 << 20);
     let digest = origin.put_blob(REPO, body.clone());
@@ -301,6 +302,13 @@ async fn a_cold_range_that_starts_the_fill_gets_its_bytes_from_its_own_request()
     assert_eq!(ranged.finish().await.expect("complete range").as_ref(), &body[first..]);
     let full_fetches = origin.log().iter().filter(|l| l.path == path && l.header("Range").is_none()).count();
     assert_eq!(full_fetches, 1, "the fill is the only full fetch");
+    let ranged_first: Vec<bool> = origin
+        .log()
+        .iter()
+        .filter(|l| l.path == path && l.method == "GET")
+        .map(|l| l.header("Range").is_some())
+        .collect();
+    assert_eq!(ranged_first[..2], [true, false], "the range's request, then the fill's: {ranged_first:?}");
 }
 
 /// A blob pulled twice, then a scan of six one-time blobs through a disk of five: where the
