@@ -311,6 +311,26 @@ async fn a_cold_range_that_starts_the_fill_gets_its_bytes_from_its_own_request()
     assert_eq!(ranged_first[..2], [true, false], "the range's request, then the fill's: {ranged_first:?}");
 }
 
+#[tokio::test]
+async fn while_the_upstream_stalls_the_client_has_every_byte_the_edge_received() {
+    // No byte waits in a buffer for the next ones: a streamed body is written through, so a
+    // stalled upstream never holds back what already arrived (an odd amount, so the last piece
+    // before the stall is small).
+    let origin = Origin::start().await;
+    let body = random_bytes(3 << 20);
+    let digest = origin.put_blob(REPO, body.clone());
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let sent = (1 << 20) + 1234;
+    let gate = Arc::new(Notify::new());
+    origin.fault(&path, Fault::Gate { after: sent, gate: gate.clone(), corrupt: false });
+    let edge = edge::start(&origin.url());
+    let mut reading = client::open(&format!("{}{path}", edge.url()), &[]).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), reading.read_at_least(sent)).await;
+    assert!(matches!(got, Ok(Ok(()))), "every byte sent before the stall arrived: {got:?}");
+    gate.notify_one();
+    assert_eq!(reading.finish().await.expect("complete body").as_ref(), body.as_slice());
+}
+
 /// A blob pulled twice, then a scan of six one-time blobs through a disk of five: where the
 /// twice-pulled blob is after the scan, under each eviction policy.
 async fn after_a_scan(eviction: berth_edge::cache::index::Eviction) -> bool {
