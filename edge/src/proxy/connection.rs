@@ -114,7 +114,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> GuardedApp<A> {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);
-            // As Pingora's loop: no reuse once the server is shutting down.
+            // As Pingora's loop: the session's keep-alive off once the server is shutting down
+            // (a client's own keep-alive request can still turn it on, as there).
             session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
             if let Some(settings) = settings.take() {
                 settings.apply_to_session(&mut session);
@@ -182,6 +183,13 @@ impl GuardedStream {
     /// The bytes read and not consumed yet.
     pub(super) fn unread(&self) -> &[u8] {
         &self.unread
+    }
+
+    /// A request's bytes are read and go on unanswered: `header_timeout` runs.
+    pub(super) fn reading_request(&mut self) {
+        if self.h1 && !self.unread.is_empty() {
+            self.enter(Phase::Reading);
+        }
     }
 
     /// Consumes the first `n` unread bytes.

@@ -68,31 +68,40 @@ struct Answer {
 /// Answers the connection's requests while they are memory hits.
 pub(super) async fn serve(state: &Arc<EdgeState>, stream: &mut GuardedStream, shutdown: &ShutdownWatch) -> Next {
     loop {
-        let live = state.live();
-        if !live.config.server.direct_hits {
+        if !state.live().config.server.direct_hits {
             return Next::HandOff;
         }
         if stream.unread().is_empty() {
             let mut stop = shutdown.clone();
             if *stop.borrow() {
-                return Next::Close;
+                // Stopping: Pingora's session answers a request already sent, then closes.
+                return Next::HandOff;
             }
             tokio::select! {
+                biased;
                 read = stream.read_more() => if !matches!(read, Ok(n) if n > 0) { return Next::Close },
-                _ = stop.changed() => return Next::Close,
+                _ = stop.changed() => return Next::HandOff,
             }
         }
-        if state.drain.is_closing() {
+        // The config in force when the request arrived (a reload meanwhile applies to it).
+        let live = state.live();
+        if state.drain.is_closing() || !live.config.server.direct_hits {
             // Drained past its period: the full path answers and closes the connection.
-            return Next::HandOff;
+            return hand_off(stream);
         }
         let started = Instant::now();
-        let Some(answer) = answer(state, &live, stream.unread()) else { return Next::HandOff };
+        let Some(answer) = answer(state, &live, stream.unread()) else { return hand_off(stream) };
         stream.consume(answer.head_len);
         if !send(state, stream, &answer, started).await {
             return Next::Close;
         }
     }
+}
+
+/// The request read so far goes on to Pingora's session (its header timer runs).
+fn hand_off(stream: &mut GuardedStream) -> Next {
+    stream.reading_request();
+    Next::HandOff
 }
 
 /// The answer to the request at the start of `raw`, if it is a memory hit the full path would
@@ -105,10 +114,17 @@ fn answer(state: &EdgeState, live: &Live, raw: &[u8]) -> Option<Answer> {
     if req.version != Some(1) || !within_limits(live, target, req.headers) || !plain_target(target) {
         return None;
     }
-    let mut authorization = None;
+    let (mut authorization, mut hosts) = (None, 0);
     for header in req.headers.iter() {
         if HAND_OFF_HEADERS.iter().any(|h| header.name.eq_ignore_ascii_case(h)) {
             return None;
+        }
+        if header.name.eq_ignore_ascii_case("host") {
+            // Pingora refuses two `Host` headers, or one with userinfo: its answer, not ours.
+            hosts += 1;
+            if hosts > 1 || header.value.contains(&b'@') {
+                return None;
+            }
         }
         if header.name.eq_ignore_ascii_case("authorization") {
             if authorization.is_some() {
@@ -263,11 +279,14 @@ fn record(
     }
     state.metrics.direct_answers.inc();
     let times = crate::metrics::Times { elapsed, first_byte: Some(first_byte) };
-    state.metrics.per_request.record(answer.kind, Outcome::Hit, Some((Tier::Memory, bytes, ok)), times);
+    // As the full path: a blob's HEAD is answered from what is known, served by no tier.
+    let tier = (answer.kind == RequestKind::Manifest || !answer.is_head).then_some(Tier::Memory);
+    let served = tier.map(|tier| (tier, bytes, ok));
+    state.metrics.per_request.record(answer.kind, Outcome::Hit, served, times);
     if state.access_log.enabled() {
-        access_line(state, stream, answer, &reference, bytes, elapsed, first_byte);
+        access_line(state, stream, answer, (&reference, tier), bytes, (elapsed, first_byte));
     }
-    let (kind, tier) = (answer.kind.as_str(), Tier::Memory.as_str());
+    let (kind, tier) = (answer.kind.as_str(), tier.map_or("", Tier::as_str));
     let (repository, upstream) = (answer.repository.as_str(), answer.upstream.as_str());
     let elapsed_ms = elapsed.as_millis() as u64;
     match ok {
@@ -303,10 +322,9 @@ fn access_line(
     state: &EdgeState,
     stream: &GuardedStream,
     answer: &Answer,
-    reference: &str,
+    (reference, tier): (&str, Option<Tier>),
     bytes: u64,
-    elapsed: std::time::Duration,
-    first_byte: std::time::Duration,
+    (elapsed, first_byte): (std::time::Duration, std::time::Duration),
 ) {
     let request_id = format!("{:016x}", rand::random::<u64>());
     let line = crate::access_log::Line {
@@ -322,7 +340,7 @@ fn access_line(
         bytes,
         kind: answer.kind.as_str(),
         outcome: Outcome::Hit.as_str(),
-        tier: Some(Tier::Memory.as_str()),
+        tier: tier.map(Tier::as_str),
         ttfb_ms: Some(first_byte.as_secs_f64() * 1000.0),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         user: answer.user.as_deref(),

@@ -205,6 +205,13 @@ async fn a_memory_hit_the_full_path_would_refuse_is_refused_by_it() {
     let mut conn = Conn::open(edge.running().http_addr.unwrap()).await;
     let smuggled = request("GET", &format!("/v2/{REPO}/blobs/{blob}"), &["Content-Length: 5"]) + "GET /";
     assert_eq!(conn.ask(&smuggled).await.status(), "400");
+    // Two Host headers, or one with userinfo: Pingora's 400.
+    for host in ["Host: other", "X-Other: 1\r\nHost: user@edge"] {
+        let mut conn = Conn::open(edge.running().http_addr.unwrap()).await;
+        let ask = request("GET", &format!("/v2/{REPO}/blobs/{blob}"), &[host]);
+        let ask = if host.contains('@') { ask.replacen("Host: edge\r\n", "", 1) } else { ask };
+        assert_eq!(conn.ask(&ask).await.status(), "400", "{ask}");
+    }
     assert_eq!(edge.metric(DIRECT).await, 0.0, "none of these was answered directly");
 }
 
