@@ -20,7 +20,7 @@ pub struct Drain {
     /// Drained by an operator (kept in `file`).
     drained: AtomicBool,
     /// New connections are refused, kept-alive ones closed after their response.
-    closing: Arc<AtomicBool>,
+    closing: AtomicBool,
     /// Requests being answered now.
     in_flight: Arc<AtomicUsize>,
     /// Bumped by every drain and undrain, so a pending close of an earlier drain is dropped.
@@ -54,7 +54,7 @@ impl Drain {
             shutting_down: AtomicBool::new(false),
             drained: AtomicBool::new(drained),
             // Drained before the restart: DNS and BGP have moved already.
-            closing: Arc::new(AtomicBool::new(drained)),
+            closing: AtomicBool::new(drained),
             in_flight: Arc::new(AtomicUsize::new(0)),
             generation: AtomicU64::new(0),
             period,
@@ -91,10 +91,6 @@ impl Drain {
     /// Not ready from now on (a graceful upgrade hands over to a new process).
     pub fn stop_being_ready(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-    }
-
-    pub fn closing(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.closing)
     }
 
     pub fn is_drained(&self) -> bool {

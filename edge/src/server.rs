@@ -67,9 +67,7 @@ impl EdgeServer {
             header_timeout: state.config.server.header_timeout.get(),
             idle_timeout: state.config.server.idle_timeout.get(),
         };
-        let guarded =
-            crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state.metrics), state.drain.closing())
-                .answering_hits(Arc::clone(&state));
+        let guarded = crate::proxy::connection::GuardedApp::new(app, limits, Arc::clone(&state));
         let mut proxy = ListeningService::new("berth-edge".to_owned(), guarded);
         // No write buffer: every write goes to the socket. Pingora flushes a body only at its
         // end, so a buffered tail of a streamed body would wait for bytes a stalled upstream may

@@ -69,6 +69,12 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {line}");
 }
 
+/// Writes an htpasswd file of `(user, password)` pairs (bcrypt, low cost: tests only).
+pub fn write_htpasswd(path: &std::path::Path, users: &[(&str, &str)]) {
+    let lines: String = users.iter().map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).expect("bcrypt"))).collect();
+    std::fs::write(path, lines).expect("write htpasswd");
+}
+
 /// A secret in a file of its own (for `password_file`, `token_file`, `*_tokens_file`), removed
 /// when dropped: tests pass secrets explicitly, never through `std::env::set_var`.
 pub fn secret_file(value: &str) -> tempfile::TempPath {

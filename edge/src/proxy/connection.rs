@@ -48,47 +48,39 @@ pub struct GuardedApp<A> {
     inner: Arc<A>,
     limits: Limits,
     open: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-    /// Set once a drain's period is over: no new connection, no next request on a kept one.
-    closing: Arc<std::sync::atomic::AtomicBool>,
-    /// The edge whose memory hits are answered directly (`direct.rs`) before the inner app.
-    direct: Option<Arc<EdgeState>>,
+    /// The edge: its metrics, its drain (once a drain's period is over, no new connection), and
+    /// the memory hits [`super::direct`] answers before the inner app.
+    state: Arc<EdgeState>,
 }
 
 impl<A> GuardedApp<A> {
-    pub fn new(inner: A, limits: Limits, metrics: Arc<Metrics>, closing: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        let open = Arc::new(AtomicUsize::new(0));
-        GuardedApp { inner: Arc::new(inner), limits, open, metrics, closing, direct: None }
-    }
-
-    /// HTTP/1 requests go to [`super::direct`] first, which answers memory hits of `state`.
-    pub fn answering_hits(mut self, state: Arc<EdgeState>) -> Self {
-        self.direct = Some(state);
-        self
+    pub fn new(inner: A, limits: Limits, state: Arc<EdgeState>) -> Self {
+        GuardedApp { inner: Arc::new(inner), limits, open: Arc::new(AtomicUsize::new(0)), state }
     }
 }
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        if self.closing.load(Ordering::SeqCst) {
+        if self.state.drain.is_closing() {
             // Drained: the connection is closed.
             return None;
         }
         let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
-        let slot = Slot { open: Arc::clone(&self.open), metrics: Arc::clone(&self.metrics) };
-        self.metrics.downstream_connections.set(open as i64);
+        let metrics = &self.state.metrics;
+        let slot = Slot { open: Arc::clone(&self.open), metrics: Arc::clone(metrics) };
+        metrics.downstream_connections.set(open as i64);
         if open > self.limits.max_connections {
-            self.metrics.connections_refused.inc();
+            metrics.connections_refused.inc();
             tracing::debug!(open, max = self.limits.max_connections, "connection refused: too many open");
             drop(slot);
             return None;
         }
-        let stream = Box::new(GuardedStream::new(session, self.limits, slot, Arc::clone(&self.metrics)));
-        match &self.direct {
-            Some(state) if stream.h1 => self.serve_h1(state, stream, shutdown).await,
-            // HTTP/2, or no direct answers: Pingora's app runs the connection.
-            _ => ServerApp::process_new(&self.inner, stream, shutdown).await,
+        let stream = Box::new(GuardedStream::new(session, self.limits, slot, Arc::clone(metrics)));
+        match stream.h1 {
+            true => self.serve_h1(stream, shutdown).await,
+            // HTTP/2: Pingora's app runs the connection.
+            false => ServerApp::process_new(&self.inner, stream, shutdown).await,
         }
     }
 
@@ -102,15 +94,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> GuardedApp<A> {
     /// hits, Pingora's HTTP session for the next one that is not, then direct answers again
     /// (the keep-alive loop of Pingora's own `ServerApp`, with [`super::direct`] before each
     /// session).
-    async fn serve_h1(
-        self: &Arc<Self>,
-        state: &Arc<EdgeState>,
-        mut stream: Box<GuardedStream>,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    async fn serve_h1(self: &Arc<Self>, mut stream: Box<GuardedStream>, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            if super::direct::serve(state, &mut stream, shutdown).await == super::direct::Next::Close {
+            if super::direct::serve(&self.state, &mut stream, shutdown).await == super::direct::Next::Close {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);

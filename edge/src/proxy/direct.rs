@@ -174,11 +174,10 @@ fn answer(state: &EdgeState, live: &Live, raw: &[u8]) -> Option<Answer> {
     Some(Answer { head_len, head, body, kind, is_head, path, repository, reference: digest, upstream, user })
 }
 
-/// The head limits of `head::check`: beyond them the full path answers 414 or 431.
+/// Within the head limits of `head::check` (beyond them the full path answers 414 or 431).
 fn within_limits(live: &Live, target: &str, headers: &[httparse::Header<'_>]) -> bool {
-    let limits = &live.config.server;
-    let head = target.len() + headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum::<usize>();
-    target.len() as u64 <= limits.max_url_bytes.bytes() && head as u64 <= limits.max_header_bytes.bytes()
+    let fields = headers.iter().map(|h| (h.name.len(), h.value.len()));
+    super::head::within_limits(&live.config.server, target.len(), fields)
 }
 
 /// A request target Pingora's URI parser reads as the same path and query: printable ASCII
@@ -242,11 +241,15 @@ async fn send(state: &EdgeState, stream: &mut GuardedStream, answer: &Answer, st
     let first_byte = started.elapsed();
     let body = answer.body.as_deref().unwrap_or_default();
     // A small body leaves with the head in one write (the socket has no write buffer).
-    let (head, rest) = match body.len() <= JOINED_MAX {
-        true => ([answer.head.as_slice(), body].concat(), &[][..]),
-        false => (answer.head.clone(), body),
+    let joined;
+    let (head, rest): (&[u8], &[u8]) = match body.len() <= JOINED_MAX {
+        true => {
+            joined = [answer.head.as_slice(), body].concat();
+            (&joined, &[])
+        }
+        false => (&answer.head, body),
     };
-    let mut written = stream.write_all(&head).await;
+    let mut written = stream.write_all(head).await;
     // In pieces: one write of a whole large body moves less per second than writes of 1 MiB.
     for piece in rest.chunks(WRITE_PIECE) {
         if written.is_err() {

@@ -13,13 +13,14 @@ pub(super) fn check(state: &EdgeState, session: &Session) -> Result<(), ApiError
     let live = state.live();
     let limits = &live.config.server;
     let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let fields = req.headers.iter().map(|(k, v)| (k.as_str().len(), v.len()));
     if target as u64 > limits.max_url_bytes.bytes() {
         state.metrics.refused.with_label_values(&["url_bytes"]).inc();
         let message =
             format!("request target of {target} bytes exceeds the {}-byte limit", limits.max_url_bytes.bytes());
         return Err(ApiError::new(StatusCode::URI_TOO_LONG, "UNSUPPORTED", message));
     }
-    let head: usize = target + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    let head = head_bytes(target, fields);
     if head as u64 > limits.max_header_bytes.bytes() {
         state.metrics.refused.with_label_values(&["header_bytes"]).inc();
         let message =
@@ -39,6 +40,23 @@ pub(super) fn check(state: &EdgeState, session: &Session) -> Result<(), ApiError
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", why));
     }
     Ok(())
+}
+
+/// The size a head is measured by: its target, and each field's name and value with `: ` and
+/// CRLF. `fields` are (name, value) lengths.
+fn head_bytes(target: usize, fields: impl Iterator<Item = (usize, usize)>) -> usize {
+    target + fields.map(|(name, value)| name + value + 4).sum::<usize>()
+}
+
+/// Whether a head is within `max_url_bytes` and `max_header_bytes` (what `check` answers 414 and
+/// 431 beyond), for a request parsed elsewhere (`direct.rs`).
+pub(super) fn within_limits(
+    limits: &crate::config::ServerConfig,
+    target: usize,
+    fields: impl Iterator<Item = (usize, usize)>,
+) -> bool {
+    target as u64 <= limits.max_url_bytes.bytes()
+        && head_bytes(target, fields) as u64 <= limits.max_header_bytes.bytes()
 }
 
 /// Whether the head announces a body (Transfer-Encoding, or a Content-Length other than 0).

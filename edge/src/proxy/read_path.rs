@@ -145,14 +145,12 @@ impl BlobRead<'_> {
         }
         // Not beside a fill for another repository: that one may be refused, and this request
         // then starts its own.
-        if !elsewhere {
-            let ranged = self.ranged(&fill).await;
-            fill.go();
-            if let Some(reader) = ranged {
-                return Ok(BlobSource::Ranged(Box::new(reader)));
-            }
-        }
+        let ranged = if elsewhere { None } else { self.ranged(&fill).await };
+        // A fill this request holds sends its request now (the range, if any, is answered).
         fill.go();
+        if let Some(reader) = ranged {
+            return Ok(BlobSource::Ranged(Box::new(reader)));
+        }
         match FillReader::start(fill, Some(self.fallback())).await {
             Ok(reader) => Ok(BlobSource::Fill(reader)),
             Err(e) => Err(match e.pass_reason() {

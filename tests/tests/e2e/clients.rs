@@ -260,7 +260,7 @@ async fn containerd_pulls_through_either_edge_of_a_region_over_https_with_creden
     let key = work.path().join("region.key");
     std::fs::write(&key, "the-region-key-of-the-containerd-test").unwrap();
     let htpasswd = work.path().join("users.htpasswd");
-    std::fs::write(&htpasswd, format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap())).unwrap();
+    berth_tests::write_htpasswd(&htpasswd, &[("alice", "alice-pw")]);
     let ca = berth_tests::pki::TestCa::new(&work.path().join("pki"));
     let sockets: Vec<std::net::TcpListener> =
         (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();

@@ -89,6 +89,12 @@ impl Private {
         Private { edge, origin, _tokens: tokens, ca, proxy: RefusingPort::new(), blobs, work }
     }
 
+    /// One series of the edge's `/metrics`.
+    async fn metric(&self, series: &str) -> f64 {
+        let text = berth_tests::client::get(&format!("http://{}/metrics", self.edge.admin)).await;
+        berth_tests::edge::metric_value(&String::from_utf8_lossy(text.bytes()), series)
+    }
+
     fn edge_log(&self) -> String {
         std::fs::read_to_string(&self.edge.log).unwrap_or_default()
     }
@@ -231,11 +237,16 @@ async fn containerd_pulls_a_private_image_through_an_https_hosts_toml_mirror_wit
     let refused = containerd.pull_as(&hosts, &image, "bob", "bob:bob-pw");
     assert!(!refused.status.success(), "bob must not pull team/app: {}", refused.output);
     let before = p.client_requests("containerd/").await;
-    for state in ["cold", "warm"] {
+    let mut direct = Vec::new();
+    // Cold: fetched; warm: disk hits, read into memory; hot: memory hits, answered directly.
+    for state in ["cold", "warm", "hot"] {
+        direct.push(p.metric("berth_edge_direct_answers_total").await);
         let ran = containerd.pull_as(&hosts, &image, state, "alice:alice-pw");
         assert!(ran.status.success(), "ctr {state} pull: {}\nedge log:\n{}", ran.output, p.edge_log());
     }
     p.assert_origin_saw_only_the_edge("containerd/", before).await;
+    let hot = p.metric("berth_edge_direct_answers_total").await - direct[2];
+    assert!(hot >= p.blobs.len() as f64, "the hot pull's blobs were direct answers: {hot} ({direct:?})");
     let log = std::fs::read_to_string(&p.edge.log).unwrap_or_default();
     assert!(log.contains("token issued"), "containerd logged in at the edge's /token");
 }
@@ -336,8 +347,7 @@ async fn a_registry_with_htpasswd_auth_decides_through_basic_auth_who_may_pull_t
     }
     let work = tempfile::tempdir().unwrap();
     let htpasswd = work.path().join("registry.htpasswd");
-    let line = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap());
-    std::fs::write(&htpasswd, line("edge", "edge-pw") + &line("alice", "alice-pw")).unwrap();
+    berth_tests::write_htpasswd(&htpasswd, &[("edge", "edge-pw"), ("alice", "alice-pw")]);
     let auth = format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display());
     let origin = DockerRegistry::start_with(&work.path().join("origin"), &auth);
     let layout = work.path().join("layout");

@@ -236,8 +236,7 @@ async fn htpasswd_users_pull_only_what_their_grants_name() {
     let b = origin.put_blob("team-b/app", vec![2u8; 100]);
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = dir.path().join("users.htpasswd");
-    let line = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap());
-    std::fs::write(&htpasswd, line("alice", "alice-pw") + &line("bob", "bob-pw")).unwrap();
+    berth_tests::write_htpasswd(&htpasswd, &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     let log = dir.path().join("access.log");
     let log_path = log.display().to_string();
     let edge = edge::start_custom(&[("docker.io", &origin.url())], "", |c| {

@@ -219,8 +219,7 @@ async fn a_memory_hit_the_full_path_would_refuse_is_refused_by_it() {
 async fn on_a_protected_upstream_a_memory_hit_needs_a_granted_token_and_is_logged_with_its_user() {
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = dir.path().join("users.htpasswd");
-    let line = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap());
-    std::fs::write(&htpasswd, line("alice", "alice-pw") + &line("bob", "bob-pw")).unwrap();
+    berth_tests::write_htpasswd(&htpasswd, &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     let log = dir.path().join("access.log");
     let log_path = log.display().to_string();
     let (_origin, edge, blob, manifest) = warm_edge(|c| {

@@ -47,7 +47,7 @@ async fn a_reload_adds_an_upstream_and_an_access_rule_for_new_requests_and_keeps
 
     // A second upstream, and the first one behind htpasswd.
     let htpasswd = edge.dir.path().join("users.htpasswd");
-    std::fs::write(&htpasswd, format!("u:{}\n", bcrypt::hash("p", 4).unwrap())).unwrap();
+    berth_tests::write_htpasswd(&htpasswd, &[("u", "p")]);
     let mut text = config_text(edge.dir.path(), &[("docker.io", &first.url()), ("second.test", &second.url())], "");
     text = text.replacen(
         "default = true\n",
